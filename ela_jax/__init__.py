@@ -1,0 +1,10 @@
+"""ela_jax: ELA (expansive lexicon-patch alignment) vision-language pre-training in JAX/Flax."""
+
+__version__ = "0.1.0"
+
+
+def load(workdir: str, step: int | None = None, batch_size: int = 256):
+    """The trained model in `workdir` with encode_images / encode_texts (see ela_jax.inference)."""
+    from ela_jax.inference import load as _load
+
+    return _load(workdir, step, batch_size)

@@ -1,0 +1,87 @@
+"""What training, evaluation and inference share: a validated config with its tokenizer, model and mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from ela_jax import config as config_lib
+from ela_jax import parallel
+from ela_jax.data import tokenizer as tokenizer_lib
+from ela_jax.models.ela import ELAModel
+from ela_jax.training import optimizer as optimizer_lib
+from ela_jax.training.checkpoint import Checkpointer
+from ela_jax.training.state import StateFactory
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: ml_collections.ConfigDict
+    workdir: str
+    tokenizer: tokenizer_lib.Tokenizer
+    model: ELAModel
+    mesh: Mesh
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
+        config_lib.validate(config, jax.device_count(), jax.process_count())
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+        vocab_size = config.model.vocab_size
+        if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
+            config.model.vocab_size = tokenizer.vocab_size
+        elif vocab_size != tokenizer.vocab_size:
+            raise config_lib.ConfigError(f"model.vocab_size {vocab_size} differs from the tokenizer's "
+                                         f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer")
+        mesh = parallel.create_mesh(config.mesh)
+        return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
+
+    def optimizer(self):
+        return optimizer_lib.make_optimizer(self.config.optim, self.config.total_steps)
+
+    def state_factory(self) -> StateFactory:
+        return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh)
+
+    def checkpointer(self) -> Checkpointer:
+        return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)
+
+    def restore_state(self, step: int | None = None):
+        """The train state of checkpoint `step` (latest when None), sharded on this experiment's mesh."""
+        checkpointer = self.checkpointer()
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.workdir}/checkpoints; train first")
+        state = checkpointer.restore(step, self.state_factory().abstract_with_shardings())
+        checkpointer.close()
+        return state
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a training run wrote to `workdir/config.json`, locked like a config file's."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist; is {workdir!r} a training workdir?")
+    with open(path) as f:
+        raw = json.load(f)
+    config = config_lib.base_config()
+    config.unlock()
+    config.update_from_flattened_dict(_flatten(raw))
+    config.lock()
+    return config
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(tuple(v) if isinstance(v, list) else v for v in value) \
+                if isinstance(value, list) else value
+    return flat

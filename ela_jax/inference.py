@@ -1,0 +1,52 @@
+"""`ela_jax.load(workdir)`: a trained model as two encode functions (the same contract as ELATorch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ela_jax.evaluation.encode import Encoder
+from ela_jax.experiment import Experiment, load_config
+
+
+class ELAInference:
+    """encode_images(uint8 [B, H, W, 3]) and encode_texts(list[str]) -> {'global' [B, d], 'lexicon' [B, |V|]}, plus
+    'tokens' (the towers' final hidden states) and the text 'mask' with return_tokens=True."""
+
+    def __init__(self, experiment: Experiment, params, batch_size: int = 256):
+        self.experiment = experiment
+        self.tokenizer = experiment.tokenizer
+        self.encoder = Encoder(experiment.model, params, experiment.mesh, batch_size)
+
+    @property
+    def params(self):
+        return self.encoder.params
+
+    def encode_images(self, images: np.ndarray, return_tokens: bool = False) -> dict[str, np.ndarray]:
+        images = np.asarray(images)
+        size = self.experiment.config.model.image.image_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [batch, {size}, {size}, 3], got {images.dtype} {images.shape}")
+        outputs = self.encoder.encode_images(images, with_tokens=return_tokens)
+        return _public_outputs(outputs)
+
+    def encode_texts(self, texts: list[str], return_tokens: bool = False) -> dict[str, np.ndarray]:
+        token_ids, mask = self.tokenizer.encode(list(texts))
+        outputs = self.encoder.encode_tokens(token_ids, mask, with_tokens=return_tokens)
+        outputs = _public_outputs(outputs)
+        if return_tokens:
+            outputs["mask"] = mask
+        return outputs
+
+
+def _public_outputs(outputs: dict) -> dict:
+    public = {"global": outputs["global"], "lexicon": outputs["lexicon"]}
+    if "hidden" in outputs:
+        public["tokens"] = outputs["hidden"]
+    return public
+
+
+def load(workdir: str, step: int | None = None, batch_size: int = 256) -> ELAInference:
+    """The model of `workdir`'s checkpoint `step` (latest when None), on all local devices."""
+    experiment = Experiment.build(load_config(workdir), workdir)
+    state = experiment.restore_state(step)
+    return ELAInference(experiment, state.params, batch_size)

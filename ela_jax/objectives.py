@@ -1,0 +1,169 @@
+"""The ELA objective's terms as pure functions of encoder outputs (shapes in the signatures).
+
+Every contrastive term takes the *global* batch: under `jax.jit` with batch-sharded inputs, XLA gathers the columns
+it needs, so each row sees every negative in the step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def symmetric_info_nce(logits: jax.Array) -> jax.Array:
+    """Mean of row-wise and column-wise cross-entropy with the diagonal as the positive; logits [B, B]."""
+    labels = jnp.arange(logits.shape[0])
+    logits = logits.astype(jnp.float32)
+    rows = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    columns = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+    return 0.5 * (rows.mean() + columns.mean())
+
+
+def global_contrastive_loss(image_global: jax.Array, text_global: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """CLIP InfoNCE; image_global, text_global: L2-normalised [B, d]."""
+    return symmetric_info_nce(logit_scale * image_global @ text_global.T)
+
+
+def filip_similarities(
+    image_tokens: jax.Array, text_tokens: jax.Array, image_mask: jax.Array, text_mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """FILIP late interaction. image_tokens [Bi, K, d], text_tokens [Bt, R, d], masks [B, len] (True = real token).
+
+    Returns s_image [Bi, Bt] = mean_k max_r x_k.y_r and s_text [Bi, Bt] = mean_r max_k x_k.y_r, pads excluded.
+    """
+    similarity = jnp.einsum("ikd,jrd->ijkr", image_tokens, text_tokens).astype(jnp.float32)
+    pair_mask = image_mask[:, None, :, None] & text_mask[None, :, None, :]  # [Bi, Bt, K, R]
+    lowest = jnp.finfo(jnp.float32).min
+    best_word = jnp.max(jnp.where(pair_mask, similarity, lowest), axis=3)  # [Bi, Bt, K]
+    best_patch = jnp.max(jnp.where(pair_mask, similarity, lowest), axis=2)  # [Bi, Bt, R]
+    s_image = _masked_mean(best_word, image_mask[:, None, :])
+    s_text = _masked_mean(best_patch, text_mask[None, :, :])
+    return s_image, s_text
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = jnp.broadcast_to(mask, values.shape).astype(values.dtype)
+    return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def filip_loss(s_image: jax.Array, s_text: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """Image->text rows use s_image, text->image rows use s_text (FILIP); both [Bi, Bt] with Bi = Bt."""
+    labels = jnp.arange(s_image.shape[0])
+    image_to_text = optax.softmax_cross_entropy_with_integer_labels(logit_scale * s_image, labels)
+    text_to_image = optax.softmax_cross_entropy_with_integer_labels(logit_scale * s_text.T, labels)
+    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def caption_bag_of_words(token_ids: jax.Array, token_mask: jax.Array, content_vocab: jax.Array) -> jax.Array:
+    """Multi-hot explicit words B_T [B, V]: the caption's wordpieces under token_mask that content_vocab [V] keeps
+    (special tokens and, optionally, stopwords are 0 there)."""
+    batch, vocab = token_ids.shape[0], content_vocab.shape[0]
+    present = token_mask.astype(jnp.float32) * content_vocab[token_ids]
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], token_ids.shape)
+    return jnp.zeros((batch, vocab), jnp.float32).at[rows, token_ids].max(present)
+
+
+def expanded_targets(
+    bag_of_words: jax.Array,
+    text_lexicon: jax.Array,
+    content_vocab: jax.Array,
+    beta: float | jax.Array,
+    tau_q: float,
+    top_k: int,
+) -> jax.Array:
+    """q = normalise((1-beta) 1[v in B_T]/|B_T| + beta softmax(a_T/tau_q)), kept on its top_k entries (0 = all).
+
+    bag_of_words [B, V]; text_lexicon a_T [B, V] (treated as a constant). A caption with no content word and
+    beta = 0 gets an all-zero target, which contributes nothing to the loss.
+    """
+    explicit = bag_of_words / jnp.maximum(bag_of_words.sum(-1, keepdims=True), 1.0)
+    scaled = jax.lax.stop_gradient(text_lexicon).astype(jnp.float32) / tau_q
+    expansion = jax.nn.softmax(jnp.where(content_vocab > 0, scaled, -jnp.inf), axis=-1)
+    targets = (1.0 - beta) * explicit + beta * expansion
+    if top_k and top_k < targets.shape[-1]:
+        kth_largest = jax.lax.top_k(targets, top_k)[0][:, -1:]
+        targets = jnp.where(targets >= kth_largest, targets, 0.0)
+    return targets / jnp.maximum(targets.sum(-1, keepdims=True), 1e-12)
+
+
+def pool_patches(vocab_logits: jax.Array, how: str) -> jax.Array:
+    """Image-level vocabulary logits z_hat [B, V] from patch logits [B, K, V]: 'max' lets each word pick its patch."""
+    if how == "max":
+        return vocab_logits.max(axis=1)
+    if how == "mean":
+        return vocab_logits.mean(axis=1)
+    if how == "logsumexp":
+        return jax.nn.logsumexp(vocab_logits, axis=1) - jnp.log(vocab_logits.shape[1])
+    raise ValueError(f"unknown patch pooling {how!r}")
+
+
+def ela_soft_ce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:
+    """-sum_v q[v] log softmax(z_hat / tau_p)[v], averaged over the batch; inputs [B, V]."""
+    log_probs = jax.nn.log_softmax(image_vocab_logits.astype(jnp.float32) / tau_p, axis=-1)
+    return -(targets * log_probs).sum(-1).mean()
+
+
+def ela_bce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:
+    """Multi-label BCE against q scaled so its largest entry is 1, normalised by each row's positive mass."""
+    labels = targets / jnp.maximum(targets.max(-1, keepdims=True), 1e-12)
+    per_word = optax.sigmoid_binary_cross_entropy(image_vocab_logits.astype(jnp.float32) / tau_p, labels)
+    return (per_word.sum(-1) / jnp.maximum(labels.sum(-1), 1.0)).mean()
+
+
+def ela_lex_contrastive(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> jax.Array:
+    """In-batch InfoNCE on s(i, j) = sum_v q_j[v] log(1 + ReLU(z_hat_i[v])); inputs [B, V]."""
+    image_weights = jnp.log1p(jax.nn.relu(image_vocab_logits.astype(jnp.float32)))
+    return symmetric_info_nce(image_weights @ targets.T / tau)
+
+
+def lexlip_cosine_loss(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> jax.Array:
+    """LexLIP: InfoNCE on the cosine of the lexicon vectors a_I, a_T [B, V]."""
+    normalise = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
+    return symmetric_info_nce(normalise(image_lexicon) @ normalise(text_lexicon).T / tau)
+
+
+def flops_regulariser(lexicon: jax.Array) -> jax.Array:
+    """FLOPS(a) = sum_v (mean_batch |a[v]|)^2; lexicon [B, V]."""
+    return jnp.sum(jnp.mean(jnp.abs(lexicon), axis=0) ** 2)
+
+
+def quadratic_warmup(weight: float, step: jax.Array, warmup_steps: int) -> jax.Array:
+    """weight * min(1, step / warmup_steps)^2 (SPLADE's FLOPS schedule)."""
+    if warmup_steps <= 0:
+        return jnp.asarray(weight, jnp.float32)
+    return weight * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps) ** 2
+
+
+def linear_warmup(value: float, step: jax.Array, warmup_steps: int) -> jax.Array:
+    if warmup_steps <= 0:
+        return jnp.asarray(value, jnp.float32)
+    return value * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def mlm_corrupt(
+    rng: jax.Array,
+    token_ids: jax.Array,
+    maskable: jax.Array,
+    probability: float,
+    mask_token_id: int,
+    vocab_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """BERT masking: pick `probability` of the maskable tokens; of those 80% -> [MASK], 10% random, 10% kept.
+
+    Returns (corrupted ids, selected [B, L] bool).
+    """
+    select_rng, action_rng, random_rng = jax.random.split(rng, 3)
+    selected = maskable & (jax.random.uniform(select_rng, token_ids.shape) < probability)
+    action = jax.random.uniform(action_rng, token_ids.shape)
+    random_ids = jax.random.randint(random_rng, token_ids.shape, 0, vocab_size)
+    corrupted = jnp.where(selected & (action < 0.8), mask_token_id, token_ids)
+    corrupted = jnp.where(selected & (action >= 0.8) & (action < 0.9), random_ids, corrupted)
+    return corrupted, selected
+
+
+def mlm_loss(vocab_logits: jax.Array, token_ids: jax.Array, selected: jax.Array) -> jax.Array:
+    """Cross-entropy of the original ids at the selected positions; vocab_logits [B, L, V]."""
+    per_token = optax.softmax_cross_entropy_with_integer_labels(vocab_logits.astype(jnp.float32), token_ids)
+    weights = selected.astype(jnp.float32)
+    return jnp.sum(per_token * weights) / jnp.maximum(weights.sum(), 1.0)

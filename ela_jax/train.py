@@ -1,0 +1,35 @@
+"""python -m ela_jax.train --config configs/demo.py --workdir W [--config.KEY=VALUE ...]"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ela_jax import config as config_lib
+from ela_jax import parallel
+from ela_jax.cli import quiet_libraries
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; training resumes from its latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    del argv
+    quiet_libraries()
+    parallel.initialize_distributed()
+    from ela_jax.training import loop  # after distributed init: importing JAX backends early is harmless, using them is not
+
+    try:
+        results = loop.train(_CONFIG.value, _WORKDIR.value)
+    except config_lib.ConfigError as error:
+        sys.exit(f"config error: {error}")
+    for score, metrics in results["scores"].items():
+        print(f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1 {metrics['text_retrieval_recall@1']:.1f}  "
+              f"T->I R@1 {metrics['image_retrieval_recall@1']:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,125 @@
+"""The trainer, in named sections: setup, state, input, step, loop (log / checkpoint / evaluate), final report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from ela_jax import parallel, plots
+from ela_jax.data import pipeline
+from ela_jax.evaluation.encode import Encoder
+from ela_jax.evaluation.evaluator import evaluate_retrieval
+from ela_jax.experiment import Experiment
+from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.step import Vocabulary, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+class Evaluation:
+    """Held-out retrieval on the current params; the eval set and the jitted encoders are built once."""
+
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+        self.dataset = None
+        self.encoder = None
+
+    def __call__(self, params, step: int) -> dict:
+        config = self.experiment.config
+        if self.dataset is None:
+            self.dataset = pipeline.retrieval_set(config.data, "test")
+            self.encoder = Encoder(self.experiment.model, params, self.experiment.mesh, config.eval.batch_size)
+        self.encoder.params = params
+        results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
+        return {"step": int(step), "split": "test", **results}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
+    # --- setup: validation happens before anything compiles.
+    experiment = Experiment.build(config, workdir)
+    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
+
+    # --- state: abstract first, then created (or restored) directly into its shardings.
+    optimizer, schedule = experiment.optimizer()
+    factory = experiment.state_factory()
+    if is_chief:
+        report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
+        parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
+
+    # --- input: the grain iterator is part of the checkpoint.
+    data_iterator = iter(pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(),
+                                                jax.process_count()))
+    checkpointer = experiment.checkpointer()
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+        start_step = 0
+        state = factory.create(config.seed)
+    else:
+        state = checkpointer.restore(start_step, factory.abstract_with_shardings(), data_iterator)
+        log.warning("resumed from checkpoint step %d in %s", start_step, workdir)
+
+    # --- step: one jit, explicit shardings, donated state.
+    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
+    train_step = jax.jit(
+        make_train_step(experiment.model, optimizer, schedule, config, vocabulary),
+        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(factory.shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+    # --- loop
+    writer = MetricWriter(workdir, start_step, enabled=is_chief)
+    evaluation = Evaluation(experiment)
+    progress = tqdm.tqdm(initial=start_step, total=config.total_steps, desc="train", unit="step",
+                         disable=not (is_chief and config.log.progress), dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, config.total_steps + 1):
+        batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+        with mesh, nn.logical_axis_rules(rules):
+            state, metrics = train_step(state, batch)
+        window_steps += 1
+        progress.update(1)
+        if step % config.log.every_steps == 0 or step == config.total_steps:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}")
+            elapsed = time.perf_counter() - window_start
+            metrics["pairs_per_second"] = window_steps * config.batch_size / elapsed
+            writer.write(step, metrics)
+            progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+            window_start, window_steps = time.perf_counter(), 0
+        if step == config.total_steps or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0):
+            checkpointer.save(step, state, data_iterator)
+        if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+            results = evaluation(state.params, step)
+            writer.write(step, {f"eval/{score}/{k}": v for score, m in results["scores"].items()
+                                for k, v in m.items() if "recall@" in k or k == "rsum"})
+    progress.close()
+    checkpointer.close()
+
+    # --- final report
+    results = evaluation(state.params, config.total_steps)
+    if is_chief:
+        write_json(os.path.join(workdir, "eval", "results.json"), results)
+        plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
+    writer.close()
+    return results

@@ -1,0 +1,105 @@
+"""The train state and its abstract-first, sharded creation (nothing is ever materialised unsharded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from ela_jax import parallel
+from ela_jax.models.ela import TEXT_PARAM_GROUPS, ELAModel
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    # Text-side parameters of the expansion teacher (EMA or frozen copy); empty when no teacher is configured.
+    teacher: Any
+
+
+def needs_teacher(config) -> bool:
+    ela = config.objective.ela
+    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen")
+
+
+def example_inputs(config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    size, length = config.model.image.image_size, config.tokenizer.max_length
+    return (jnp.zeros((1, size, size, 3), jnp.uint8), jnp.zeros((1, length), jnp.int32),
+            jnp.ones((1, length), bool))
+
+
+def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
+    """The image lexicon head starts as the text (MLM) head; a tied decoder becomes the image decoder kernel."""
+    image_head = dict(params["text_lexicon"])
+    if tie_text_decoder:
+        image_head["decoder_kernel"] = params["text_tower"]["word_embeddings"]["embedding"].T
+    return {**params, "image_lexicon": image_head}
+
+
+def teacher_params(params: dict) -> dict:
+    return {group: params[group] for group in TEXT_PARAM_GROUPS}
+
+
+class StateFactory:
+    """Builds the train state directly into its shardings on `mesh`, and describes them."""
+
+    def __init__(self, model: ELAModel, optimizer: optax.GradientTransformation, config, mesh: Mesh):
+        self.model, self.optimizer, self.config, self.mesh = model, optimizer, config, mesh
+        self.rules = parallel.logical_rules(config.mesh)
+        boxed = jax.eval_shape(self._boxed_params, jax.random.key(0))
+        self.param_logical_specs = nn.get_partition_spec(boxed)
+        self.abstract_params = nn.unbox(boxed)
+        self.param_shardings = parallel.logical_to_shardings(self.param_logical_specs, mesh, self.rules)
+        self.abstract_state = jax.eval_shape(self._create, jax.random.key(0))
+        self.shardings = self._state_shardings()
+
+    def _boxed_params(self, rng: jax.Array) -> Any:
+        return self.model.init(rng, *example_inputs(self.config))["params"]
+
+    def _create(self, rng: jax.Array) -> TrainState:
+        params = nn.unbox(self._boxed_params(rng))
+        if self.config.model.lexicon.init_image_from_text:
+            params = copy_text_lexicon_to_image(params, self.config.model.lexicon.tie_text_decoder)
+        return self.state_from_params(params)
+
+    def state_from_params(self, params: Any) -> TrainState:
+        teacher = teacher_params(params) if needs_teacher(self.config) else {}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params),
+                          teacher=teacher)
+
+    def _state_shardings(self) -> TrainState:
+        replicated = parallel.replicated(self.mesh)
+        opt_shardings = optax.tree_map_params(
+            self.optimizer,
+            lambda _, sharding: sharding,
+            self.abstract_state.opt_state,
+            self.param_shardings,
+            transform_non_params=lambda _: replicated,
+        )
+        teacher = teacher_params(self.param_shardings) if needs_teacher(self.config) else {}
+        return TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings, teacher=teacher)
+
+    def create(self, seed: int) -> TrainState:
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            return jax.jit(self._create, out_shardings=self.shardings)(jax.random.key(seed))
+
+    def from_params(self, params: Any) -> TrainState:
+        """A fresh state (step 0, new optimizer state, teacher) around given params, e.g. imported weights."""
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            return jax.jit(self.state_from_params, in_shardings=(self.param_shardings,),
+                           out_shardings=self.shardings)(params)
+
+    def abstract_with_shardings(self) -> TrainState:
+        """ShapeDtypeStructs carrying the target shardings: what a checkpoint restore fills in."""
+        return jax.tree.map(
+            lambda abstract, sharding: jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding),
+            self.abstract_state,
+            self.shardings,
+        )
