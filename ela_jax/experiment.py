@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from ela_jax import config as config_lib
 from ela_jax import parallel
+from ela_jax.convert import from_pytorch
 from ela_jax.data import tokenizer as tokenizer_lib
 from ela_jax.models.ela import ELAModel
 from ela_jax.training import optimizer as optimizer_lib
@@ -39,6 +40,8 @@ class Experiment:
         elif vocab_size != tokenizer.vocab_size:
             raise config_lib.ConfigError(f"model.vocab_size {vocab_size} differs from the tokenizer's "
                                          f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer")
+        # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
+        from_pytorch.apply_hf_architecture(config)
         mesh = parallel.create_mesh(config.mesh)
         return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
 
@@ -76,12 +79,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
+def _as_tuples(value):
+    """JSON turns the config's tuples (nested ones too, as in mesh.rules) into lists; turn them back."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = tuple(tuple(v) if isinstance(v, list) else v for v in value) \
-                if isinstance(value, list) else value
+            flat[f"{prefix}{key}"] = _as_tuples(value)
     return flat

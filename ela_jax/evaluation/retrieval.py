@@ -2,7 +2,8 @@
 
 Image->text counts a hit when *any* of the image's captions ranks in the top K; text->image when the caption's image
 does. Ties count against the model: a rank is the number of non-matching items scoring at least as high as the best
-matching one, so a collapsed model (all scores equal) scores 0, not 100.
+matching one, so a collapsed model (all scores equal) scores 0, not 100. "At least as high" allows a relative 1e-6: the same dot
+product computed in matmuls of different shapes differs in its last bits, which must not turn a tie into a win.
 Key spelling follows open_clip / CLIP_benchmark: `text_retrieval_recall@K` is image->text (texts are retrieved),
 `image_retrieval_recall@K` is text->image.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
+TIE_TOLERANCE = 1e-6
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image rows, caption columns) -> scores [rows, cols]
 
@@ -35,9 +38,14 @@ def retrieval_ranks(score_fn: ScoreFn, num_images: int, caption_image: np.ndarra
         scores = np.asarray(score_fn(rows, all_captions), np.float64)  # [rows, captions]
         matches = caption_image[None, :] == rows[:, None]
         best_match = np.where(matches, scores, -np.inf).max(axis=1)
-        image_ranks[rows] = np.sum(~matches & (scores >= best_match[:, None]), axis=1)
-        caption_ranks += np.sum(~matches & (scores >= positive[None, :]), axis=0)
+        image_ranks[rows] = np.sum(~matches & (scores >= _tied_with(best_match)[:, None]), axis=1)
+        caption_ranks += np.sum(~matches & (scores >= _tied_with(positive)[None, :]), axis=0)
     return image_ranks, caption_ranks
+
+
+def _tied_with(threshold: np.ndarray) -> np.ndarray:
+    """The lowest score that still ties `threshold`."""
+    return threshold - TIE_TOLERANCE * np.maximum(1.0, np.abs(threshold))
 
 
 def recall_metrics(image_ranks: np.ndarray, caption_ranks: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:

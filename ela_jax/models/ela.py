@@ -88,7 +88,7 @@ class ELAModel(nn.Module):
         token_embeddings [b, len, token_dim], vocab_logits [b, len, vocab], lexicon [b, vocab]. Token-level
         outputs exclude CLS and pads through token_mask."""
         hidden = self.text_tower(token_ids, mask)
-        token_mask = mask.astype(bool).at[:, 0].set(False)
+        token_mask = jnp.asarray(mask, bool).at[:, 0].set(False)
         outputs = {"hidden": hidden, "global": l2_normalise(self.text_global(hidden[:, 0])), "token_mask": token_mask}
         if with_tokens:
             outputs["token_embeddings"] = l2_normalise(self.text_token(hidden))

@@ -14,6 +14,7 @@ import numpy as np
 import tqdm
 
 from ela_jax import parallel, plots
+from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.evaluation.evaluator import evaluate_retrieval
@@ -73,6 +74,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start_step is None:
         start_step = 0
         state = factory.create(config.seed)
+        if config.init.text_tower or config.init.image_tower:
+            state = factory.from_params(from_pytorch.load_pretrained_towers(config, jax.device_get(state.params)))
     else:
         state = checkpointer.restore(start_step, factory.abstract_with_shardings(), data_iterator)
         log.warning("resumed from checkpoint step %d in %s", start_step, workdir)

@@ -1,0 +1,233 @@
+"""Hugging Face BERT / ViT checkpoints into ela_jax: `config.init.text_tower` / `image_tower` give the towers their
+architecture (apply_hf_architecture) and starting weights (load_pretrained_towers); `load_exported` reads a
+`to_pytorch` export back. Safetensors only: a pickled `.bin` checkpoint is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+from safetensors import safe_open
+
+from ela_jax.config import ConfigError
+from ela_jax.convert import keymap
+from ela_jax.training.state import copy_text_lexicon_to_image
+
+log = logging.getLogger(__name__)
+
+# transformers' hidden_act -> ela_jax's gelu_approximate (the tanh form); other activations have no counterpart.
+GELU_APPROXIMATE = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True,
+                    "gelu_fast": True}
+SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PICKLED_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def weight_files(directory: str, described_as: str) -> list[str]:
+    """The safetensors file(s) of a Hugging Face model directory; ConfigError when there are none."""
+    single = os.path.join(directory, SAFETENSORS_FILE)
+    if os.path.isfile(single):
+        return [single]
+    index = os.path.join(directory, SAFETENSORS_INDEX)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(directory, shard) for shard in shards]
+    pickled = [name for name in PICKLED_FILES if os.path.isfile(os.path.join(directory, name))]
+    if pickled:
+        raise ConfigError(f"{described_as} holds {pickled[0]} but no {SAFETENSORS_FILE}; pickled checkpoints can run "
+                          "code when loaded and are refused. Convert it once where you trust the file (load it with "
+                          "transformers, then save_pretrained writes model.safetensors)")
+    raise ConfigError(f"{described_as} holds no {SAFETENSORS_FILE}; point it at a Hugging Face model directory")
+
+
+def read_weights(files: list[str]) -> dict[str, np.ndarray]:
+    """Every tensor of the safetensors `files` as numpy; bfloat16 ones as float32 (exact)."""
+    weights = {}
+    for path in files:
+        with safe_open(path, framework="np") as f:
+            names = list(f.keys())
+            bfloat16 = [name for name in names if f.get_slice(name).get_dtype() == "BF16"]
+            weights.update({name: f.get_tensor(name) for name in names if name not in bfloat16})
+        if bfloat16:
+            # numpy has no bfloat16; JAX's reader has.
+            with safe_open(path, framework="flax") as f:
+                weights.update({name: np.asarray(f.get_tensor(name), np.float32) for name in bfloat16})
+    return weights
+
+
+def read_json(path: str, described_as: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{described_as} holds no {os.path.basename(path)}; point it at a Hugging Face model "
+                          "directory")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _gelu_approximate(hidden_act: str, described_as: str) -> bool:
+    if hidden_act not in GELU_APPROXIMATE:
+        raise ConfigError(f"{described_as} uses hidden_act={hidden_act!r}; ela_jax's towers support "
+                          f"{sorted(GELU_APPROXIMATE)}")
+    return GELU_APPROXIMATE[hidden_act]
+
+
+def _expect(hf_config: dict, key: str, expected, described_as: str, default=None) -> None:
+    value = hf_config.get(key, default)
+    if value != expected:
+        raise ConfigError(f"{described_as} has {key}={value!r}; ela_jax can only load {key}={expected!r}")
+
+
+def apply_hf_architecture(config: ml_collections.ConfigDict) -> None:
+    """Sets config.model.text / config.model.image to the architecture in init.text_tower / init.image_tower's
+    config.json, so the weights fit; raises ConfigError for a checkpoint that cannot be loaded into this config.
+
+    Runs after validation and after model.vocab_size is resolved from the tokenizer, before the model is built."""
+    if config.init.text_tower:
+        _apply_bert_architecture(config, config.init.text_tower)
+    if config.init.image_tower:
+        _apply_vit_architecture(config, config.init.image_tower)
+
+
+def _apply_bert_architecture(config: ml_collections.ConfigDict, directory: str) -> None:
+    described_as = f"init.text_tower={directory!r}"
+    hf_config = read_json(os.path.join(directory, "config.json"), described_as)
+    weight_files(directory, described_as)  # refuse a pickled-only checkpoint before anything compiles
+    _expect(hf_config, "model_type", "bert", described_as)
+    _expect(hf_config, "position_embedding_type", "absolute", described_as, default="absolute")
+    if hf_config["vocab_size"] != config.model.vocab_size:
+        raise ConfigError(f"{described_as} has vocab_size {hf_config['vocab_size']} but the tokenizer "
+                          f"(tokenizer.vocab={config.tokenizer.vocab!r}) has {config.model.vocab_size} words; set "
+                          "tokenizer.vocab to the checkpoint's vocab.txt")
+    if config.tokenizer.max_length > hf_config["max_position_embeddings"]:
+        raise ConfigError(f"tokenizer.max_length {config.tokenizer.max_length} exceeds the "
+                          f"{hf_config['max_position_embeddings']} positions of {described_as}; lower "
+                          "tokenizer.max_length")
+    if config.model.lexicon.tie_text_decoder and not hf_config.get("tie_word_embeddings", True):
+        raise ConfigError(f"{described_as} has an MLM decoder of its own (tie_word_embeddings false) but "
+                          "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False")
+    text = config.model.text
+    text.width = hf_config["hidden_size"]
+    text.depth = hf_config["num_hidden_layers"]
+    text.num_heads = hf_config["num_attention_heads"]
+    text.mlp_dim = hf_config["intermediate_size"]
+    text.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
+    text.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
+    text.max_position_embeddings = hf_config["max_position_embeddings"]
+    text.type_vocab_size = hf_config.get("type_vocab_size", 2)
+
+
+def _square(value, key: str, described_as: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConfigError(f"{described_as} has a non-square {key} {value}; ela_jax's ViT is square")
+        value = value[0]
+    return int(value)
+
+
+def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -> None:
+    described_as = f"init.image_tower={directory!r}"
+    hf_config = read_json(os.path.join(directory, "config.json"), described_as)
+    weight_files(directory, described_as)
+    _expect(hf_config, "model_type", "vit", described_as)
+    _expect(hf_config, "qkv_bias", True, described_as, default=True)
+    _expect(hf_config, "num_channels", 3, described_as, default=3)
+    image_size = _square(hf_config.get("image_size", 224), "image_size", described_as)
+    if config.data.image_size != image_size:
+        raise ConfigError(f"{described_as} is for {image_size}px images but data.image_size is "
+                          f"{config.data.image_size}; set data.image_size={image_size} (the input pipeline does not "
+                          "resize)")
+    image = config.model.image
+    image.width = hf_config["hidden_size"]
+    image.depth = hf_config["num_hidden_layers"]
+    image.num_heads = hf_config["num_attention_heads"]
+    image.mlp_dim = hf_config["intermediate_size"]
+    image.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
+    image.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
+    image.image_size = image_size
+    image.patch_size = _square(hf_config.get("patch_size", 16), "patch_size", described_as)
+    processor_path = os.path.join(directory, "preprocessor_config.json")
+    if os.path.isfile(processor_path):
+        processor = read_json(processor_path, described_as)
+        rescale = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0
+        if not np.isclose(rescale, 1 / 255, rtol=1e-6):
+            raise ConfigError(f"{described_as} rescales pixels by {rescale}; ela_jax feeds uint8 images scaled by "
+                              "1/255, so this tower would see different inputs")
+        if processor.get("do_normalize", True) and "image_mean" in processor:
+            image.pixel_mean = tuple(float(v) for v in processor["image_mean"])
+            image.pixel_std = tuple(float(v) for v in processor["image_std"])
+
+
+def _wrapper_prefix(weights: dict, probe: str, wrapper: str, described_as: str) -> str:
+    """'' for a bare BertModel / ViTModel checkpoint, `wrapper` ('bert.', 'vit.') for task models around one."""
+    if probe in weights:
+        return ""
+    if wrapper + probe in weights:
+        return wrapper
+    raise ConfigError(f"{described_as} has no {probe} (nor {wrapper}{probe}); is it the right kind of checkpoint?")
+
+
+def _mlm_head(hf_config: dict, bert_prefix: str, tie_text_decoder: bool) -> keymap.KeyMap:
+    checkpoint_tied = hf_config.get("tie_word_embeddings", True)
+    if tie_text_decoder or not checkpoint_tied:
+        return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=tie_text_decoder)
+    # An untied decoder starts from the checkpoint's tied one: the word embeddings.
+    tied_decoder = keymap.Rule("text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight",
+                               keymap.LINEAR)
+    return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=True) + keymap.KeyMap([tied_decoder])
+
+
+def load_pretrained_towers(config: ml_collections.ConfigDict, params: dict) -> dict:
+    """`params` (a host numpy tree) with the towers of init.text_tower / init.image_tower, and the text lexicon head
+    when the BERT checkpoint has an MLM head (a BertModel checkpoint such as MiniLM leaves the head as it was)."""
+    if config.init.text_tower:
+        params = _load_bert(config, params, config.init.text_tower)
+    if config.init.image_tower:
+        params = _load_vit(config, params, config.init.image_tower)
+    return params
+
+
+def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
+    described_as = f"init.text_tower={directory!r}"
+    hf_config = read_json(os.path.join(directory, "config.json"), described_as)
+    weights = read_weights(weight_files(directory, described_as))
+    prefix = _wrapper_prefix(weights, "embeddings.word_embeddings.weight", "bert.", described_as)
+    text_map = keymap.bert_encoder(config.model.text.depth, prefix)
+    has_mlm_head = keymap.MLM_HEAD_PREFIX + "transform.dense.weight" in weights
+    if has_mlm_head:
+        text_map += _mlm_head(hf_config, prefix, config.model.lexicon.tie_text_decoder)
+    params = text_map.to_flax(weights, params, source=directory)
+    if config.model.lexicon.init_image_from_text:
+        # The copy made at initialisation holds the random text head (or random word embeddings); copy again.
+        params = copy_text_lexicon_to_image(params, config.model.lexicon.tie_text_decoder)
+    log.warning("text tower%s initialised from %s", " and MLM (text lexicon) head" if has_mlm_head else "", directory)
+    return params
+
+
+def _load_vit(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
+    described_as = f"init.image_tower={directory!r}"
+    weights = read_weights(weight_files(directory, described_as))
+    prefix = _wrapper_prefix(weights, "embeddings.cls_token", "vit.", described_as)
+    params = keymap.vit_encoder(config.model.image.depth, prefix).to_flax(weights, params, source=directory)
+    log.warning("image tower initialised from %s", directory)
+    return params
+
+
+def load_exported(directory: str, model_config: ml_collections.ConfigDict, params) -> dict:
+    """The params of a `to_pytorch` export (e.g. after fine-tuning in PyTorch), in the shapes and dtypes of `params`
+    (arrays or jax.ShapeDtypeStructs of the ELAModel that `model_config` builds); every leaf comes from the files."""
+    ela_config = read_json(os.path.join(directory, "ela_config.json"), f"export {directory!r}")
+    if ela_config["tie_text_decoder"] != model_config.lexicon.tie_text_decoder:
+        raise ValueError(f"{directory} was exported with tie_text_decoder={ela_config['tie_text_decoder']}; build "
+                         "the model with the same model.lexicon.tie_text_decoder")
+    layout = keymap.export_layout(model_config)
+    uncovered = keymap.uncovered_paths(params, layout.values())
+    if uncovered:
+        raise ValueError(f"parameters {uncovered[:5]} have no rule in ela_jax/convert/keymap.py; add rules for them")
+    for name, key_map in layout.items():
+        path = os.path.join(directory, ela_config[name])
+        files = weight_files(path, f"export {path!r}") if os.path.isdir(path) else [path]
+        params = key_map.to_flax(read_weights(files), params, source=path)
+    return params

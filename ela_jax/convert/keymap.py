@@ -1,0 +1,204 @@
+"""The declarative key map between ela_jax's Flax parameter paths and PyTorch state-dict keys (Hugging Face
+`BertForMaskedLM` / `ViTModel`, and ELATorch's heads), with the reshape hook each key needs; it serves both directions.
+
+Flax paths are '/'-joined from the params root (`text_tower/encoder/layer_0/attention/query/kernel`). This module
+imports numpy only, so export, import and tests share it without pulling in JAX or PyTorch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+# The four projections into the retrieval spaces; torch.nn.Linear without bias in ELATorch.
+PROJECTIONS = ("image_global", "text_global", "image_token", "text_token")
+LOG_SCALES = ("global_log_scale", "fine_log_scale")
+MLM_HEAD_PREFIX = "cls.predictions."
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """One parameter's layout change: `to_torch(flax_array)` and its inverse `to_flax(torch_array, flax_shape)`."""
+
+    to_torch: Callable[[np.ndarray], np.ndarray]
+    to_flax: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+IDENTITY = Hook(lambda a: a, lambda t, shape: t)
+# nn.Dense kernel [in, out] <-> torch.nn.Linear weight [out, in].
+LINEAR = Hook(lambda a: a.T, lambda t, shape: t.T)
+# Attention q/k/v DenseGeneral kernel [embed, heads, head_dim] <-> Linear weight [heads * head_dim, embed].
+HEADS_IN = Hook(lambda a: a.reshape(a.shape[0], -1).T, lambda t, shape: t.T.reshape(shape))
+# q/k/v bias [heads, head_dim] <-> [heads * head_dim].
+HEADS_BIAS = Hook(lambda a: a.reshape(-1), lambda t, shape: t.reshape(shape))
+# Attention output DenseGeneral kernel [heads, head_dim, embed] <-> Linear weight [embed, heads * head_dim].
+HEADS_OUT = Hook(lambda a: a.reshape(-1, a.shape[-1]).T, lambda t, shape: t.T.reshape(shape))
+# nn.Conv kernel [height, width, in, out] (HWIO) <-> torch.nn.Conv2d weight [out, in, height, width] (OIHW).
+CONV = Hook(lambda a: a.transpose(3, 2, 0, 1), lambda t, shape: t.transpose(2, 3, 1, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    flax_path: str
+    torch_key: str
+    hook: Hook = IDENTITY
+    # Further keys that receive the same array on export and are not read on import: transformers keeps the MLM
+    # bias twice (`bias` and `decoder.bias`) when the decoder is not tied to the word embeddings.
+    export_copies: tuple[str, ...] = ()
+
+
+class KeyMap:
+    """An ordered set of rules: `to_torch` exports the parameters they cover, `to_flax` imports them."""
+
+    def __init__(self, rules: Iterable[Rule]):
+        self.rules = tuple(rules)
+
+    def __add__(self, other: "KeyMap") -> "KeyMap":
+        return KeyMap(self.rules + other.rules)
+
+    @property
+    def flax_paths(self) -> frozenset[str]:
+        return frozenset(rule.flax_path for rule in self.rules)
+
+    def to_torch(self, params: Mapping) -> dict[str, np.ndarray]:
+        """Host params (nested dicts of arrays) -> {torch key: C-contiguous array} (safetensors stores raw buffers)."""
+        state_dict = {}
+        for rule in self.rules:
+            tensor = np.asarray(rule.hook.to_torch(np.asarray(_get(params, rule.flax_path))), order="C")
+            for key in (rule.torch_key,) + rule.export_copies:
+                state_dict[key] = tensor
+        return state_dict
+
+    def to_flax(self, state_dict: Mapping[str, np.ndarray], params: Mapping, source: str) -> dict:
+        """A copy of `params` whose covered leaves come from `state_dict` (read from `source`), each in the shape and
+        dtype of the leaf it replaces; `params` may hold arrays or jax.ShapeDtypeStructs."""
+        missing = [rule.torch_key for rule in self.rules if rule.torch_key not in state_dict]
+        if missing:
+            raise ValueError(f"{source} lacks {len(missing)} weights the model needs, e.g. {missing[:3]}; "
+                             "is it a checkpoint of the expected architecture?")
+        updated = params
+        for rule in self.rules:
+            target = _get(params, rule.flax_path)
+            tensor = np.asarray(state_dict[rule.torch_key])
+            try:
+                value = rule.hook.to_flax(tensor, tuple(target.shape))
+            except ValueError:  # a reshape that cannot fit
+                value = None
+            if value is None or value.shape != tuple(target.shape):
+                raise ValueError(f"{source}: {rule.torch_key} has shape {list(tensor.shape)}, which does not fit "
+                                 f"{rule.flax_path} {list(target.shape)}")
+            updated = _set(updated, rule.flax_path, np.asarray(value, dtype=target.dtype, order="C"))
+        return updated
+
+
+def leaf_paths(params: Mapping, prefix: str = "") -> list[str]:
+    paths = []
+    for name, value in params.items():
+        if isinstance(value, Mapping):
+            paths += leaf_paths(value, f"{prefix}{name}/")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+def uncovered_paths(params: Mapping, keymaps: Iterable[KeyMap]) -> list[str]:
+    """Parameters no rule exports: a new parameter without a rule would silently be lost in PyTorch."""
+    covered = frozenset().union(*(keymap.flax_paths for keymap in keymaps))
+    return [path for path in leaf_paths(params) if path not in covered]
+
+
+def _get(tree: Mapping, path: str) -> Any:
+    for name in path.split("/"):
+        tree = tree[name]
+    return tree
+
+
+def _set(tree: Mapping, path: str, value: Any) -> dict:
+    head, _, rest = path.partition("/")
+    return {**tree, head: _set(tree[head], rest, value) if rest else value}
+
+
+def _linear(flax: str, torch: str) -> list[Rule]:
+    return [Rule(f"{flax}/kernel", f"{torch}.weight", LINEAR), Rule(f"{flax}/bias", f"{torch}.bias")]
+
+
+def _layer_norm(flax: str, torch: str) -> list[Rule]:
+    return [Rule(f"{flax}/scale", f"{torch}.weight"), Rule(f"{flax}/bias", f"{torch}.bias")]
+
+
+def _transformer_block(flax: str, torch: str, attention: str, attention_norm: str, mlp_norm: str) -> list[Rule]:
+    """The shared TransformerBlock; BERT (post-LN) and ViT (pre-LN) name its attention module and norms apart."""
+    rules = []
+    for projection in ("query", "key", "value"):
+        rules += [Rule(f"{flax}/attention/{projection}/kernel", f"{torch}.{attention}.{projection}.weight", HEADS_IN),
+                  Rule(f"{flax}/attention/{projection}/bias", f"{torch}.{attention}.{projection}.bias", HEADS_BIAS)]
+    rules += [Rule(f"{flax}/attention/output/kernel", f"{torch}.attention.output.dense.weight", HEADS_OUT),
+              Rule(f"{flax}/attention/output/bias", f"{torch}.attention.output.dense.bias")]
+    rules += _linear(f"{flax}/mlp/intermediate", f"{torch}.intermediate.dense")
+    rules += _linear(f"{flax}/mlp/output", f"{torch}.output.dense")
+    rules += _layer_norm(f"{flax}/attention_norm", f"{torch}.{attention_norm}")
+    rules += _layer_norm(f"{flax}/mlp_norm", f"{torch}.{mlp_norm}")
+    return rules
+
+
+def bert_encoder(depth: int, prefix: str) -> KeyMap:
+    """text_tower <-> BertModel (prefix '') or the `bert.` module of BertForMaskedLM (prefix 'bert.')."""
+    rules = [Rule(f"text_tower/{name}/embedding", f"{prefix}embeddings.{name}.weight")
+             for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+    rules += _layer_norm("text_tower/embeddings_norm", f"{prefix}embeddings.LayerNorm")
+    for layer in range(depth):
+        rules += _transformer_block(f"text_tower/encoder/layer_{layer}", f"{prefix}encoder.layer.{layer}",
+                                    attention="attention.self", attention_norm="attention.output.LayerNorm",
+                                    mlp_norm="output.LayerNorm")
+    return KeyMap(rules)
+
+
+def vit_encoder(depth: int, prefix: str) -> KeyMap:
+    """image_tower <-> ViTModel without pooler (prefix '') or the `vit.` module of ViTForImageClassification.
+
+    The keys are the on-disk layout that transformers v4 and v5 both read and that v5's save_pretrained writes."""
+    rules = [Rule("image_tower/patch_embedding/kernel", f"{prefix}embeddings.patch_embeddings.projection.weight", CONV),
+             Rule("image_tower/patch_embedding/bias", f"{prefix}embeddings.patch_embeddings.projection.bias"),
+             Rule("image_tower/cls_token", f"{prefix}embeddings.cls_token"),
+             Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embeddings")]
+    for layer in range(depth):
+        rules += _transformer_block(f"image_tower/encoder/layer_{layer}", f"{prefix}encoder.layer.{layer}",
+                                    attention="attention.attention", attention_norm="layernorm_before",
+                                    mlp_norm="layernorm_after")
+    rules += _layer_norm("image_tower/final_norm", f"{prefix}layernorm")
+    return KeyMap(rules)
+
+
+def lexicon_head(group: str, prefix: str, tied: bool) -> KeyMap:
+    """A LexiconHead <-> transformers' BertLMPredictionHead layout (`cls.predictions.` in BertForMaskedLM).
+
+    Tied, the decoder is the word embeddings and its bias is `bias`; untied, transformers reads `decoder.bias`."""
+    rules = _linear(f"{group}/transform", f"{prefix}transform.dense")
+    rules += _layer_norm(f"{group}/transform_norm", f"{prefix}transform.LayerNorm")
+    if tied:
+        rules.append(Rule(f"{group}/decoder_bias", f"{prefix}bias"))
+    else:
+        rules += [Rule(f"{group}/decoder_kernel", f"{prefix}decoder.weight", LINEAR),
+                  Rule(f"{group}/decoder_bias", f"{prefix}decoder.bias", export_copies=(f"{prefix}bias",))]
+    return KeyMap(rules)
+
+
+def ela_heads() -> KeyMap:
+    """What ELATorch holds besides BertForMaskedLM and ViTModel (the file ela_heads.safetensors)."""
+    rules = list(lexicon_head("image_lexicon", "image_lexicon.", tied=False).rules)
+    rules += [Rule(f"{name}/kernel", f"{name}.weight", LINEAR) for name in PROJECTIONS]
+    rules += [Rule(name, name) for name in LOG_SCALES]
+    return KeyMap(rules)
+
+
+def export_layout(model_config) -> dict[str, KeyMap]:
+    """The exported directory's three weight files -> the key map of each: 'text' (BertForMaskedLM), 'image'
+    (ViTModel) and 'heads' (ELATorch's own). `model_config` is config.model."""
+    tied = model_config.lexicon.tie_text_decoder
+    return {
+        "text": bert_encoder(model_config.text.depth, "bert.") + lexicon_head("text_lexicon", MLM_HEAD_PREFIX, tied),
+        "image": vit_encoder(model_config.image.depth, ""),
+        "heads": ela_heads(),
+    }

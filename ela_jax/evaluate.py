@@ -1,0 +1,69 @@
+"""python -m ela_jax.evaluate --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/results.json
+
+Evaluates a checkpoint of W with W's own config (written by training); `--config.*` overrides apply on top, e.g.
+`--config.eval.scores='("global",)'` or `--config.data.num_test=5000`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ela_jax import parallel
+from ela_jax.cli import quiet_libraries
+
+
+def _workdir_from_argv(argv: list[str]) -> str | None:
+    """The workdir is needed before flags are parsed: the config flag's defaults are that run's config."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+        if arg == "--workdir" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def main(argv) -> None:
+    del argv
+    quiet_libraries()
+    parallel.initialize_distributed()
+    from ela_jax import config as config_lib
+    from ela_jax.experiment import Experiment
+    from ela_jax.training.loop import Evaluation, write_json
+
+    config = flags.FLAGS.config
+    workdir = flags.FLAGS.workdir
+    try:
+        experiment = Experiment.build(config, workdir)
+    except config_lib.ConfigError as error:
+        sys.exit(f"config error: {error}")
+    state = experiment.restore_state(flags.FLAGS.step)
+    results = Evaluation(experiment)(state.params, int(state.step))
+    write_json(os.path.join(workdir, "eval", "results.json"), results)
+    for score, metrics in results["scores"].items():
+        print(f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
+              + "/".join(f"{metrics[f'text_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10))
+              + "  T->I R@1/5/10 " + "/".join(f"{metrics[f'image_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10)))
+
+
+def define_flags(argv: list[str]) -> None:
+    from ela_jax.experiment import load_config
+
+    workdir = _workdir_from_argv(argv)
+    if workdir is None:
+        sys.exit("usage: python -m ela_jax.evaluate --workdir W [--step N] [--config.KEY=VALUE ...]")
+    try:
+        config = load_config(workdir)
+    except FileNotFoundError as error:
+        sys.exit(str(error))
+    config_flags.DEFINE_config_dict("config", config, "The run's config (from W/config.json) with overrides.")
+    flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+
+
+if __name__ == "__main__":
+    define_flags(sys.argv)
+    app.run(main)

@@ -1,0 +1,60 @@
+"""Shared fixtures: offline environment, a private TFDS data dir, and a tiny config that trains in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_data_dir(tmp_path_factory):
+    """Datasets are prepared inside the test session, never read from a user's cache."""
+    path = str(tmp_path_factory.mktemp("tfds"))
+    previous = os.environ.get("ELA_JAX_DATA_DIR")
+    os.environ["ELA_JAX_DATA_DIR"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("ELA_JAX_DATA_DIR", None)
+    else:
+        os.environ["ELA_JAX_DATA_DIR"] = previous
+
+
+def make_tiny_config(**overrides):
+    """ELA with every switch of the demo on a small world and a tiny model; `overrides` are dotted keys."""
+    from ela_jax import config as config_lib
+
+    config = config_lib.base_config()
+    config.total_steps = 20
+    config.batch_size = 32
+    config.data.num_train = 256
+    config.data.num_test = 64
+    config.tokenizer.max_length = 16
+    config.model = config_lib.model_config(
+        image_size=32, patch_size=8, image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64), max_length=16, embed_dim=32, token_dim=16)
+    config.objective.ela_weight = 1.0
+    config.objective.mlm_weight = 0.5
+    config.objective.flops_weight = 1e-3
+    config.optim.lr = 2e-3
+    config.optim.warmup_steps = 5
+    config.checkpoint.every_steps = 10
+    config.log.every_steps = 5
+    config.log.progress = False
+    config.eval.batch_size = 64
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config

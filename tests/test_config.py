@@ -1,0 +1,93 @@
+"""A config that cannot run stops before anything compiles, with one line that says what to change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ela_jax import config as config_lib
+from ela_jax.experiment import Experiment, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def validation_error(config, num_devices: int = 1) -> str:
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config, num_devices)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_batch_not_divisible_by_data_parallel_devices_names_a_fix(tiny_config):
+    message = validation_error(tiny_config(batch_size=100), num_devices=8)
+    assert "batch_size 100" in message and "multiple of 8" in message
+
+
+def test_mesh_that_cannot_use_the_devices_is_refused(tiny_config):
+    message = validation_error(tiny_config(**{"mesh.data": 3, "mesh.fsdp": 1, "mesh.tensor": 1}), num_devices=8)
+    assert "needs 3 devices but 8 are present" in message
+    assert "cannot be split" in validation_error(tiny_config(**{"mesh.fsdp": 3}), num_devices=8)
+
+
+def test_missing_vocabulary_file_is_named(tiny_config):
+    message = validation_error(tiny_config(**{"tokenizer.vocab": "/nowhere/vocab.txt"}))
+    assert "/nowhere/vocab.txt" in message and "does not exist" in message
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("objective.ela.loss", "hinge", "objective.ela.loss='hinge' is not one of"),
+        ("objective.ela.target_source", "oracle", "objective.ela.target_source"),
+        ("objective.ela.beta", 1.5, "beta must lie in [0, 1]"),
+        ("model.dtype", "float8", "model.dtype"),
+        ("eval.scores", ("global", "bm25"), "eval.scores='bm25'"),
+        ("objective.global_weight", -1.0, "objective weights must be >= 0"),
+        ("tokenizer.max_length", 64, "exceeds model.text.max_position_embeddings"),
+        ("init.text_tower", "/nowhere", "holds no config.json"),
+    ],
+)
+def test_invalid_values_are_named_with_their_key(tiny_config, key, value, expected):
+    assert expected in validation_error(tiny_config(**{key: value}))
+
+
+def test_expansion_from_an_untrained_online_head_is_refused(tiny_config):
+    config = tiny_config(**{"objective.ela.beta": 0.5, "objective.mlm_weight": 0.0})
+    assert "nothing trains it" in validation_error(config)
+
+
+def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="differs from the tokenizer"):
+        Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
+
+
+def test_unknown_override_key_fails_on_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", str(tmp_path),
+         "--config.objective.no_such_key=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "no_such_key" in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "config.json"))
+
+
+def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", str(tmp_path),
+         "--config.batch_size=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("config error: batch_size 0")
+
+
+def test_written_config_round_trips(tiny_config, tmp_path):
+    config = tiny_config()
+    (tmp_path / "config.json").write_text(config.to_json_best_effort())
+    restored = load_config(str(tmp_path))
+    assert restored.to_dict() == config.to_dict()

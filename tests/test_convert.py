@@ -1,0 +1,275 @@
+"""PyTorch interop: exports load in stock transformers and reproduce the JAX model (fp32, 1e-4), round trips are
+bit-identical, Hugging Face checkpoints initialise the towers, and unsafe or mismatched checkpoints are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import ela_jax
+from configs.ela_minilm import minilm_dir
+from ela_jax.config import ConfigError
+from ela_jax.convert import from_pytorch, to_pytorch
+from ela_jax.experiment import Experiment, load_config
+from ela_jax.inference import ELAInference
+from ela_jax.models.ela import ELAModel
+from ela_jax.torch_model import ELATorch
+from ela_jax.training.loop import train
+from ela_jax.training.state import example_inputs
+from tests.conftest import make_tiny_config
+
+TOLERANCE = 1e-4
+TEXTS = [
+    "a red circle next to a blue square",
+    "Two GREEN triangles, above the crimson cross!",
+    "an azure bar at the bottom left of the picture " * 4,  # longer than max_length: truncated
+    "unknown wörds und Ümlaute ... 123",
+]
+
+
+def small_config(**overrides):
+    """Two layers per tower (layer indices matter), tanh GELU and eps 1e-6 in the ViT, 16 px images."""
+    from ela_jax import config as config_lib
+
+    config = make_tiny_config(**{"data.image_size": 16, "data.num_train": 64, "data.num_test": 8,
+                                 "batch_size": 8, "eval.batch_size": 8})
+    config.model = config_lib.model_config(
+        image_size=16, patch_size=4, image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=2, num_heads=4, mlp_dim=48), max_length=16, embed_dim=24, token_dim=16)
+    config.model.image.gelu_approximate = True
+    config.model.image.layer_norm_eps = 1e-6
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def host_params(experiment: Experiment) -> dict:
+    init = jax.jit(experiment.model.init)
+    return jax.device_get(nn.unbox(init(jax.random.key(0), *example_inputs(experiment.config))["params"]))
+
+
+def abstract_params(experiment: Experiment) -> dict:
+    return nn.unbox(jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))
+                    ["params"])
+
+
+@pytest.fixture(scope="module")
+def random_export(tmp_path_factory):
+    """Every parameter random (biases, norms and log scales too), untied text decoder, non-default pixel statistics."""
+    workdir, output = tmp_path_factory.mktemp("random_workdir"), str(tmp_path_factory.mktemp("random_export"))
+    config = small_config(**{"model.lexicon.tie_text_decoder": False, "model.image.pixel_mean": (0.48, 0.46, 0.41),
+                             "model.image.pixel_std": (0.27, 0.26, 0.28)})
+    experiment = Experiment.build(config, str(workdir))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda leaf: (leaf + rng.normal(0.0, 0.05, leaf.shape)).astype(leaf.dtype),
+                          host_params(experiment))
+    to_pytorch.export(config, experiment.tokenizer, params, output)
+    return experiment, params, output
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A few real training steps with the default (tied) decoder, exported through the command-line entry point."""
+    workdir, output = str(tmp_path_factory.mktemp("trained_workdir")), str(tmp_path_factory.mktemp("trained_export"))
+    config = small_config(**{"total_steps": 3, "optim.warmup_steps": 1, "optim.lr": 5e-3, "log.every_steps": 1})
+    train(config, workdir)
+    to_pytorch.main(["--workdir", workdir, "--output", output])
+    return workdir, output
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    error = np.max(np.abs(actual.astype(np.float64) - expected))
+    assert error <= TOLERANCE, f"{what}: max abs difference {error:.2e} > {TOLERANCE}"
+
+
+def top_words(lexicon: np.ndarray, k: int = 20) -> np.ndarray:
+    return np.argsort(-lexicon, axis=1, kind="stable")[:, :k]
+
+
+def assert_same_encodings(jax_model, torch_model: ELATorch, images: np.ndarray, texts: list[str]) -> None:
+    for kind, inputs in (("images", images), ("texts", texts)):
+        expected = getattr(jax_model, f"encode_{kind}")(inputs, return_tokens=True)
+        actual = getattr(torch_model, f"encode_{kind}")(inputs, return_tokens=True)
+        assert set(actual) == set(expected)
+        for key in ("global", "lexicon", "tokens"):
+            assert actual[key].dtype == np.float32
+            assert_close(actual[key], expected[key], f"{kind} {key}")
+        np.testing.assert_array_equal(top_words(actual["lexicon"]), top_words(expected["lexicon"]))
+        if kind == "texts":
+            np.testing.assert_array_equal(actual["mask"], expected["mask"])
+
+
+def test_elatorch_matches_jax_with_random_weights(random_export):
+    experiment, params, output = random_export
+    torch_model = ELATorch.from_pretrained(output)
+    assert not torch_model.training
+    assert_same_encodings(ELAInference(experiment, params), torch_model, random_images(5, 16), TEXTS)
+    max_log_scale = np.log(1.0 / experiment.config.model.min_temperature)
+    for name, scale in torch_model.logit_scales().items():
+        assert scale == pytest.approx(np.exp(min(params[f"{name}_log_scale"], max_log_scale)), rel=1e-6)
+
+
+def test_elatorch_matches_ela_jax_load_after_training(trained_export):
+    workdir, output = trained_export
+    with open(os.path.join(output, "ela_config.json")) as f:
+        assert json.load(f)["source"]["step"] == 3
+    assert_same_encodings(ela_jax.load(workdir), ELATorch.from_pretrained(output), random_images(5, 16, seed=1), TEXTS)
+
+
+def test_stock_transformers_classes_reproduce_the_towers_and_mlm_head(random_export):
+    experiment, params, output = random_export
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(os.path.join(output, "text"))
+    # padding/truncation to the trained max_length come from the saved tokenizer config.
+    encoded = tokenizer(TEXTS, padding="max_length", truncation=True, return_tensors="pt")
+    token_ids, mask = experiment.tokenizer.encode(TEXTS)
+    np.testing.assert_array_equal(encoded["input_ids"].numpy(), token_ids)
+    np.testing.assert_array_equal(encoded["attention_mask"].numpy().astype(bool), mask)
+
+    mlm = transformers.BertForMaskedLM.from_pretrained(os.path.join(output, "text")).eval()
+    with torch.no_grad():
+        mlm_outputs = mlm(**encoded, output_hidden_states=True)
+    variables = {"params": params}
+    jax_text = experiment.model.apply(variables, token_ids, mask, with_lexicon=False, with_tokens=False,
+                                      method=ELAModel.encode_text)
+    assert_close(mlm_outputs.hidden_states[-1].numpy(), np.asarray(jax_text["hidden"]), "BertForMaskedLM hidden states")
+    jax_mlm_logits = experiment.model.apply(variables, token_ids, mask, method=ELAModel.mlm_logits)
+    assert_close(mlm_outputs.logits.numpy(), np.asarray(jax_mlm_logits), "MLM logits")
+
+    images = random_images(3, 16, seed=2)
+    processor = transformers.ViTImageProcessor.from_pretrained(os.path.join(output, "image"))
+    vit = transformers.ViTModel.from_pretrained(os.path.join(output, "image"), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        vit_hidden = vit(**processor(list(images), return_tensors="pt")).last_hidden_state
+    jax_image = experiment.model.apply(variables, images, with_lexicon=False, with_tokens=False,
+                                       method=ELAModel.encode_image)
+    assert_close(vit_hidden.numpy(), np.asarray(jax_image["hidden"]), "ViTModel last_hidden_state")
+
+
+@pytest.mark.parametrize("case", ["random", "trained"])
+def test_jax_to_pytorch_to_jax_is_bit_identical(case, request):
+    if case == "random":
+        experiment, params, output = request.getfixturevalue("random_export")
+    else:
+        workdir, output = request.getfixturevalue("trained_export")
+        experiment = Experiment.build(load_config(workdir), workdir)
+        params = jax.device_get(experiment.restore_state().params)
+    restored = from_pytorch.load_exported(output, experiment.config.model, abstract_params(experiment))
+    flat_params, flat_restored = jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(restored)
+    assert jax.tree.structure(restored) == jax.tree.structure(params)
+    for (path, original), leaf in zip(flat_params, flat_restored):
+        assert leaf.dtype == original.dtype and np.array_equal(leaf, original), jax.tree_util.keystr(path)
+
+
+def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
+    """The training loop's import path (architecture from config.json, weights into a fresh state) on a real BERT."""
+    config = small_config(**{"tokenizer.vocab": "bert-base-uncased", "tokenizer.max_length": 32,
+                             "model.text.max_position_embeddings": 512, "init.text_tower": minilm_dir()})
+    experiment = Experiment.build(config, str(tmp_path))
+    assert (config.model.text.width, config.model.text.depth, config.model.text.num_heads) == (384, 6, 12)
+    factory = experiment.state_factory()
+    state = factory.create(config.seed)
+    state = factory.from_params(from_pytorch.load_pretrained_towers(config, jax.device_get(state.params)))
+    sentences = ["A man is riding a horse on the beach.", "Two dogs play with a red ball in the park.",
+                 "The quick brown fox jumps over the lazy dog."]
+    ours = ELAInference(experiment, state.params).encode_texts(sentences, return_tokens=True)
+
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(minilm_dir())
+    encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    np.testing.assert_array_equal(encoded["input_ids"].numpy(), experiment.tokenizer.encode(sentences)[0])
+    bert = transformers.BertModel.from_pretrained(minilm_dir()).eval()
+    with torch.no_grad():
+        reference = bert(**encoded).last_hidden_state.numpy()
+    assert_close(ours["tokens"], reference, "MiniLM last_hidden_state")
+
+
+def test_image_tower_import_takes_architecture_pixels_and_weights(random_export, tmp_path):
+    experiment, params, output = random_export
+    config = small_config(**{"init.image_tower": os.path.join(output, "image")})
+    config.model.image.update(depth=1, gelu_approximate=False, layer_norm_eps=1e-12)  # overwritten by the import
+    importer = Experiment.build(config, str(tmp_path))
+    image = config.model.image
+    assert (image.depth, image.gelu_approximate, image.layer_norm_eps) == (2, True, 1e-6)
+    assert image.pixel_mean == pytest.approx((0.48, 0.46, 0.41)) and image.pixel_std == pytest.approx((0.27, 0.26, 0.28))
+    zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(importer))
+    loaded = from_pytorch.load_pretrained_towers(config, zeros)
+    for (path, expected), leaf in zip(jax.tree_util.tree_leaves_with_path(params["image_tower"]),
+                                      jax.tree.leaves(loaded["image_tower"])):
+        assert np.array_equal(leaf, expected), jax.tree_util.keystr(path)
+    assert not np.any(loaded["text_tower"]["word_embeddings"]["embedding"])  # the text tower was not touched
+
+
+class _WritesAFileWhenUnpickled:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_pickled_checkpoint_is_refused_unopened(tmp_path):
+    checkpoint, sentinel = tmp_path / "bert_bin", tmp_path / "unpickled"
+    checkpoint.mkdir()
+    shutil.copy(os.path.join(minilm_dir(), "config.json"), checkpoint / "config.json")
+    with open(checkpoint / "pytorch_model.bin", "wb") as f:
+        pickle.dump(_WritesAFileWhenUnpickled(str(sentinel)), f)
+    config = small_config(**{"tokenizer.vocab": "bert-base-uncased", "init.text_tower": str(checkpoint)})
+    with pytest.raises(ConfigError, match=r"pytorch_model\.bin but no model\.safetensors.*refused"):
+        Experiment.build(config, str(tmp_path / "workdir"))
+    with pytest.raises(ConfigError, match="refused"):
+        from_pytorch.load_pretrained_towers(config, {})
+    assert not sentinel.exists()
+
+
+def _bert_dir_with(tmp_path, **changes) -> str:
+    directory = tmp_path / "bert"
+    directory.mkdir()
+    with open(os.path.join(minilm_dir(), "config.json")) as f:
+        hf_config = {**json.load(f), **changes}
+    (directory / "config.json").write_text(json.dumps(hf_config))
+    (directory / "model.safetensors").symlink_to(os.path.join(minilm_dir(), "model.safetensors"))
+    return str(directory)
+
+
+def _vit_dir_for(tmp_path, image_size: int) -> str:
+    directory = tmp_path / "vit"
+    transformers.ViTConfig(image_size=image_size).save_pretrained(directory)
+    (directory / "model.safetensors").write_bytes(b"")  # never read: the architecture check comes first
+    return str(directory)
+
+
+@pytest.mark.parametrize("overrides, hf_changes, message", [
+    ({"tokenizer.vocab": "world"}, {}, r"vocab_size 30522 but the tokenizer \(tokenizer.vocab='world'\) has \d+ words"),
+    ({"tokenizer.max_length": 600, "model.text.max_position_embeddings": 600}, {},
+     r"tokenizer.max_length 600 exceeds the 512 positions"),
+    ({}, {"hidden_act": "relu"}, r"hidden_act='relu'"),
+    ({}, {"model_type": "roberta"}, r"model_type='roberta'; ela_jax can only load model_type='bert'"),
+])
+def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_changes, message):
+    config = small_config(**{"tokenizer.vocab": "bert-base-uncased", "model.text.max_position_embeddings": 512,
+                             "init.text_tower": _bert_dir_with(tmp_path, **hf_changes), **overrides})
+    with pytest.raises(ConfigError, match=message):
+        Experiment.build(config, str(tmp_path / "workdir"))
+
+
+def test_vit_for_another_resolution_is_a_config_error(tmp_path):
+    config = small_config(**{"init.image_tower": _vit_dir_for(tmp_path, 224)})
+    with pytest.raises(ConfigError, match=r"is for 224px images but data.image_size is 16; set data.image_size=224"):
+        Experiment.build(config, str(tmp_path / "workdir"))

@@ -1,0 +1,128 @@
+"""Model shapes for every preset, masking of pads, and the lexicon vectors' definition inside the model."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ela_jax import config as config_lib
+from ela_jax.models.ela import ELAModel
+
+PRESETS = {"tiny": config_lib.tiny_model, "ela_b16": config_lib.b16_model, "ela_l14": config_lib.l14_model}
+
+
+def model_for(model_config, vocab_size: int = 30522) -> ELAModel:
+    model_config = model_config.copy_and_resolve_references()
+    model_config.vocab_size = vocab_size
+    return ELAModel(model_config)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_has_the_documented_output_shapes(preset):
+    model_config = PRESETS[preset]()
+    model = model_for(model_config)
+    size, length, batch = model_config.image.image_size, 16, 2
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+    tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens, mask)
+    image_out, text_out, scales = jax.eval_shape(model.apply, variables, images, tokens, mask)
+    patches = (size // model_config.image.patch_size) ** 2
+    vocab = 30522
+    assert image_out["hidden"].shape == (batch, patches + 1, model_config.image.width)
+    assert image_out["global"].shape == (batch, model_config.embed_dim)
+    assert image_out["token_embeddings"].shape == (batch, patches, model_config.token_dim)
+    assert image_out["vocab_logits"].shape == (batch, patches, vocab)
+    assert image_out["lexicon"].shape == (batch, vocab)
+    assert text_out["hidden"].shape == (batch, length, model_config.text.width)
+    assert text_out["lexicon"].shape == (batch, vocab)
+    for output in (image_out, text_out):
+        assert output["global"].dtype == jnp.float32 and output["lexicon"].dtype == jnp.float32
+    assert set(scales) == {"global", "fine"}
+
+
+def test_b16_parameter_count_matches_vit_b16_plus_bert_base():
+    model = model_for(config_lib.b16_model())
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.uint8)
+    tokens = jax.ShapeDtypeStruct((1, 16), jnp.int32)
+    params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images, tokens, tokens)["params"])
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+    # transformers' ViTModel(add_pooling_layer=False) and BertModel(add_pooling_layer=False) for these configs.
+    assert count(params["image_tower"]) == 85_798_656
+    assert count(params["text_tower"]) == 108_891_648
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_params():
+    model_config = config_lib.model_config(
+        image_size=16, patch_size=4, image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=2, num_heads=2, mlp_dim=64), max_length=12, embed_dim=16, token_dim=8)
+    model = model_for(model_config, vocab_size=50)
+    images = jnp.zeros((1, 16, 16, 3), jnp.uint8)
+    tokens = jnp.zeros((1, 12), jnp.int32)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(1), images, tokens, jnp.ones((1, 12), bool))["params"])
+    return model, params
+
+
+def test_text_outputs_ignore_whatever_sits_in_pad_positions(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, 50, size=(3, 12)).astype(np.int32)
+    mask = np.arange(12)[None, :] < np.array([[4], [7], [12]])
+    other_pads = np.where(mask, tokens, rng.integers(5, 50, size=tokens.shape)).astype(np.int32)
+    encode = jax.jit(lambda ids: model.apply({"params": params}, ids, mask, method=ELAModel.encode_text))
+    first, second = encode(tokens), encode(other_pads)
+    for key in ("global", "lexicon"):
+        np.testing.assert_allclose(first[key], second[key], rtol=1e-5, atol=1e-6)
+    real = mask[..., None]
+    np.testing.assert_allclose(np.where(real, first["hidden"], 0), np.where(real, second["hidden"], 0), atol=1e-5)
+
+
+def test_lexicon_vectors_max_pool_saturated_logits_over_real_tokens_only(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(5, 50, size=(2, 12)).astype(np.int32)
+    mask = np.arange(12)[None, :] < np.array([[5], [9]])
+    text = jax.jit(model.apply, static_argnames="method")({"params": params}, tokens, mask, method=ELAModel.encode_text)
+    logits = np.asarray(text["vocab_logits"])
+    for row, length in enumerate((5, 9)):
+        real_tokens = logits[row, 1:length]  # CLS (position 0) and pads are excluded
+        expected = np.log1p(np.max(np.maximum(real_tokens, 0.0), axis=0))
+        np.testing.assert_allclose(text["lexicon"][row], expected, rtol=1e-5, atol=1e-6)
+    images = rng.integers(0, 255, size=(2, 16, 16, 3)).astype(np.uint8)
+    image = jax.jit(model.apply, static_argnames="method")({"params": params}, images, method=ELAModel.encode_image)
+    patch_logits = np.asarray(image["vocab_logits"])
+    assert patch_logits.shape == (2, 16, 50)
+    np.testing.assert_allclose(image["lexicon"], np.log1p(np.maximum(patch_logits, 0).max(axis=1)), rtol=1e-5)
+
+
+def test_global_embeddings_are_unit_vectors(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    images = np.random.default_rng(2).integers(0, 255, size=(3, 16, 16, 3)).astype(np.uint8)
+    image = jax.jit(model.apply, static_argnames="method")({"params": params}, images, method=ELAModel.encode_image)
+    np.testing.assert_allclose(np.linalg.norm(image["global"], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(image["token_embeddings"], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
+    model_config = config_lib.tiny_model(image_size=16, patch_size=4, max_length=8)
+    model_config.dtype = "bfloat16"
+    model = model_for(model_config, vocab_size=40)
+    images = jnp.zeros((2, 16, 16, 3), jnp.uint8)
+    tokens = jnp.ones((2, 8), jnp.int32)
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, tokens, jnp.ones((2, 8), bool)))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    image_out, text_out, _ = jax.jit(model.apply)(variables, images, tokens, jnp.ones((2, 8), bool))
+    assert image_out["hidden"].dtype == jnp.bfloat16
+    for output in (image_out, text_out):
+        assert output["vocab_logits"].dtype == jnp.float32 and output["global"].dtype == jnp.float32
+
+
+def test_logit_scale_is_clipped_at_the_minimum_temperature(tiny_model_and_params):
+    model, params = tiny_model_and_params
+    params = {**params, "global_log_scale": jnp.asarray(50.0)}
+    scales = model.apply({"params": params}, method=ELAModel.logit_scales)
+    np.testing.assert_allclose(scales["global"], 1.0 / model.config.min_temperature, rtol=1e-5)
