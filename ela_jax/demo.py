@@ -12,12 +12,19 @@ from absl import app, flags
 from ela_jax import config as config_lib
 from ela_jax import plots
 from ela_jax.cli import quiet_libraries
+from ela_jax.retrieval import heatmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"ELA": "configs/demo.py", "CLIP baseline": "configs/clip_baseline.py"}
-COLUMNS = [("text_retrieval_recall@1", "I->T R@1"), ("text_retrieval_recall@5", "R@5"),
-           ("text_retrieval_recall@10", "R@10"), ("image_retrieval_recall@1", "T->I R@1"),
-           ("image_retrieval_recall@5", "R@5"), ("image_retrieval_recall@10", "R@10"), ("rsum", "RSUM")]
+COLUMNS = [
+    ("text_retrieval_recall@1", "I->T R@1"),
+    ("text_retrieval_recall@5", "R@5"),
+    ("text_retrieval_recall@10", "R@10"),
+    ("image_retrieval_recall@1", "T->I R@1"),
+    ("image_retrieval_recall@5", "R@5"),
+    ("image_retrieval_recall@10", "R@10"),
+    ("rsum", "RSUM"),
+]
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where both runs and the plots go.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Override total_steps of both runs (0 keeps the configs').")
@@ -62,8 +69,13 @@ def main(argv) -> None:
     with open(os.path.join(_WORKDIR.value, "results.md"), "w") as f:
         f.write(table + "\n")
     plot = plots.compare_runs(results, os.path.join(_WORKDIR.value, "comparison.png"))
-    print(f"\nHeld-out retrieval on the embedded world ({results['ELA']['num_images']} images, "
-          f"{results['ELA']['num_captions']} captions):\n\n{table}\n\nplots: {plot} and */plots/training_curves.png")
+    ela_workdir = os.path.join(_WORKDIR.value, "ela")
+    heatmaps = heatmap.write_heatmaps(ela_workdir, os.path.join(ela_workdir, "plots"), count=3)
+    print(
+        f"\nHeld-out retrieval on the embedded world ({results['ELA']['num_images']} images, "
+        f"{results['ELA']['num_captions']} captions):\n\n{table}\n\nplots: {plot}, */plots/training_curves.png, "
+        f"lexicon-patch heatmaps: {', '.join(heatmaps)}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,12 @@ def main(argv) -> None:
     results = Evaluation(experiment)(state.params, int(state.step))
     write_json(os.path.join(workdir, "eval", "results.json"), results)
     for score, metrics in results["scores"].items():
-        print(f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
-              + "/".join(f"{metrics[f'text_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10))
-              + "  T->I R@1/5/10 " + "/".join(f"{metrics[f'image_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10)))
+        print(
+            f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
+            + "/".join(f"{metrics[f'text_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10))
+            + "  T->I R@1/5/10 "
+            + "/".join(f"{metrics[f'image_retrieval_recall@{k}']:.1f}" for k in (1, 5, 10))
+        )
 
 
 def define_flags(argv: list[str]) -> None:

@@ -38,8 +38,10 @@ class Experiment:
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
             config.model.vocab_size = tokenizer.vocab_size
         elif vocab_size != tokenizer.vocab_size:
-            raise config_lib.ConfigError(f"model.vocab_size {vocab_size} differs from the tokenizer's "
-                                         f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer")
+            raise config_lib.ConfigError(
+                f"model.vocab_size {vocab_size} differs from the tokenizer's "
+                f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer"
+            )
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
         mesh = parallel.create_mesh(config.mesh)

@@ -30,15 +30,22 @@ class ELATorch(torch.nn.Module):
     """encode_images(uint8 [B, H, W, 3]) and encode_texts(list[str]) -> {'global' [B, d], 'lexicon' [B, |V|]} as
     float32 numpy, plus 'tokens' (the towers' last_hidden_state) and the text 'mask' with return_tokens=True."""
 
-    def __init__(self, text_model: transformers.BertForMaskedLM, image_model: transformers.ViTModel,
-                 tokenizer, ela_config: dict, batch_size: int = 64):
+    def __init__(
+        self,
+        text_model: transformers.BertForMaskedLM,
+        image_model: transformers.ViTModel,
+        tokenizer,
+        ela_config: dict,
+        batch_size: int = 64,
+    ):
         super().__init__()
         self.text_model, self.image_model, self.tokenizer = text_model, image_model, tokenizer
         self.ela_config, self.batch_size = ela_config, batch_size
         text_width, image_width = text_model.config.hidden_size, image_model.config.hidden_size
         # The image lexicon head is a BERT MLM head (untied) on the image tower's width.
-        image_head_config = transformers.BertConfig(vocab_size=ela_config["vocab_size"], hidden_size=image_width,
-                                                    **ela_config["image_lexicon"])
+        image_head_config = transformers.BertConfig(
+            vocab_size=ela_config["vocab_size"], hidden_size=image_width, **ela_config["image_lexicon"]
+        )
         self.image_lexicon = BertLMPredictionHead(image_head_config)
         linear = lambda width, features: torch.nn.Linear(width, features, bias=False)  # noqa: E731
         self.image_global = linear(image_width, ela_config["embed_dim"])
@@ -47,10 +54,10 @@ class ELATorch(torch.nn.Module):
         self.text_token = linear(text_width, ela_config["token_dim"])
         self.global_log_scale = torch.nn.Parameter(torch.zeros(()))
         self.fine_log_scale = torch.nn.Parameter(torch.zeros(()))
-        self.register_buffer("pixel_mean", torch.tensor(ela_config["pixel_mean"], dtype=torch.float32),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(ela_config["pixel_std"], dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(ela_config["pixel_mean"], dtype=torch.float32), persistent=False
+        )
+        self.register_buffer("pixel_std", torch.tensor(ela_config["pixel_std"], dtype=torch.float32), persistent=False)
 
     @classmethod
     def from_pretrained(cls, directory: str, batch_size: int = 64) -> "ELATorch":
@@ -66,15 +73,26 @@ class ELATorch(torch.nn.Module):
         incompatible = model.load_state_dict(heads, strict=False)
         missing = [key for key in incompatible.missing_keys if not key.startswith(("text_model.", "image_model."))]
         if missing or incompatible.unexpected_keys:
-            raise ValueError(f"{ela_config['heads']} in {directory} does not fit ELATorch: missing {missing}, "
-                             f"unexpected {incompatible.unexpected_keys}; re-export with this version of ela_jax")
+            raise ValueError(
+                f"{ela_config['heads']} in {directory} does not fit ELATorch: missing {missing}, "
+                f"unexpected {incompatible.unexpected_keys}; re-export with this version of ela_jax"
+            )
         return model.to(torch.float32).eval()
 
     def logit_scales(self) -> dict[str, float]:
         """exp(learned log scale), clipped at 1 / min_temperature as in training."""
         max_log_scale = math.log(1.0 / self.ela_config["min_temperature"])
-        return {"global": math.exp(min(self.global_log_scale.item(), max_log_scale)),
-                "fine": math.exp(min(self.fine_log_scale.item(), max_log_scale))}
+        return {
+            "global": math.exp(min(self.global_log_scale.item(), max_log_scale)),
+            "fine": math.exp(min(self.fine_log_scale.item(), max_log_scale)),
+        }
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The global head's input, as ELAModel.pool: the CLS state or the mean over real tokens, [b, width]."""
+        if self.ela_config.get("global_pool", "cls") == "cls":
+            return hidden[:, 0]
+        weights = mask.to(hidden.dtype)[..., None]
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray, return_tokens: bool = False) -> dict[str, np.ndarray]:
@@ -82,8 +100,10 @@ class ELATorch(torch.nn.Module):
         size = self.ela_config["image_size"]
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [batch, {size}, {size}, 3], got {images.dtype} {images.shape}")
-        chunks = [self._encode_image_batch(torch.from_numpy(images[start:start + self.batch_size]), return_tokens)
-                  for start in range(0, len(images), self.batch_size)]
+        chunks = [
+            self._encode_image_batch(torch.from_numpy(images[start : start + self.batch_size]), return_tokens)
+            for start in range(0, len(images), self.batch_size)
+        ]
         return _concatenate(chunks)
 
     def _encode_image_batch(self, images: torch.Tensor, return_tokens: bool) -> dict[str, torch.Tensor]:
@@ -92,34 +112,47 @@ class ELATorch(torch.nn.Module):
         hidden = self.image_model(pixel_values=pixels.permute(0, 3, 1, 2)).last_hidden_state
         patches = hidden[:, 1:]
         patch_logits = self.image_lexicon(patches)  # [b, patches, vocab]
-        outputs = {"global": l2_normalise(self.image_global(hidden[:, 0])),
-                   "lexicon": pool_lexicon(patch_logits, torch.ones(patches.shape[:2], dtype=torch.bool))}
+        outputs = {
+            "global": l2_normalise(self.image_global(self._pool(hidden, torch.ones(hidden.shape[:2])))),
+            "lexicon": pool_lexicon(patch_logits, torch.ones(patches.shape[:2], dtype=torch.bool)),
+        }
         if return_tokens:
             outputs["tokens"] = hidden
         return outputs
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], return_tokens: bool = False) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer(list(texts), max_length=self.ela_config["max_length"], padding="max_length",
-                                 truncation=True, return_tensors="pt")
+        encoded = self.tokenizer(
+            list(texts),
+            max_length=self.ela_config["max_length"],
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
         token_ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
-        chunks = [self._encode_text_batch(token_ids[start:start + self.batch_size],
-                                          mask[start:start + self.batch_size], return_tokens)
-                  for start in range(0, len(token_ids), self.batch_size)]
+        chunks = [
+            self._encode_text_batch(
+                token_ids[start : start + self.batch_size], mask[start : start + self.batch_size], return_tokens
+            )
+            for start in range(0, len(token_ids), self.batch_size)
+        ]
         outputs = _concatenate(chunks)
         if return_tokens:
             outputs["mask"] = mask.numpy()
         return outputs
 
-    def _encode_text_batch(self, token_ids: torch.Tensor, mask: torch.Tensor,
-                           return_tokens: bool) -> dict[str, torch.Tensor]:
+    def _encode_text_batch(
+        self, token_ids: torch.Tensor, mask: torch.Tensor, return_tokens: bool
+    ) -> dict[str, torch.Tensor]:
         """token_ids, mask [b, len] -> global [b, embed_dim], lexicon [b, vocab] (, tokens [b, len, width])."""
         hidden = self.text_model.bert(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
         token_logits = self.text_model.cls(hidden)  # [b, len, vocab]: the MLM head is the text lexicon head
         token_mask = mask.clone()
-        token_mask[:, 0] = False  # CLS carries the global embedding, not a word
-        outputs = {"global": l2_normalise(self.text_global(hidden[:, 0])),
-                   "lexicon": pool_lexicon(token_logits, token_mask)}
+        token_mask[:, 0] = False  # CLS is not a word
+        outputs = {
+            "global": l2_normalise(self.text_global(self._pool(hidden, mask))),
+            "lexicon": pool_lexicon(token_logits, token_mask),
+        }
         if return_tokens:
             outputs["tokens"] = hidden
         return outputs

@@ -20,15 +20,24 @@ def main(argv) -> None:
     del argv
     quiet_libraries()
     parallel.initialize_distributed()
-    from ela_jax.training import loop  # after distributed init: importing JAX backends early is harmless, using them is not
+    from ela_jax.training import (
+        loop,
+    )  # after distributed init: importing JAX backends early is harmless, using them is not
 
     try:
         results = loop.train(_CONFIG.value, _WORKDIR.value)
     except config_lib.ConfigError as error:
         sys.exit(f"config error: {error}")
+    except loop.TrainingDiverged as error:
+        sys.exit(f"training stopped: {error}")
+    if "preempted_at_step" in results:
+        print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
+        return
     for score, metrics in results["scores"].items():
-        print(f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1 {metrics['text_retrieval_recall@1']:.1f}  "
-              f"T->I R@1 {metrics['image_retrieval_recall@1']:.1f}")
+        print(
+            f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1 {metrics['text_retrieval_recall@1']:.1f}  "
+            f"T->I R@1 {metrics['image_retrieval_recall@1']:.1f}"
+        )
 
 
 if __name__ == "__main__":

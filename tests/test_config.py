@@ -67,9 +67,20 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
 
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", str(tmp_path),
-         "--config.objective.no_such_key=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "ela_jax.train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.objective.no_such_key=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "no_such_key" in result.stderr
@@ -78,9 +89,20 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
 
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", str(tmp_path),
-         "--config.batch_size=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "ela_jax.train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.batch_size=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("config error: batch_size 0")

@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -17,6 +19,7 @@ import transformers
 
 import ela_jax
 from configs.ela_minilm import minilm_dir
+from ela_jax import config as config_lib
 from ela_jax.config import ConfigError
 from ela_jax.convert import from_pytorch, to_pytorch
 from ela_jax.experiment import Experiment, load_config
@@ -38,13 +41,18 @@ TEXTS = [
 
 def small_config(**overrides):
     """Two layers per tower (layer indices matter), tanh GELU and eps 1e-6 in the ViT, 16 px images."""
-    from ela_jax import config as config_lib
-
-    config = make_tiny_config(**{"data.image_size": 16, "data.num_train": 64, "data.num_test": 8,
-                                 "batch_size": 8, "eval.batch_size": 8})
+    config = make_tiny_config(
+        **{"data.image_size": 16, "data.num_train": 64, "data.num_test": 8, "batch_size": 8, "eval.batch_size": 8}
+    )
     config.model = config_lib.model_config(
-        image_size=16, patch_size=4, image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=2, num_heads=4, mlp_dim=48), max_length=16, embed_dim=24, token_dim=16)
+        image_size=16,
+        patch_size=4,
+        image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=2, num_heads=4, mlp_dim=48),
+        max_length=16,
+        embed_dim=24,
+        token_dim=16,
+    )
     config.model.image.gelu_approximate = True
     config.model.image.layer_norm_eps = 1e-6
     for key, value in overrides.items():
@@ -60,33 +68,57 @@ def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
-def host_params(experiment: Experiment) -> dict:
-    init = jax.jit(experiment.model.init)
-    return jax.device_get(nn.unbox(init(jax.random.key(0), *example_inputs(experiment.config))["params"]))
-
-
 def abstract_params(experiment: Experiment) -> dict:
-    return nn.unbox(jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))
-                    ["params"])
+    return nn.unbox(
+        jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))["params"]
+    )
+
+
+def random_params(experiment: Experiment, seed: int = 1) -> dict:
+    """Every leaf random, biases and log scales too (zeros at init would hide a misplaced bias); norms near 1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        noise = rng.normal(0.0, 0.05, leaf.shape)
+        is_norm_scale = jax.tree_util.keystr(path).endswith("['scale']")
+        return np.asarray(noise + 1.0 if is_norm_scale else noise, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(experiment))
+
+
+def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> None:
+    """What a training run leaves behind: config.json and a checkpoint around each step's params."""
+    with open(os.path.join(experiment.workdir, "config.json"), "w") as f:
+        f.write(experiment.config.to_json_best_effort(indent=1))
+    factory, checkpointer = experiment.state_factory(), experiment.checkpointer()
+    for step, params in params_by_step.items():
+        checkpointer.save(step, factory.from_params(params), None)
+    checkpointer.close()
 
 
 @pytest.fixture(scope="module")
 def random_export(tmp_path_factory):
-    """Every parameter random (biases, norms and log scales too), untied text decoder, non-default pixel statistics."""
-    workdir, output = tmp_path_factory.mktemp("random_workdir"), str(tmp_path_factory.mktemp("random_export"))
-    config = small_config(**{"model.lexicon.tie_text_decoder": False, "model.image.pixel_mean": (0.48, 0.46, 0.41),
-                             "model.image.pixel_std": (0.27, 0.26, 0.28)})
-    experiment = Experiment.build(config, str(workdir))
-    rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda leaf: (leaf + rng.normal(0.0, 0.05, leaf.shape)).astype(leaf.dtype),
-                          host_params(experiment))
-    to_pytorch.export(config, experiment.tokenizer, params, output)
+    """A workdir holding random weights (untied text decoder, non-default pixel statistics), exported by the CLI."""
+    workdir, output = str(tmp_path_factory.mktemp("random_workdir")), str(tmp_path_factory.mktemp("random_export"))
+    config = small_config(
+        **{
+            "model.lexicon.tie_text_decoder": False,
+            "model.global_pool": "mean",
+            "model.image.pixel_mean": (0.48, 0.46, 0.41),
+            "model.image.pixel_std": (0.27, 0.26, 0.28),
+        }
+    )
+    experiment = Experiment.build(config, workdir)
+    params = random_params(experiment)
+    # The latest checkpoint (9) is not the one asked for: --step picks 7.
+    save_workdir(experiment, {7: params, 9: jax.tree.map(np.zeros_like, params)})
+    to_pytorch.main(["--workdir", workdir, "--output", output, "--step", "7"])
     return experiment, params, output
 
 
 @pytest.fixture(scope="module")
 def trained_export(tmp_path_factory):
-    """A few real training steps with the default (tied) decoder, exported through the command-line entry point."""
+    """A few real training steps with the default (tied) decoder, exported by the CLI."""
     workdir, output = str(tmp_path_factory.mktemp("trained_workdir")), str(tmp_path_factory.mktemp("trained_export"))
     config = small_config(**{"total_steps": 3, "optim.warmup_steps": 1, "optim.lr": 5e-3, "log.every_steps": 1})
     train(config, workdir)
@@ -117,21 +149,37 @@ def assert_same_encodings(jax_model, torch_model: ELATorch, images: np.ndarray, 
             np.testing.assert_array_equal(actual["mask"], expected["mask"])
 
 
-def test_elatorch_matches_jax_with_random_weights(random_export):
+def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
     experiment, params, output = random_export
+    with open(os.path.join(output, "ela_config.json")) as f:
+        assert json.load(f)["source"] == {"workdir": os.path.abspath(experiment.workdir), "step": 7}
     torch_model = ELATorch.from_pretrained(output)
     assert not torch_model.training
-    assert_same_encodings(ELAInference(experiment, params), torch_model, random_images(5, 16), TEXTS)
+    assert_same_encodings(ela_jax.load(experiment.workdir, step=7), torch_model, random_images(5, 16), TEXTS)
     max_log_scale = np.log(1.0 / experiment.config.model.min_temperature)
     for name, scale in torch_model.logit_scales().items():
         assert scale == pytest.approx(np.exp(min(params[f"{name}_log_scale"], max_log_scale)), rel=1e-6)
 
 
+@pytest.mark.slow  # trains (about a minute of compilation); the random-weight test checks the same contract
 def test_elatorch_matches_ela_jax_load_after_training(trained_export):
     workdir, output = trained_export
-    with open(os.path.join(output, "ela_config.json")) as f:
-        assert json.load(f)["source"]["step"] == 3
     assert_same_encodings(ela_jax.load(workdir), ELATorch.from_pretrained(output), random_images(5, 16, seed=1), TEXTS)
+
+
+def test_elatorch_imports_no_jax():
+    code = (
+        "import sys, ela_jax.torch_model; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('jax', 'flax')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_stock_transformers_classes_reproduce_the_towers_and_mlm_head(random_export):
@@ -147,8 +195,9 @@ def test_stock_transformers_classes_reproduce_the_towers_and_mlm_head(random_exp
     with torch.no_grad():
         mlm_outputs = mlm(**encoded, output_hidden_states=True)
     variables = {"params": params}
-    jax_text = experiment.model.apply(variables, token_ids, mask, with_lexicon=False, with_tokens=False,
-                                      method=ELAModel.encode_text)
+    jax_text = experiment.model.apply(
+        variables, token_ids, mask, with_lexicon=False, with_tokens=False, method=ELAModel.encode_text
+    )
     assert_close(mlm_outputs.hidden_states[-1].numpy(), np.asarray(jax_text["hidden"]), "BertForMaskedLM hidden states")
     jax_mlm_logits = experiment.model.apply(variables, token_ids, mask, method=ELAModel.mlm_logits)
     assert_close(mlm_outputs.logits.numpy(), np.asarray(jax_mlm_logits), "MLM logits")
@@ -158,38 +207,56 @@ def test_stock_transformers_classes_reproduce_the_towers_and_mlm_head(random_exp
     vit = transformers.ViTModel.from_pretrained(os.path.join(output, "image"), add_pooling_layer=False).eval()
     with torch.no_grad():
         vit_hidden = vit(**processor(list(images), return_tensors="pt")).last_hidden_state
-    jax_image = experiment.model.apply(variables, images, with_lexicon=False, with_tokens=False,
-                                       method=ELAModel.encode_image)
+    jax_image = experiment.model.apply(
+        variables, images, with_lexicon=False, with_tokens=False, method=ELAModel.encode_image
+    )
     assert_close(vit_hidden.numpy(), np.asarray(jax_image["hidden"]), "ViTModel last_hidden_state")
 
 
-@pytest.mark.parametrize("case", ["random", "trained"])
-def test_jax_to_pytorch_to_jax_is_bit_identical(case, request):
-    if case == "random":
-        experiment, params, output = request.getfixturevalue("random_export")
-    else:
-        workdir, output = request.getfixturevalue("trained_export")
-        experiment = Experiment.build(load_config(workdir), workdir)
-        params = jax.device_get(experiment.restore_state().params)
-    restored = from_pytorch.load_exported(output, experiment.config.model, abstract_params(experiment))
-    flat_params, flat_restored = jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(restored)
+def assert_bit_identical(restored: dict, params: dict) -> None:
     assert jax.tree.structure(restored) == jax.tree.structure(params)
-    for (path, original), leaf in zip(flat_params, flat_restored):
+    for (path, original), leaf in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(restored)):
         assert leaf.dtype == original.dtype and np.array_equal(leaf, original), jax.tree_util.keystr(path)
 
 
+def test_jax_to_pytorch_to_jax_is_bit_identical(random_export):
+    experiment, params, output = random_export
+    assert_bit_identical(
+        from_pytorch.load_exported(output, experiment.config.model, abstract_params(experiment)), params
+    )
+
+
+@pytest.mark.slow  # trains; the random-weight round trip covers every parameter too
+def test_jax_to_pytorch_to_jax_is_bit_identical_after_training(trained_export):
+    workdir, output = trained_export
+    experiment = Experiment.build(load_config(workdir), workdir)
+    params = jax.device_get(experiment.restore_state().params)
+    assert_bit_identical(
+        from_pytorch.load_exported(output, experiment.config.model, abstract_params(experiment)), params
+    )
+
+
 def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
-    """The training loop's import path (architecture from config.json, weights into a fresh state) on a real BERT."""
-    config = small_config(**{"tokenizer.vocab": "bert-base-uncased", "tokenizer.max_length": 32,
-                             "model.text.max_position_embeddings": 512, "init.text_tower": minilm_dir()})
+    """Architecture from MiniLM's config.json, weights into the params; MiniLM has no MLM head, so that is kept."""
+    config = small_config(
+        **{
+            "tokenizer.vocab": "bert-base-uncased",
+            "tokenizer.max_length": 32,
+            "model.text.max_position_embeddings": 512,
+            "init.text_tower": minilm_dir(),
+        }
+    )
     experiment = Experiment.build(config, str(tmp_path))
     assert (config.model.text.width, config.model.text.depth, config.model.text.num_heads) == (384, 6, 12)
-    factory = experiment.state_factory()
-    state = factory.create(config.seed)
-    state = factory.from_params(from_pytorch.load_pretrained_towers(config, jax.device_get(state.params)))
-    sentences = ["A man is riding a horse on the beach.", "Two dogs play with a red ball in the park.",
-                 "The quick brown fox jumps over the lazy dog."]
-    ours = ELAInference(experiment, state.params).encode_texts(sentences, return_tokens=True)
+    zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(experiment))
+    params = from_pytorch.load_pretrained_towers(config, zeros)
+    assert not any(np.any(leaf) for leaf in jax.tree.leaves(params["text_lexicon"]))
+    sentences = [
+        "A man is riding a horse on the beach.",
+        "Two dogs play with a red ball in the park.",
+        "The quick brown fox jumps over the lazy dog.",
+    ]
+    ours = ELAInference(experiment, params).encode_texts(sentences, return_tokens=True)
 
     tokenizer = transformers.BertTokenizerFast.from_pretrained(minilm_dir())
     encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
@@ -207,11 +274,13 @@ def test_image_tower_import_takes_architecture_pixels_and_weights(random_export,
     importer = Experiment.build(config, str(tmp_path))
     image = config.model.image
     assert (image.depth, image.gelu_approximate, image.layer_norm_eps) == (2, True, 1e-6)
-    assert image.pixel_mean == pytest.approx((0.48, 0.46, 0.41)) and image.pixel_std == pytest.approx((0.27, 0.26, 0.28))
+    assert image.pixel_mean == pytest.approx((0.48, 0.46, 0.41))
+    assert image.pixel_std == pytest.approx((0.27, 0.26, 0.28))
     zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(importer))
     loaded = from_pytorch.load_pretrained_towers(config, zeros)
-    for (path, expected), leaf in zip(jax.tree_util.tree_leaves_with_path(params["image_tower"]),
-                                      jax.tree.leaves(loaded["image_tower"])):
+    for (path, expected), leaf in zip(
+        jax.tree_util.tree_leaves_with_path(params["image_tower"]), jax.tree.leaves(loaded["image_tower"])
+    ):
         assert np.array_equal(leaf, expected), jax.tree_util.keystr(path)
     assert not np.any(loaded["text_tower"]["word_embeddings"]["embedding"])  # the text tower was not touched
 
@@ -255,16 +324,32 @@ def _vit_dir_for(tmp_path, image_size: int) -> str:
     return str(directory)
 
 
-@pytest.mark.parametrize("overrides, hf_changes, message", [
-    ({"tokenizer.vocab": "world"}, {}, r"vocab_size 30522 but the tokenizer \(tokenizer.vocab='world'\) has \d+ words"),
-    ({"tokenizer.max_length": 600, "model.text.max_position_embeddings": 600}, {},
-     r"tokenizer.max_length 600 exceeds the 512 positions"),
-    ({}, {"hidden_act": "relu"}, r"hidden_act='relu'"),
-    ({}, {"model_type": "roberta"}, r"model_type='roberta'; ela_jax can only load model_type='bert'"),
-])
+@pytest.mark.parametrize(
+    "overrides, hf_changes, message",
+    [
+        (
+            {"tokenizer.vocab": "world"},
+            {},
+            r"vocab_size 30522 but the tokenizer \(tokenizer.vocab='world'\) has \d+ words",
+        ),
+        (
+            {"tokenizer.max_length": 600, "model.text.max_position_embeddings": 600},
+            {},
+            r"tokenizer.max_length 600 exceeds the 512 positions",
+        ),
+        ({}, {"hidden_act": "relu"}, r"hidden_act='relu'"),
+        ({}, {"model_type": "roberta"}, r"model_type='roberta'; ela_jax can only load model_type='bert'"),
+    ],
+)
 def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_changes, message):
-    config = small_config(**{"tokenizer.vocab": "bert-base-uncased", "model.text.max_position_embeddings": 512,
-                             "init.text_tower": _bert_dir_with(tmp_path, **hf_changes), **overrides})
+    config = small_config(
+        **{
+            "tokenizer.vocab": "bert-base-uncased",
+            "model.text.max_position_embeddings": 512,
+            "init.text_tower": _bert_dir_with(tmp_path, **hf_changes),
+            **overrides,
+        }
+    )
     with pytest.raises(ConfigError, match=message):
         Experiment.build(config, str(tmp_path / "workdir"))
 

@@ -58,8 +58,14 @@ def test_b16_parameter_count_matches_vit_b16_plus_bert_base():
 @pytest.fixture(scope="module")
 def tiny_model_and_params():
     model_config = config_lib.model_config(
-        image_size=16, patch_size=4, image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=2, num_heads=2, mlp_dim=64), max_length=12, embed_dim=16, token_dim=8)
+        image_size=16,
+        patch_size=4,
+        image=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+        max_length=12,
+        embed_dim=16,
+        token_dim=8,
+    )
     model = model_for(model_config, vocab_size=50)
     images = jnp.zeros((1, 16, 16, 3), jnp.uint8)
     tokens = jnp.zeros((1, 12), jnp.int32)

@@ -75,8 +75,7 @@ def test_symmetric_info_nce_is_log_batch_for_uninformative_logits():
 def test_symmetric_info_nce_is_invariant_to_transposing_the_logits():
     # Both directions carry equal weight, so swapping which side is the row leaves the loss unchanged.
     logits = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
-    assert_close(symmetric_info_nce(jnp.asarray(logits)),
-                 symmetric_info_nce(jnp.asarray(logits.T)))
+    assert_close(symmetric_info_nce(jnp.asarray(logits)), symmetric_info_nce(jnp.asarray(logits.T)))
 
 
 def test_global_contrastive_loss_is_info_nce_on_scaled_dot_products():
@@ -104,8 +103,11 @@ def filip_reference(image_tokens, text_tokens, image_mask, text_mask):
         patches = [k for k in range(image_tokens.shape[1]) if image_mask[i, k]]
         for j in range(num_texts):
             words = [r for r in range(text_tokens.shape[1]) if text_mask[j, r]]
-            dot = {(k, r): float(np.dot(image_tokens[i, k].astype(np.float64), text_tokens[j, r].astype(np.float64)))
-                   for k in patches for r in words}
+            dot = {
+                (k, r): float(np.dot(image_tokens[i, k].astype(np.float64), text_tokens[j, r].astype(np.float64)))
+                for k in patches
+                for r in words
+            }
             s_image[i, j] = np.mean([max(dot[k, r] for r in words) for k in patches])
             s_text[i, j] = np.mean([max(dot[k, r] for k in patches) for r in words])
     return s_image, s_text
@@ -128,8 +130,7 @@ def filip_inputs(seed: int, num_images: int = 3, num_texts: int = 4):
 
 def test_filip_similarities_match_token_loops_and_exclude_pads_from_max_and_mean():
     image_tokens, text_tokens, image_mask, text_mask = filip_inputs(3)
-    s_image, s_text = filip_similarities(*map(jnp.asarray, (image_tokens, text_tokens, image_mask,
-                                                                       text_mask)))
+    s_image, s_text = filip_similarities(*map(jnp.asarray, (image_tokens, text_tokens, image_mask, text_mask)))
     expected_image, expected_text = filip_reference(image_tokens, text_tokens, image_mask, text_mask)
     assert s_image.shape == (3, 4) and s_text.shape == (3, 4)
     assert_close(s_image, expected_image)
@@ -183,19 +184,24 @@ def bag_of_words_reference(token_ids, token_mask, content):
 
 
 def test_caption_bag_of_words_drops_specials_stopwords_pads_and_counts_duplicates_once():
-    token_ids = np.array([
-        [CLS, 5, THE, 5, 7, SEP, PAD, PAD],
-        [CLS, THE, SEP, 9, 9, 9, 9, 9],  # the 9s sit under the pad mask: not words of the caption
-        [CLS, 4, 4, 4, 11, 10, 6, SEP],
-    ], np.int32)
-    token_mask = np.array([
-        [1, 1, 1, 1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 1, 1],
-    ], bool)
+    token_ids = np.array(
+        [
+            [CLS, 5, THE, 5, 7, SEP, PAD, PAD],
+            [CLS, THE, SEP, 9, 9, 9, 9, 9],  # the 9s sit under the pad mask: not words of the caption
+            [CLS, 4, 4, 4, 11, 10, 6, SEP],
+        ],
+        np.int32,
+    )
+    token_mask = np.array(
+        [
+            [1, 1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1, 1],
+        ],
+        bool,
+    )
     content = content_vocab()
-    bags = np.asarray(caption_bag_of_words(jnp.asarray(token_ids), jnp.asarray(token_mask),
-                                                      jnp.asarray(content)))
+    bags = np.asarray(caption_bag_of_words(jnp.asarray(token_ids), jnp.asarray(token_mask), jnp.asarray(content)))
     expected = np.zeros((3, VOCAB), np.float32)
     expected[0, [5, 7]] = 1.0
     expected[2, [4, 6, 10, 11]] = 1.0
@@ -248,8 +254,9 @@ def random_target_inputs(seed: int):
 
 
 def call_expanded_targets(bags, text_lexicon, content, beta, tau_q, top_k):
-    return np.asarray(expanded_targets(jnp.asarray(bags), jnp.asarray(text_lexicon), jnp.asarray(content),
-                                                  beta, tau_q, top_k))
+    return np.asarray(
+        expanded_targets(jnp.asarray(bags), jnp.asarray(text_lexicon), jnp.asarray(content), beta, tau_q, top_k)
+    )
 
 
 def test_expanded_targets_without_expansion_are_uniform_over_caption_words():
@@ -389,8 +396,9 @@ def test_ela_lex_contrastive_is_info_nce_on_target_weighted_saturated_logits():
     similarity = np.zeros((4, 4))
     for i in range(4):
         for j in range(4):
-            similarity[i, j] = sum(targets[j, v] * np.log1p(max(float(image_vocab_logits[i, v]), 0.0))
-                                   for v in range(VOCAB))
+            similarity[i, j] = sum(
+                targets[j, v] * np.log1p(max(float(image_vocab_logits[i, v]), 0.0)) for v in range(VOCAB)
+            )
     actual = ela_lex_contrastive(jnp.asarray(image_vocab_logits), jnp.asarray(targets), tau)
     assert_close(actual, info_nce_reference(similarity / tau))
 
@@ -420,8 +428,9 @@ def test_flops_regulariser_sums_squared_batch_mean_absolute_weights():
 # --------------------------------------------------------------------------------------------------------- schedules
 
 
-@pytest.mark.parametrize("step, expected", [(0, 0.0), (25, 0.002 * 0.0625), (50, 0.002 * 0.25), (100, 0.002),
-                                            (400, 0.002)])
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.0), (25, 0.002 * 0.0625), (50, 0.002 * 0.25), (100, 0.002), (400, 0.002)]
+)
 def test_quadratic_warmup_grows_as_the_square_of_progress_then_holds(step, expected):
     assert_close(quadratic_warmup(0.002, jnp.asarray(step), 100), expected)
 
@@ -490,8 +499,12 @@ def test_mlm_loss_is_mean_cross_entropy_over_selected_positions():
     vocab_logits = 2.0 * rng.normal(size=(2, 5, 7)).astype(np.float32)
     token_ids = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
     selected = np.array([[1, 0, 1, 0, 0], [0, 0, 1, 1, 1]], bool)
-    losses = [cross_entropy(vocab_logits[b, position], token_ids[b, position])
-              for b in range(2) for position in range(5) if selected[b, position]]
+    losses = [
+        cross_entropy(vocab_logits[b, position], token_ids[b, position])
+        for b in range(2)
+        for position in range(5)
+        if selected[b, position]
+    ]
     actual = mlm_loss(jnp.asarray(vocab_logits), jnp.asarray(token_ids), jnp.asarray(selected))
     assert_close(actual, np.mean(losses))
 

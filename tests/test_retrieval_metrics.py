@@ -9,12 +9,14 @@ from ela_jax.evaluation import retrieval
 
 # 3 images, 9 captions; image 1 has six captions and its only top-1 caption is the sixth (caption 6).
 CAPTION_IMAGE = np.array([0, 1, 1, 1, 1, 1, 1, 2, 2])
-SCORES = np.array([
-    # c0    c1    c2    c3    c4    c5    c6    c7    c8
-    [0.50, 0.90, 0.10, 0.20, 0.30, 0.00, 0.60, 0.40, 0.05],  # image 0: c1, c6 beat its caption     -> rank 2
-    [0.80, 0.20, 0.30, 0.10, 0.00, 0.40, 0.90, 0.65, 0.75],  # image 1: c6 beats every negative     -> rank 0
-    [0.30, 0.40, 0.20, 0.10, 0.15, 0.05, 0.25, 0.40, 0.30],  # image 2: c1 ties its best caption c7  -> rank 1
-])
+SCORES = np.array(
+    [
+        # c0    c1    c2    c3    c4    c5    c6    c7    c8
+        [0.50, 0.90, 0.10, 0.20, 0.30, 0.00, 0.60, 0.40, 0.05],  # image 0: c1, c6 beat its caption     -> rank 2
+        [0.80, 0.20, 0.30, 0.10, 0.00, 0.40, 0.90, 0.65, 0.75],  # image 1: c6 beats every negative     -> rank 0
+        [0.30, 0.40, 0.20, 0.10, 0.15, 0.05, 0.25, 0.40, 0.30],  # image 2: c1 ties its best caption c7  -> rank 1
+    ]
+)
 IMAGE_RANKS = np.array([2, 0, 1])
 # Column by column: other images scoring at least the caption's own image (ties count against the model).
 CAPTION_RANKS = np.array([1, 2, 0, 2, 2, 0, 0, 2, 1])
@@ -124,8 +126,9 @@ def test_rsum_is_the_sum_of_all_six_recalls_at_the_default_ks():
     rng = np.random.default_rng(0)
     image_ranks, caption_ranks = rng.integers(0, 15, size=10), rng.integers(0, 15, size=50)
     metrics = retrieval.recall_metrics(image_ranks, caption_ranks)
-    recalls = [100.0 * np.mean(image_ranks < k) for k in (1, 5, 10)] + [100.0 * np.mean(caption_ranks < k)
-                                                                        for k in (1, 5, 10)]
+    recalls = [100.0 * np.mean(image_ranks < k) for k in (1, 5, 10)] + [
+        100.0 * np.mean(caption_ranks < k) for k in (1, 5, 10)
+    ]
     np.testing.assert_allclose(metrics["rsum"], sum(recalls), rtol=1e-12)
     np.testing.assert_allclose(metrics["text_retrieval_mean_rank"], np.mean(image_ranks) + 1, rtol=1e-12)
     np.testing.assert_allclose(metrics["image_retrieval_median_rank"], np.median(caption_ranks) + 1, rtol=1e-12)

@@ -18,10 +18,17 @@ from tests.conftest import make_tiny_config
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny ELA run long enough to learn (~1 minute on 2 cores)."""
-    config = make_tiny_config(**{
-        "total_steps": 150, "batch_size": 64, "data.num_train": 1024, "data.num_test": 100,
-        "checkpoint.every_steps": 75, "log.every_steps": 25, "optim.warmup_steps": 15,
-    })
+    config = make_tiny_config(
+        **{
+            "total_steps": 150,
+            "batch_size": 64,
+            "data.num_train": 1024,
+            "data.num_test": 100,
+            "checkpoint.every_steps": 75,
+            "log.every_steps": 25,
+            "optim.warmup_steps": 15,
+        }
+    )
     workdir = str(tmp_path_factory.mktemp("trained"))
     return config, workdir, loop.train(config, workdir)
 
@@ -38,8 +45,14 @@ def test_held_out_recall_beats_chance_by_a_wide_margin(trained):
 
 def test_training_writes_the_documented_outputs(trained):
     config, workdir, results = trained
-    for name in ("config.json", "metrics.jsonl", "sharding.json", "eval/results.json", "world_vocab.txt",
-                 "plots/training_curves.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "sharding.json",
+        "eval/results.json",
+        "world_vocab.txt",
+        "plots/training_curves.png",
+    ):
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["150", "75"]

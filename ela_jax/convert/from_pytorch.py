@@ -20,8 +20,7 @@ from ela_jax.training.state import copy_text_lexicon_to_image
 log = logging.getLogger(__name__)
 
 # transformers' hidden_act -> ela_jax's gelu_approximate (the tanh form); other activations have no counterpart.
-GELU_APPROXIMATE = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True,
-                    "gelu_fast": True}
+GELU_APPROXIMATE = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLED_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -38,9 +37,11 @@ def weight_files(directory: str, described_as: str) -> list[str]:
         return [os.path.join(directory, shard) for shard in shards]
     pickled = [name for name in PICKLED_FILES if os.path.isfile(os.path.join(directory, name))]
     if pickled:
-        raise ConfigError(f"{described_as} holds {pickled[0]} but no {SAFETENSORS_FILE}; pickled checkpoints can run "
-                          "code when loaded and are refused. Convert it once where you trust the file (load it with "
-                          "transformers, then save_pretrained writes model.safetensors)")
+        raise ConfigError(
+            f"{described_as} holds {pickled[0]} but no {SAFETENSORS_FILE}; pickled checkpoints can run "
+            "code when loaded and are refused. Convert it once where you trust the file (load it with "
+            "transformers, then save_pretrained writes model.safetensors)"
+        )
     raise ConfigError(f"{described_as} holds no {SAFETENSORS_FILE}; point it at a Hugging Face model directory")
 
 
@@ -61,16 +62,18 @@ def read_weights(files: list[str]) -> dict[str, np.ndarray]:
 
 def read_json(path: str, described_as: str) -> dict:
     if not os.path.isfile(path):
-        raise ConfigError(f"{described_as} holds no {os.path.basename(path)}; point it at a Hugging Face model "
-                          "directory")
+        raise ConfigError(
+            f"{described_as} holds no {os.path.basename(path)}; point it at a Hugging Face model directory"
+        )
     with open(path) as f:
         return json.load(f)
 
 
 def _gelu_approximate(hidden_act: str, described_as: str) -> bool:
     if hidden_act not in GELU_APPROXIMATE:
-        raise ConfigError(f"{described_as} uses hidden_act={hidden_act!r}; ela_jax's towers support "
-                          f"{sorted(GELU_APPROXIMATE)}")
+        raise ConfigError(
+            f"{described_as} uses hidden_act={hidden_act!r}; ela_jax's towers support {sorted(GELU_APPROXIMATE)}"
+        )
     return GELU_APPROXIMATE[hidden_act]
 
 
@@ -98,16 +101,22 @@ def _apply_bert_architecture(config: ml_collections.ConfigDict, directory: str) 
     _expect(hf_config, "model_type", "bert", described_as)
     _expect(hf_config, "position_embedding_type", "absolute", described_as, default="absolute")
     if hf_config["vocab_size"] != config.model.vocab_size:
-        raise ConfigError(f"{described_as} has vocab_size {hf_config['vocab_size']} but the tokenizer "
-                          f"(tokenizer.vocab={config.tokenizer.vocab!r}) has {config.model.vocab_size} words; set "
-                          "tokenizer.vocab to the checkpoint's vocab.txt")
+        raise ConfigError(
+            f"{described_as} has vocab_size {hf_config['vocab_size']} but the tokenizer "
+            f"(tokenizer.vocab={config.tokenizer.vocab!r}) has {config.model.vocab_size} words; set "
+            "tokenizer.vocab to the checkpoint's vocab.txt"
+        )
     if config.tokenizer.max_length > hf_config["max_position_embeddings"]:
-        raise ConfigError(f"tokenizer.max_length {config.tokenizer.max_length} exceeds the "
-                          f"{hf_config['max_position_embeddings']} positions of {described_as}; lower "
-                          "tokenizer.max_length")
+        raise ConfigError(
+            f"tokenizer.max_length {config.tokenizer.max_length} exceeds the "
+            f"{hf_config['max_position_embeddings']} positions of {described_as}; lower "
+            "tokenizer.max_length"
+        )
     if config.model.lexicon.tie_text_decoder and not hf_config.get("tie_word_embeddings", True):
-        raise ConfigError(f"{described_as} has an MLM decoder of its own (tie_word_embeddings false) but "
-                          "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False")
+        raise ConfigError(
+            f"{described_as} has an MLM decoder of its own (tie_word_embeddings false) but "
+            "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False"
+        )
     text = config.model.text
     text.width = hf_config["hidden_size"]
     text.depth = hf_config["num_hidden_layers"]
@@ -136,9 +145,11 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
     _expect(hf_config, "num_channels", 3, described_as, default=3)
     image_size = _square(hf_config.get("image_size", 224), "image_size", described_as)
     if config.data.image_size != image_size:
-        raise ConfigError(f"{described_as} is for {image_size}px images but data.image_size is "
-                          f"{config.data.image_size}; set data.image_size={image_size} (the input pipeline does not "
-                          "resize)")
+        raise ConfigError(
+            f"{described_as} is for {image_size}px images but data.image_size is "
+            f"{config.data.image_size}; set data.image_size={image_size} (the input pipeline does not "
+            "resize)"
+        )
     image = config.model.image
     image.width = hf_config["hidden_size"]
     image.depth = hf_config["num_hidden_layers"]
@@ -153,8 +164,10 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
         processor = read_json(processor_path, described_as)
         rescale = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0
         if not np.isclose(rescale, 1 / 255, rtol=1e-6):
-            raise ConfigError(f"{described_as} rescales pixels by {rescale}; ela_jax feeds uint8 images scaled by "
-                              "1/255, so this tower would see different inputs")
+            raise ConfigError(
+                f"{described_as} rescales pixels by {rescale}; ela_jax feeds uint8 images scaled by "
+                "1/255, so this tower would see different inputs"
+            )
         if processor.get("do_normalize", True) and "image_mean" in processor:
             image.pixel_mean = tuple(float(v) for v in processor["image_mean"])
             image.pixel_std = tuple(float(v) for v in processor["image_std"])
@@ -174,8 +187,9 @@ def _mlm_head(hf_config: dict, bert_prefix: str, tie_text_decoder: bool) -> keym
     if tie_text_decoder or not checkpoint_tied:
         return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=tie_text_decoder)
     # An untied decoder starts from the checkpoint's tied one: the word embeddings.
-    tied_decoder = keymap.Rule("text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight",
-                               keymap.LINEAR)
+    tied_decoder = keymap.Rule(
+        "text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight", keymap.LINEAR
+    )
     return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=True) + keymap.KeyMap([tied_decoder])
 
 
@@ -220,8 +234,10 @@ def load_exported(directory: str, model_config: ml_collections.ConfigDict, param
     (arrays or jax.ShapeDtypeStructs of the ELAModel that `model_config` builds); every leaf comes from the files."""
     ela_config = read_json(os.path.join(directory, "ela_config.json"), f"export {directory!r}")
     if ela_config["tie_text_decoder"] != model_config.lexicon.tie_text_decoder:
-        raise ValueError(f"{directory} was exported with tie_text_decoder={ela_config['tie_text_decoder']}; build "
-                         "the model with the same model.lexicon.tie_text_decoder")
+        raise ValueError(
+            f"{directory} was exported with tie_text_decoder={ela_config['tie_text_decoder']}; build "
+            "the model with the same model.lexicon.tie_text_decoder"
+        )
     layout = keymap.export_layout(model_config)
     uncovered = keymap.uncovered_paths(params, layout.values())
     if uncovered:

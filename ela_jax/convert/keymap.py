@@ -76,8 +76,10 @@ class KeyMap:
         dtype of the leaf it replaces; `params` may hold arrays or jax.ShapeDtypeStructs."""
         missing = [rule.torch_key for rule in self.rules if rule.torch_key not in state_dict]
         if missing:
-            raise ValueError(f"{source} lacks {len(missing)} weights the model needs, e.g. {missing[:3]}; "
-                             "is it a checkpoint of the expected architecture?")
+            raise ValueError(
+                f"{source} lacks {len(missing)} weights the model needs, e.g. {missing[:3]}; "
+                "is it a checkpoint of the expected architecture?"
+            )
         updated = params
         for rule in self.rules:
             target = _get(params, rule.flax_path)
@@ -87,8 +89,10 @@ class KeyMap:
             except ValueError:  # a reshape that cannot fit
                 value = None
             if value is None or value.shape != tuple(target.shape):
-                raise ValueError(f"{source}: {rule.torch_key} has shape {list(tensor.shape)}, which does not fit "
-                                 f"{rule.flax_path} {list(target.shape)}")
+                raise ValueError(
+                    f"{source}: {rule.torch_key} has shape {list(tensor.shape)}, which does not fit "
+                    f"{rule.flax_path} {list(target.shape)}"
+                )
             updated = _set(updated, rule.flax_path, np.asarray(value, dtype=target.dtype, order="C"))
         return updated
 
@@ -132,10 +136,14 @@ def _transformer_block(flax: str, torch: str, attention: str, attention_norm: st
     """The shared TransformerBlock; BERT (post-LN) and ViT (pre-LN) name its attention module and norms apart."""
     rules = []
     for projection in ("query", "key", "value"):
-        rules += [Rule(f"{flax}/attention/{projection}/kernel", f"{torch}.{attention}.{projection}.weight", HEADS_IN),
-                  Rule(f"{flax}/attention/{projection}/bias", f"{torch}.{attention}.{projection}.bias", HEADS_BIAS)]
-    rules += [Rule(f"{flax}/attention/output/kernel", f"{torch}.attention.output.dense.weight", HEADS_OUT),
-              Rule(f"{flax}/attention/output/bias", f"{torch}.attention.output.dense.bias")]
+        rules += [
+            Rule(f"{flax}/attention/{projection}/kernel", f"{torch}.{attention}.{projection}.weight", HEADS_IN),
+            Rule(f"{flax}/attention/{projection}/bias", f"{torch}.{attention}.{projection}.bias", HEADS_BIAS),
+        ]
+    rules += [
+        Rule(f"{flax}/attention/output/kernel", f"{torch}.attention.output.dense.weight", HEADS_OUT),
+        Rule(f"{flax}/attention/output/bias", f"{torch}.attention.output.dense.bias"),
+    ]
     rules += _linear(f"{flax}/mlp/intermediate", f"{torch}.intermediate.dense")
     rules += _linear(f"{flax}/mlp/output", f"{torch}.output.dense")
     rules += _layer_norm(f"{flax}/attention_norm", f"{torch}.{attention_norm}")
@@ -145,13 +153,19 @@ def _transformer_block(flax: str, torch: str, attention: str, attention_norm: st
 
 def bert_encoder(depth: int, prefix: str) -> KeyMap:
     """text_tower <-> BertModel (prefix '') or the `bert.` module of BertForMaskedLM (prefix 'bert.')."""
-    rules = [Rule(f"text_tower/{name}/embedding", f"{prefix}embeddings.{name}.weight")
-             for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+    rules = [
+        Rule(f"text_tower/{name}/embedding", f"{prefix}embeddings.{name}.weight")
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
     rules += _layer_norm("text_tower/embeddings_norm", f"{prefix}embeddings.LayerNorm")
     for layer in range(depth):
-        rules += _transformer_block(f"text_tower/encoder/layer_{layer}", f"{prefix}encoder.layer.{layer}",
-                                    attention="attention.self", attention_norm="attention.output.LayerNorm",
-                                    mlp_norm="output.LayerNorm")
+        rules += _transformer_block(
+            f"text_tower/encoder/layer_{layer}",
+            f"{prefix}encoder.layer.{layer}",
+            attention="attention.self",
+            attention_norm="attention.output.LayerNorm",
+            mlp_norm="output.LayerNorm",
+        )
     return KeyMap(rules)
 
 
@@ -159,14 +173,20 @@ def vit_encoder(depth: int, prefix: str) -> KeyMap:
     """image_tower <-> ViTModel without pooler (prefix '') or the `vit.` module of ViTForImageClassification.
 
     The keys are the on-disk layout that transformers v4 and v5 both read and that v5's save_pretrained writes."""
-    rules = [Rule("image_tower/patch_embedding/kernel", f"{prefix}embeddings.patch_embeddings.projection.weight", CONV),
-             Rule("image_tower/patch_embedding/bias", f"{prefix}embeddings.patch_embeddings.projection.bias"),
-             Rule("image_tower/cls_token", f"{prefix}embeddings.cls_token"),
-             Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embeddings")]
+    rules = [
+        Rule("image_tower/patch_embedding/kernel", f"{prefix}embeddings.patch_embeddings.projection.weight", CONV),
+        Rule("image_tower/patch_embedding/bias", f"{prefix}embeddings.patch_embeddings.projection.bias"),
+        Rule("image_tower/cls_token", f"{prefix}embeddings.cls_token"),
+        Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embeddings"),
+    ]
     for layer in range(depth):
-        rules += _transformer_block(f"image_tower/encoder/layer_{layer}", f"{prefix}encoder.layer.{layer}",
-                                    attention="attention.attention", attention_norm="layernorm_before",
-                                    mlp_norm="layernorm_after")
+        rules += _transformer_block(
+            f"image_tower/encoder/layer_{layer}",
+            f"{prefix}encoder.layer.{layer}",
+            attention="attention.attention",
+            attention_norm="layernorm_before",
+            mlp_norm="layernorm_after",
+        )
     rules += _layer_norm("image_tower/final_norm", f"{prefix}layernorm")
     return KeyMap(rules)
 
@@ -180,8 +200,10 @@ def lexicon_head(group: str, prefix: str, tied: bool) -> KeyMap:
     if tied:
         rules.append(Rule(f"{group}/decoder_bias", f"{prefix}bias"))
     else:
-        rules += [Rule(f"{group}/decoder_kernel", f"{prefix}decoder.weight", LINEAR),
-                  Rule(f"{group}/decoder_bias", f"{prefix}decoder.bias", export_copies=(f"{prefix}bias",))]
+        rules += [
+            Rule(f"{group}/decoder_kernel", f"{prefix}decoder.weight", LINEAR),
+            Rule(f"{group}/decoder_bias", f"{prefix}decoder.bias", export_copies=(f"{prefix}bias",)),
+        ]
     return KeyMap(rules)
 
 

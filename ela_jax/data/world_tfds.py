@@ -29,18 +29,22 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=world.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
-                "captions": tfds.features.Sequence(tfds.features.Text()),
-                "image_id": tfds.features.Scalar(dtype=np.int64),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+                    "captions": tfds.features.Sequence(tfds.features.Text()),
+                    "image_id": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # everything is generated
         config = self.builder_config
-        return {"train": self._generate_examples("train", config.num_train),
-                "test": self._generate_examples("test", config.num_test)}
+        return {
+            "train": self._generate_examples("train", config.num_train),
+            "test": self._generate_examples("test", config.num_test),
+        }
 
     def _generate_examples(self, split: str, count: int):
         spec = self.builder_config.spec
@@ -55,13 +59,15 @@ def default_data_dir() -> str:
 
 def world_builder(data_config, prepare: bool = True) -> ElaWorld:
     """The builder for `config.data`; prepared on first use (a few seconds per thousand images)."""
-    spec = world.WorldSpec(seed=data_config.seed, image_size=data_config.image_size,
-                           captions_per_image=data_config.captions_per_image)
-    name = (f"seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
-            f"_train{data_config.num_train}_test{data_config.num_test}")
+    spec = world.WorldSpec(
+        seed=data_config.seed, image_size=data_config.image_size, captions_per_image=data_config.captions_per_image
+    )
+    name = (
+        f"seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
+        f"_train{data_config.num_train}_test{data_config.num_test}"
+    )
     builder = ElaWorld(
-        config=WorldBuilderConfig(name=name, spec=spec, num_train=data_config.num_train,
-                                  num_test=data_config.num_test),
+        config=WorldBuilderConfig(name=name, spec=spec, num_train=data_config.num_train, num_test=data_config.num_test),
         data_dir=data_config.dir or default_data_dir(),
         file_format="array_record",
     )

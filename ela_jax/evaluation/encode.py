@@ -29,8 +29,7 @@ class Encoder:
 
     @functools.partial(jax.jit, static_argnums=(0, 4))
     def _texts(self, params, token_ids, mask, with_tokens: bool):
-        outputs = self.model.apply({"params": params}, token_ids, mask, with_tokens=False,
-                                   method=ELAModel.encode_text)
+        outputs = self.model.apply({"params": params}, token_ids, mask, with_tokens=False, method=ELAModel.encode_text)
         return self._select(outputs, with_tokens)
 
     @staticmethod
@@ -42,7 +41,7 @@ class Encoder:
         total = len(arrays[0])
         results: dict[str, list] = {}
         for start in range(0, total, self.batch_size):
-            chunk = [a[start:start + self.batch_size] for a in arrays]
+            chunk = [a[start : start + self.batch_size] for a in arrays]
             real = len(chunk[0])
             padded = [np.concatenate([c, np.repeat(c[-1:], self.batch_size - real, axis=0)]) for c in chunk]
             global_chunk = parallel.host_batch_to_global({str(i): p for i, p in enumerate(padded)}, self.mesh)

@@ -19,15 +19,16 @@ TIE_TOLERANCE = 1e-6
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image rows, caption columns) -> scores [rows, cols]
 
 
-def retrieval_ranks(score_fn: ScoreFn, num_images: int, caption_image: np.ndarray,
-                    chunk_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(
+    score_fn: ScoreFn, num_images: int, caption_image: np.ndarray, chunk_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks: image_ranks [num_images] (best of its captions), caption_ranks [num_captions]."""
     num_captions = len(caption_image)
     all_captions = np.arange(num_captions)
     # Score of each caption with its own image, the threshold for the text->image rank.
     positive = np.empty(num_captions, np.float64)
     for start in range(0, num_captions, chunk_size):
-        block = all_captions[start:start + chunk_size]
+        block = all_captions[start : start + chunk_size]
         for image in np.unique(caption_image[block]):
             columns = block[caption_image[block] == image]
             positive[columns] = score_fn(np.asarray([image]), columns)[0]

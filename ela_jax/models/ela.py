@@ -61,6 +61,13 @@ class ELAModel(nn.Module):
             "fine": jnp.exp(jnp.minimum(self.fine_log_scale, max_log_scale)),
         }
 
+    def pool(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
+        """The global head's input: the CLS state, or the mean over real tokens (CLS included), [b, width]."""
+        if self.config.global_pool == "cls":
+            return hidden[:, 0]
+        weights = mask.astype(hidden.dtype)[..., None]
+        return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
     def normalise_pixels(self, images: jax.Array) -> jax.Array:
         mean = jnp.asarray(self.config.image.pixel_mean, jnp.float32)
         std = jnp.asarray(self.config.image.pixel_std, jnp.float32)
@@ -71,7 +78,8 @@ class ELAModel(nn.Module):
         token_embeddings [b, patches, token_dim], vocab_logits [b, patches, vocab], lexicon [b, vocab]."""
         hidden = self.image_tower(self.normalise_pixels(images))
         patches = hidden[:, 1:]
-        outputs = {"hidden": hidden, "global": l2_normalise(self.image_global(hidden[:, 0]))}
+        pooled = self.pool(hidden, jnp.ones(hidden.shape[:2], bool))
+        outputs = {"hidden": hidden, "global": l2_normalise(self.image_global(pooled))}
         outputs["token_mask"] = jnp.ones(patches.shape[:2], bool)
         if with_tokens:
             outputs["token_embeddings"] = l2_normalise(self.image_token(patches))
@@ -89,7 +97,8 @@ class ELAModel(nn.Module):
         outputs exclude CLS and pads through token_mask."""
         hidden = self.text_tower(token_ids, mask)
         token_mask = jnp.asarray(mask, bool).at[:, 0].set(False)
-        outputs = {"hidden": hidden, "global": l2_normalise(self.text_global(hidden[:, 0])), "token_mask": token_mask}
+        pooled = self.pool(hidden, jnp.asarray(mask, bool))
+        outputs = {"hidden": hidden, "global": l2_normalise(self.text_global(pooled)), "token_mask": token_mask}
         if with_tokens:
             outputs["token_embeddings"] = l2_normalise(self.text_token(hidden))
         if with_lexicon:

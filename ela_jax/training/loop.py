@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 
 import flax.linen as nn
@@ -12,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from ela_jax import parallel, plots
 from ela_jax.convert import from_pytorch
@@ -29,6 +31,65 @@ def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many updates in a row had a non-finite loss or gradient."""
+
+
+class PreemptionWatch:
+    """True once the job is asked to stop: SIGTERM on one process, JAX's preemption sync point across hosts (which
+    every host reaches at the same step, so all of them save the same checkpoint)."""
+
+    def __init__(self):
+        self.requested = False
+        self.multi_process = jax.process_count() > 1
+        if not self.multi_process:
+            self.previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        del signum, frame
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if self.multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def close(self) -> None:
+        if not self.multi_process:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+
+
+class BadStepMonitor:
+    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged."""
+
+    def __init__(self, max_bad_steps: int):
+        self.max_bad_steps = max_bad_steps
+        self.skipped = 0
+        self.pending = None
+
+    def observe(self, step: int, metrics: dict, last_checkpoint) -> None:
+        if self.pending is not None:
+            self._check(*self.pending, last_checkpoint)
+        self.pending = (step, metrics)
+
+    def flush(self, last_checkpoint) -> None:
+        if self.pending is not None:
+            self._check(*self.pending, last_checkpoint)
+            self.pending = None
+
+    def _check(self, step: int, metrics: dict, last_checkpoint) -> None:
+        in_a_row = int(metrics["bad_steps_in_a_row"])
+        if in_a_row == 0:
+            return
+        self.skipped += 1
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, in_a_row)
+        if in_a_row >= self.max_bad_steps:
+            raise TrainingDiverged(
+                f"loss or gradients were non-finite for {in_a_row} steps in a row (steps {step - in_a_row + 1}-"
+                f"{step}); the last good checkpoint is step {last_checkpoint}. Lower optim.lr or check the data."
+            )
 
 
 class Evaluation:
@@ -67,8 +128,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
-    data_iterator = iter(pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(),
-                                                jax.process_count()))
+    data_iterator = iter(pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count()))
     checkpointer = experiment.checkpointer()
     start_step = checkpointer.latest_step()
     if start_step is None:
@@ -92,37 +152,63 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
     evaluation = Evaluation(experiment)
-    progress = tqdm.tqdm(initial=start_step, total=config.total_steps, desc="train", unit="step",
-                         disable=not (is_chief and config.log.progress), dynamic_ncols=True)
+    preemption = PreemptionWatch()
+    bad_steps = BadStepMonitor(config.train.max_bad_steps)
+    last_checkpoint = start_step or None
+    progress = tqdm.tqdm(
+        initial=start_step,
+        total=config.total_steps,
+        desc="train",
+        unit="step",
+        disable=not (is_chief and config.log.progress),
+        dynamic_ncols=True,
+    )
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(start_step + 1, config.total_steps + 1):
-        batch = parallel.host_batch_to_global(next(data_iterator), mesh)
-        with mesh, nn.logical_axis_rules(rules):
-            state, metrics = train_step(state, batch)
-        window_steps += 1
-        progress.update(1)
-        if step % config.log.every_steps == 0 or step == config.total_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}")
-            elapsed = time.perf_counter() - window_start
-            metrics["pairs_per_second"] = window_steps * config.batch_size / elapsed
-            writer.write(step, metrics)
-            progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
-            window_start, window_steps = time.perf_counter(), 0
-        if step == config.total_steps or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0):
-            checkpointer.save(step, state, data_iterator)
-        if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
-            results = evaluation(state.params, step)
-            writer.write(step, {f"eval/{score}/{k}": v for score, m in results["scores"].items()
-                                for k, v in m.items() if "recall@" in k or k == "rsum"})
-    progress.close()
-    checkpointer.close()
+    try:
+        for step in range(start_step + 1, config.total_steps + 1):
+            batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+            with mesh, nn.logical_axis_rules(rules):
+                state, metrics = train_step(state, batch)
+            bad_steps.observe(step, metrics, last_checkpoint)
+            window_steps += 1
+            progress.update(1)
+            if step % config.log.every_steps == 0 or step == config.total_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                metrics["skipped_steps"] = bad_steps.skipped
+                writer.write(step, metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            preempted = preemption.should_stop(step)
+            every = config.checkpoint.every_steps
+            if step == config.total_steps or preempted or (every and step % every == 0):
+                bad_steps.flush(last_checkpoint)  # never checkpoint past a run that must stop
+                checkpointer.save(step, state, data_iterator)
+                last_checkpoint = step
+            if preempted:
+                log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
+                return {"preempted_at_step": step}
+            if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+                results = evaluation(state.params, step)
+                writer.write(
+                    step,
+                    {
+                        f"eval/{score}/{k}": v
+                        for score, m in results["scores"].items()
+                        for k, v in m.items()
+                        if "recall@" in k or k == "rsum"
+                    },
+                )
+        bad_steps.flush(last_checkpoint)
+    finally:
+        progress.close()
+        checkpointer.close()
+        preemption.close()
+        writer.close()
 
     # --- final report
     results = evaluation(state.params, config.total_steps)
     if is_chief:
         write_json(os.path.join(workdir, "eval", "results.json"), results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
-    writer.close()
     return results

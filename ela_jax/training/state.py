@@ -22,6 +22,9 @@ class TrainState:
     opt_state: Any
     # Text-side parameters of the expansion teacher (EMA or frozen copy); empty when no teacher is configured.
     teacher: Any
+    # Updates skipped for a non-finite loss or gradient: in a row now, and the longest such run so far.
+    bad_steps_in_a_row: jax.Array
+    longest_bad_run: jax.Array
 
 
 def needs_teacher(config) -> bool:
@@ -31,8 +34,7 @@ def needs_teacher(config) -> bool:
 
 def example_inputs(config) -> tuple[jax.Array, jax.Array, jax.Array]:
     size, length = config.model.image.image_size, config.tokenizer.max_length
-    return (jnp.zeros((1, size, size, 3), jnp.uint8), jnp.zeros((1, length), jnp.int32),
-            jnp.ones((1, length), bool))
+    return (jnp.zeros((1, size, size, 3), jnp.uint8), jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool))
 
 
 def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
@@ -71,8 +73,15 @@ class StateFactory:
 
     def state_from_params(self, params: Any) -> TrainState:
         teacher = teacher_params(params) if needs_teacher(self.config) else {}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params),
-                          teacher=teacher)
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(
+            step=zero,
+            params=params,
+            opt_state=self.optimizer.init(params),
+            teacher=teacher,
+            bad_steps_in_a_row=zero,
+            longest_bad_run=zero,
+        )
 
     def _state_shardings(self) -> TrainState:
         replicated = parallel.replicated(self.mesh)
@@ -84,7 +93,14 @@ class StateFactory:
             transform_non_params=lambda _: replicated,
         )
         teacher = teacher_params(self.param_shardings) if needs_teacher(self.config) else {}
-        return TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings, teacher=teacher)
+        return TrainState(
+            step=replicated,
+            params=self.param_shardings,
+            opt_state=opt_shardings,
+            teacher=teacher,
+            bad_steps_in_a_row=replicated,
+            longest_bad_run=replicated,
+        )
 
     def create(self, seed: int) -> TrainState:
         with self.mesh, nn.logical_axis_rules(self.rules):
@@ -93,8 +109,9 @@ class StateFactory:
     def from_params(self, params: Any) -> TrainState:
         """A fresh state (step 0, new optimizer state, teacher) around given params, e.g. imported weights."""
         with self.mesh, nn.logical_axis_rules(self.rules):
-            return jax.jit(self.state_from_params, in_shardings=(self.param_shardings,),
-                           out_shardings=self.shardings)(params)
+            return jax.jit(self.state_from_params, in_shardings=(self.param_shardings,), out_shardings=self.shardings)(
+                params
+            )
 
     def abstract_with_shardings(self) -> TrainState:
         """ShapeDtypeStructs carrying the target shardings: what a checkpoint restore fills in."""

@@ -46,7 +46,8 @@ class Needs:
         lexlip = use_ela and ela.loss == "lexlip_cosine"
         return cls(
             image_lexicon=use_ela or objective.flops_weight > 0,
-            text_lexicon=lexlip or (expansion and ela.target_source == "online")
+            text_lexicon=lexlip
+            or (expansion and ela.target_source == "online")
             or (objective.flops_weight > 0 and objective.mlm_weight > 0),
             tokens=objective.fine_weight > 0,
             expansion=expansion,
@@ -74,23 +75,36 @@ class ObjectiveBuilder:
     def __call__(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array):
         objective = self.config.objective
         variables = {"params": params}
-        image = self.model.apply(variables, batch["images"], with_lexicon=self.needs.image_lexicon,
-                                 with_tokens=self.needs.tokens, method=ELAModel.encode_image)
-        text = self.model.apply(variables, batch["token_ids"], batch["mask"], with_lexicon=self.needs.text_lexicon,
-                                with_tokens=self.needs.tokens, method=ELAModel.encode_text)
+        image = self.model.apply(
+            variables,
+            batch["images"],
+            with_lexicon=self.needs.image_lexicon,
+            with_tokens=self.needs.tokens,
+            method=ELAModel.encode_image,
+        )
+        text = self.model.apply(
+            variables,
+            batch["token_ids"],
+            batch["mask"],
+            with_lexicon=self.needs.text_lexicon,
+            with_tokens=self.needs.tokens,
+            method=ELAModel.encode_text,
+        )
         scales = self.model.apply(variables, method=ELAModel.logit_scales)
         terms = {}
         if objective.global_weight > 0:
             terms["global"] = objectives.global_contrastive_loss(image["global"], text["global"], scales["global"])
         if objective.fine_weight > 0:
-            s_image, s_text = objectives.filip_similarities(image["token_embeddings"], text["token_embeddings"],
-                                                            image["token_mask"], text["token_mask"])
+            s_image, s_text = objectives.filip_similarities(
+                image["token_embeddings"], text["token_embeddings"], image["token_mask"], text["token_mask"]
+            )
             terms["fine"] = objectives.filip_loss(s_image, s_text, scales["fine"])
         if objective.ela_weight > 0:
             terms["ela"] = self.ela_loss(params, teacher, image, text, batch, step)
         if objective.flops_weight > 0:
-            terms["flops"] = sum(objectives.flops_regulariser(out["lexicon"]) for out in (image, text)
-                                 if "lexicon" in out)
+            terms["flops"] = sum(
+                objectives.flops_regulariser(out["lexicon"]) for out in (image, text) if "lexicon" in out
+            )
         if objective.mlm_weight > 0:
             terms["mlm"] = self.mlm_loss(params, batch, rng)
         weights = loss_weights(objective, step)
@@ -107,8 +121,9 @@ class ObjectiveBuilder:
         if self.config.objective.ela.target_source == "online":
             return jax.lax.stop_gradient(text["lexicon"])
         variables = {"params": {**params, **teacher}}
-        teacher_text = self.model.apply(variables, batch["token_ids"], batch["mask"], with_tokens=False,
-                                        method=ELAModel.encode_text)
+        teacher_text = self.model.apply(
+            variables, batch["token_ids"], batch["mask"], with_tokens=False, method=ELAModel.encode_text
+        )
         return jax.lax.stop_gradient(teacher_text["lexicon"])
 
     def ela_loss(self, params, teacher, image: dict, text: dict, batch: dict, step: jax.Array) -> jax.Array:
@@ -132,15 +147,21 @@ class ObjectiveBuilder:
 
     def mlm_loss(self, params, batch: dict, rng: jax.Array) -> jax.Array:
         maskable = batch["mask"].astype(bool) & ~jnp.asarray(self.vocabulary.special)[batch["token_ids"]]
-        corrupted, selected = objectives.mlm_corrupt(rng, batch["token_ids"], maskable,
-                                                     self.config.objective.mlm_probability,
-                                                     self.vocabulary.mask_id, self.vocabulary.content.shape[0])
+        corrupted, selected = objectives.mlm_corrupt(
+            rng,
+            batch["token_ids"],
+            maskable,
+            self.config.objective.mlm_probability,
+            self.vocabulary.mask_id,
+            self.vocabulary.content.shape[0],
+        )
         logits = self.model.apply({"params": params}, corrupted, batch["mask"], method=ELAModel.mlm_logits)
         return objectives.mlm_loss(logits, batch["token_ids"], selected)
 
 
-def make_train_step(model: ELAModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule, config,
-                    vocabulary: Vocabulary):
+def make_train_step(
+    model: ELAModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule, config, vocabulary: Vocabulary
+):
     """train_step(state, batch) -> (state, metrics); pure, to be jitted with shardings and donation."""
     objective = ObjectiveBuilder(model, config, vocabulary)
     base_rng = jax.random.key(config.seed)
@@ -151,13 +172,32 @@ def make_train_step(model: ELAModel, optimizer: optax.GradientTransformation, sc
         rng = jax.random.fold_in(base_rng, state.step)
         grad_fn = jax.value_and_grad(objective, has_aux=True)
         (loss, metrics), grads = grad_fn(state.params, state.teacher, batch, state.step, rng)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         teacher = state.teacher
         if update_teacher:
             teacher = jax.tree.map(lambda t, p: ema_decay * t + (1.0 - ema_decay) * p, teacher, teacher_params(params))
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state.step)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, teacher=teacher), metrics
+        # A non-finite loss or gradient skips the update (params, optimizer and teacher stay as they were).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        bad_in_a_row = jnp.where(finite, 0, state.bad_steps_in_a_row + 1)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            teacher=keep_if_finite(teacher, state.teacher),
+            bad_steps_in_a_row=bad_in_a_row,
+            longest_bad_run=jnp.maximum(state.longest_bad_run, bad_in_a_row),
+        )
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "skipped": 1.0 - finite.astype(jnp.float32),
+            "bad_steps_in_a_row": bad_in_a_row,
+        }
+        return new_state, metrics
 
     return train_step
