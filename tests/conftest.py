@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -53,6 +54,11 @@ def make_tiny_config(**overrides):
     config.log.every_steps = 5
     config.log.progress = False
     config.eval.batch_size = 64
+    return set_keys(config, overrides)
+
+
+def set_keys(config, overrides: dict):
+    """Sets dotted keys ("objective.ela.beta") of a config in place and returns it."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -60,6 +66,11 @@ def make_tiny_config(**overrides):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def train_command(workdir: str, *overrides: str) -> list[str]:
+    """The training CLI on the demo config, as a user types it."""
+    return [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", workdir, *overrides]
 
 
 @pytest.fixture

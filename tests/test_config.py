@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from ela_jax import config as config_lib
 from ela_jax.experiment import Experiment, load_config
+from tests.conftest import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,45 +65,19 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
         Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
 
 
+def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ela_jax.train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(tmp_path),
-            "--config.objective.no_such_key=1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_training_cli(tmp_path, "--config.objective.no_such_key=1")
     assert result.returncode != 0
     assert "no_such_key" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ela_jax.train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(tmp_path),
-            "--config.batch_size=0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("config error: batch_size 0")
 

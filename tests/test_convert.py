@@ -28,7 +28,7 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
 from ela_jax.training.state import example_inputs
-from tests.conftest import make_tiny_config
+from tests.conftest import make_tiny_config, set_keys
 
 TOLERANCE = 1e-4
 TEXTS = [
@@ -55,13 +55,7 @@ def small_config(**overrides):
     )
     config.model.image.gelu_approximate = True
     config.model.image.layer_norm_eps = 1e-6
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return set_keys(config, overrides)
 
 
 def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:

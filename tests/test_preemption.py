@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -18,6 +17,7 @@ from ela_jax.experiment import Experiment
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
 from ela_jax.training.step import Vocabulary, make_train_step
+from tests.conftest import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,33 +62,29 @@ def test_a_persistent_non_finite_loss_stops_the_run_naming_the_steps():
     assert monitor.skipped == 3
 
 
-def train_command(workdir: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ela_jax.train",
-        "--config",
-        "configs/demo.py",
-        "--workdir",
-        workdir,
-        "--config.total_steps=24",
-        "--config.batch_size=16",
-        "--config.data.num_train=128",
-        "--config.data.num_test=32",
-        "--config.checkpoint.every_steps=8",
-        "--config.log.every_steps=1",
-        "--config.log.progress=False",
-        "--config.model.image.depth=1",
-        "--config.model.text.depth=1",
-    ]
+SHORT_RUN = (
+    "--config.total_steps=24",
+    "--config.batch_size=16",
+    "--config.data.num_train=128",
+    "--config.data.num_test=32",
+    "--config.checkpoint.every_steps=8",
+    "--config.log.every_steps=1",
+    "--config.log.progress=False",
+    "--config.model.image.depth=1",
+    "--config.model.text.depth=1",
+)
+
+
+def short_run(workdir: str) -> list[str]:
+    return train_command(workdir, *SHORT_RUN)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
-    subprocess.run(train_command(full), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(short_run(full), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     process = subprocess.Popen(
-        train_command(interrupted), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        short_run(interrupted), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     metrics_path = os.path.join(interrupted, "metrics.jsonl")
     deadline = time.time() + 300
@@ -101,7 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted
     stopped_at = int(stdout.split("preempted at step")[1].split(";")[0])
     assert 10 <= stopped_at < 24
     assert str(stopped_at) in os.listdir(os.path.join(interrupted, "checkpoints"))
-    subprocess.run(train_command(interrupted), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(short_run(interrupted), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     expected, resumed = read_metrics(full), read_metrics(interrupted)
     assert [r["step"] for r in resumed] == list(range(1, 25))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in expected]

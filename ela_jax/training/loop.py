@@ -11,7 +11,6 @@ import time
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
