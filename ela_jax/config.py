@@ -275,6 +275,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
             "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
         )
     image = config.model.image
+    if not config.init.image_tower and config.data.image_size != image.image_size:
+        raise ConfigError(
+            f"data.image_size {config.data.image_size} differs from model.image.image_size {image.image_size}; "
+            "the input pipeline does not resize, so set both to the same size"
+        )
     if image.image_size % image.patch_size:
         raise ConfigError(
             f"model.image.image_size {image.image_size} is not a multiple of patch_size {image.patch_size}"

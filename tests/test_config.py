@@ -49,6 +49,7 @@ def test_missing_vocabulary_file_is_named(tiny_config):
         ("objective.global_weight", -1.0, "objective weights must be >= 0"),
         ("tokenizer.max_length", 64, "exceeds model.text.max_position_embeddings"),
         ("init.text_tower", "/nowhere", "holds no config.json"),
+        ("data.image_size", 48, "the input pipeline does not resize"),
     ],
 )
 def test_invalid_values_are_named_with_their_key(tiny_config, key, value, expected):

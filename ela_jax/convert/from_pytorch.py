@@ -118,14 +118,19 @@ def _apply_bert_architecture(config: ml_collections.ConfigDict, directory: str) 
             "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False"
         )
     text = config.model.text
-    text.width = hf_config["hidden_size"]
-    text.depth = hf_config["num_hidden_layers"]
-    text.num_heads = hf_config["num_attention_heads"]
-    text.mlp_dim = hf_config["intermediate_size"]
-    text.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
-    text.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
+    _copy_transformer_shape(text, hf_config, described_as)
     text.max_position_embeddings = hf_config["max_position_embeddings"]
     text.type_vocab_size = hf_config.get("type_vocab_size", 2)
+
+
+def _copy_transformer_shape(tower: ml_collections.ConfigDict, hf_config: dict, described_as: str) -> None:
+    """The transformer sizes both towers share, from a Hugging Face BERT or ViT config.json."""
+    tower.width = hf_config["hidden_size"]
+    tower.depth = hf_config["num_hidden_layers"]
+    tower.num_heads = hf_config["num_attention_heads"]
+    tower.mlp_dim = hf_config["intermediate_size"]
+    tower.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
+    tower.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
 
 
 def _square(value, key: str, described_as: str) -> int:
@@ -151,12 +156,7 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
             "resize)"
         )
     image = config.model.image
-    image.width = hf_config["hidden_size"]
-    image.depth = hf_config["num_hidden_layers"]
-    image.num_heads = hf_config["num_attention_heads"]
-    image.mlp_dim = hf_config["intermediate_size"]
-    image.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
-    image.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
+    _copy_transformer_shape(image, hf_config, described_as)
     image.image_size = image_size
     image.patch_size = _square(hf_config.get("patch_size", 16), "patch_size", described_as)
     processor_path = os.path.join(directory, "preprocessor_config.json")
