@@ -26,7 +26,7 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
 lint: setup
-	$(PY) -m ruff format --check ela_jax configs tests benchmarks
+	$(PY) -m ruff format --check ela_jax configs tests benchmarks launch
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

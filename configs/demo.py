@@ -7,7 +7,7 @@ from ela_jax import config as common
 
 
 def get_config(arg: str | None = None):
-    del arg
+    """`arg`: mesh presets to overlay, e.g. `configs/demo.py:fsdp_tp` (see ela_jax.config.MESH_PRESETS)."""
     config = common.base_config()
     config.total_steps = 500
     config.batch_size = 128
@@ -45,4 +45,4 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 20
     config.eval.every_steps = 0  # only at the end
     config.eval.scores = ("global", "lexicon")
-    return config
+    return common.apply_overlays(config, arg)

@@ -15,7 +15,8 @@ VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen")
 PATCH_POOLS = ("max", "mean", "logsumexp")
-SCORES = ("global", "lexicon")
+SCORES = ("global", "lexicon", "fine", "hybrid")
+RETRIEVERS = ("matrix", "sparse_exact", "seismic", "faiss")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -34,12 +35,35 @@ DEFAULT_LOGICAL_RULES = (
     ("channels", None),
     ("positions", None),
     ("norm", None),
+    ("layers", None),
     ("project", "tensor"),
 )
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
+
+
+# Mesh presets, applied as overlays: `--config configs/demo.py:fsdp_tp` (several: `:fsdp,other`).
+MESH_PRESETS = {
+    # Pure data parallelism: parameters and optimizer state replicated, the batch split over every device.
+    "dp": {"mesh.data": -1, "mesh.fsdp": 1, "mesh.tensor": 1},
+    # FSDP (ZeRO-3): the batch and every large kernel's `embed` axis split over every device.
+    "fsdp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1},
+    # FSDP x 2-way tensor parallelism (heads, MLP and vocabulary axes); the vocabulary is padded so it divides.
+    "fsdp_tp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 2, "model.vocab_multiple": 128},
+}
+
+
+def apply_overlays(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the comma-separated presets named in a config file's argument (the text after ':')."""
+    for name in filter(None, (arg or "").split(",")):
+        if name not in MESH_PRESETS:
+            raise ConfigError(f"unknown config overlay {name!r}; known: {sorted(MESH_PRESETS)}")
+        for key, value in MESH_PRESETS[name].items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+    return config
 
 
 def tower_config(*, width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
@@ -70,6 +94,9 @@ def model_config(
         {
             "dtype": "float32",  # compute dtype; parameters, logits and losses stay float32
             "vocab_size": VOCAB_SIZE_FROM_TOKENIZER,
+            # Vocabulary-sized parameters are padded to a multiple of this (128 suits TPU lanes and any tensor-parallel
+            # size up to 128); outputs, losses and exports only ever see the real vocab_size words.
+            "vocab_multiple": 1,
             "embed_dim": embed_dim,  # global (CLIP) embedding
             "token_dim": token_dim,  # FILIP token embedding
             "image": image_tower,
@@ -77,12 +104,17 @@ def model_config(
             "lexicon": {
                 "tie_text_decoder": True,  # BERT-MLM style: decoder weights are the word embeddings
                 "init_image_from_text": False,  # copy the text lexicon head into the image head at step 0
+                # Words per chunk when pooling the [batch, tokens, vocab] logits (never materialised whole then);
+                # 0 computes them densely. 2048 cuts the head's peak memory about 15x at |V| = 30522.
+                "chunk": 0,
             },
             # Input of the global heads: "cls" (BERT/ViT convention, right for pretrained towers) or "mean" over
             # real tokens, which towers trained from scratch learn much faster: at init a post-LN CLS state is
             # nearly the same for every caption.
             "global_pool": "cls",
-            "remat": False,
+            "remat": False,  # rematerialise each transformer block in the backward pass
+            "remat_policy": "full",  # what a remat block keeps: "full" (nothing), "dots", "dots_no_batch"
+            "scan_layers": False,  # nn.scan over blocks: one compiled block, parameters stacked on a `layers` axis
             "init_temperature": 0.07,
             "min_temperature": 0.01,  # CLIP clips its logit scale at 100
         }
@@ -136,6 +168,19 @@ def base_config() -> ml_collections.ConfigDict:
             "image_std": (0.5, 0.5, 0.5),
             "num_threads": 2,
             "prefetch_buffer_size": 4,
+            # Real sources (README "Datasets"): "coco" / "flickr30k" (Karpathy splits), "folder" (captions.jsonl or
+            # .csv), "webdataset" (NNNNN.tar shards, training only); all are resized to data.image_size.
+            "manual_dir": "",  # the user's downloaded files (see README) or the folder of .tar shards
+            "eval_name": "",  # evaluation source; empty: data.name (a webdataset run needs one, e.g. "coco")
+            "eval_manual_dir": "",
+            "max_skip_fraction": 0.05,  # a source skipping more of its records (bad images, no caption) stops
+            "crop_scale": (0.5, 1.0),  # random resized crop's area range; small crops lose the objects captions name
+            "random_flip": False,  # off: captions say "left" and "right"
+            "caption_field": "caption",  # the caption's key in WebDataset .json members
+            "num_workers": 0,  # grain worker processes after batching (0: threads only, data.num_threads)
+            # data.name="mixture": training sources mixed by weight, each "name:manual_dir:weight" (name: coco,
+            # flickr30k, folder, webdataset); evaluation then reads data.eval_name.
+            "train": (),
         }
     )
     config.tokenizer = ml_collections.ConfigDict(
@@ -155,6 +200,9 @@ def base_config() -> ml_collections.ConfigDict:
             "flops_warmup_steps": 0,  # lambda_flops grows quadratically to its value over these steps
             "mlm_weight": 0.0,
             "mlm_probability": 0.3,
+            # On a mesh, contrastive terms score each device's rows against all columns (shard_map) instead of
+            # letting XLA place the [B, B] logits; same values and gradients, memory B/n x B per device.
+            "sharded_contrastive": True,
             "ela": {
                 "loss": "soft_ce",
                 "beta": 0.0,  # 0: caption words only (non-expansive); >0 mixes in the expanded text lexicon
@@ -190,9 +238,23 @@ def base_config() -> ml_collections.ConfigDict:
             "rules": DEFAULT_LOGICAL_RULES,
         }
     )
-    config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 3})
+    config.checkpoint = ml_collections.ConfigDict(
+        {
+            "every_steps": 500,
+            "keep": 3,  # the latest N under W/checkpoints/ (what a restarted run resumes from)
+            # "SCORE/METRIC" of the evaluation (e.g. "global/rsum"): the keep_best best-scoring states go to W/best/.
+            "best_metric": "",
+            "best_mode": "max",
+            "keep_best": 1,
+        }
+    )
+    # Start from another run's checkpoint (its workdir, checkpoints/ directory or one step directory: state and data
+    # position) when this workdir has none yet; this workdir's own checkpoints always win.
+    config.resume = ""
     # Updates with a non-finite loss or gradient are skipped; this many in a row stop the run.
-    config.train = ml_collections.ConfigDict({"max_bad_steps": 10})
+    # microbatches > 1: gradient accumulation that keeps every negative of the global batch (GradCache: encode
+    # micro-batches, take the loss and its gradient on the full batch, re-encode each micro-batch to apply it).
+    config.train = ml_collections.ConfigDict({"max_bad_steps": 10, "microbatches": 1})
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
     config.eval = ml_collections.ConfigDict(
         {
@@ -200,6 +262,21 @@ def base_config() -> ml_collections.ConfigDict:
             "batch_size": 500,
             "scores": ("global", "lexicon"),
             "lexicon_similarity": "cosine",  # or "dot"
+            # `hybrid` = sum of weight * score / (the score's std over a sample of pairs; "none": raw scores).
+            "hybrid_weights": {"global": 1.0, "lexicon": 0.5, "fine": 0.0},
+            "hybrid_normalise": "std",
+            # "matrix": chunked scoring of every pair (exact ranks). An index ("sparse_exact" or "seismic" for
+            # `lexicon`, "faiss" for `global`) returns top-10 lists instead; other scores stay on the matrix path.
+            "retriever": "matrix",
+            # python -m ela_jax.zeroshot: "world_colour", "world_shape" (single-object world images) or "tfds:NAME"
+            # (a prepared ArrayRecord TFDS dataset with `image` and `label` features).
+            "zeroshot": {
+                "dataset": "world_colour",
+                "split": "test",
+                "num_examples": 1000,  # 0: the whole split
+                "templates": (),  # empty: the dataset's default prompt templates, each with one "{}"
+                "scores": ("global", "lexicon"),
+            },
         }
     )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
@@ -236,6 +313,89 @@ def _check_choice(value, choices, key: str) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
 
 
+def _validate_eval(eval_config) -> None:
+    hybrid_weights = eval_config.hybrid_weights.to_dict()
+    if any(w < 0 for w in hybrid_weights.values()) or not any(w > 0 for w in hybrid_weights.values()):
+        raise ConfigError(f"eval.hybrid_weights must be >= 0 with at least one > 0, got {hybrid_weights}")
+    _check_choice(eval_config.hybrid_normalise, ("std", "none"), "eval.hybrid_normalise")
+    _check_choice(eval_config.retriever, RETRIEVERS, "eval.retriever")
+    zeroshot = eval_config.zeroshot
+    if zeroshot.dataset not in ("world_colour", "world_shape") and not zeroshot.dataset.startswith("tfds:"):
+        raise ConfigError(
+            f"eval.zeroshot.dataset={zeroshot.dataset!r} is not 'world_colour', 'world_shape' or 'tfds:NAME'"
+        )
+    for score in zeroshot.scores:
+        _check_choice(score, SCORES, "eval.zeroshot.scores")
+    for template in zeroshot.templates:
+        if template.count("{}") != 1:
+            raise ConfigError(f"eval.zeroshot.templates entry {template!r} must contain exactly one '{{}}'")
+    if zeroshot.num_examples < 0:
+        raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
+
+
+def _validate_data(data) -> None:
+    from ela_jax.data import sources  # light: no TFDS or grain import
+
+    _check_choice(data.name, sources.DATA_NAMES, "data.name")
+    if data.name == "mixture":
+        _validate_mixture(data.train)
+    elif data.train:
+        raise ConfigError(
+            f"data.train lists sources, which only data.name='mixture' reads; got data.name={data.name!r}"
+        )
+    elif data.name != "world":
+        sources.check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "train")
+    if data.eval_name:
+        _check_choice(data.eval_name, sources.EVAL_NAMES, "data.eval_name")
+        if data.eval_name != "world":
+            sources.check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
+    elif data.name in ("coco", "flickr30k", "folder"):  # evaluation reads the training source's test split
+        sources.check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")
+    elif data.name in ("webdataset", "mixture"):
+        raise ConfigError(
+            f"data.name={data.name} has no test split to evaluate on; set data.eval_name (coco, flickr30k, folder) "
+            "and data.eval_manual_dir"
+        )
+    if not 0.0 <= data.max_skip_fraction < 1.0:
+        raise ConfigError(f"data.max_skip_fraction must lie in [0, 1), got {data.max_skip_fraction}")
+    low, high = data.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {tuple(data.crop_scale)}")
+    if data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+
+
+def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
+    checkpoint = config.checkpoint
+    if checkpoint.keep < 1 or checkpoint.keep_best < 1:
+        raise ConfigError(
+            f"checkpoint.keep and checkpoint.keep_best must be >= 1, got {checkpoint.keep}, {checkpoint.keep_best}"
+        )
+    _check_choice(checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
+    if checkpoint.best_metric:
+        score, _, metric = checkpoint.best_metric.partition("/")
+        if score not in config.eval.scores or not metric:
+            raise ConfigError(
+                f"checkpoint.best_metric={checkpoint.best_metric!r} must be 'SCORE/METRIC' with SCORE in eval.scores "
+                f"{list(config.eval.scores)}, e.g. 'global/rsum'"
+            )
+    if config.resume and not os.path.exists(config.resume):
+        raise ConfigError(f"config.resume={config.resume!r} does not exist; give a training workdir or checkpoint")
+
+
+def _validate_mixture(entries) -> None:
+    from ela_jax.data import sources
+
+    if not entries:
+        raise ConfigError("data.name='mixture' needs data.train entries 'name:manual_dir:weight'")
+    for entry in entries:
+        try:
+            name, manual_dir, _ = sources.parse_mixture_entry(entry)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        sources.check_manual_dir(name, manual_dir, f"data.train entry {entry!r}: manual_dir", "train")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
     mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
@@ -251,6 +411,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(f"total_steps must be positive, got {config.total_steps}")
     _check_choice(config.model.dtype, DTYPES, "model.dtype")
     _check_choice(config.model.global_pool, ("cls", "mean"), "model.global_pool")
+    _check_choice(config.model.remat_policy, ("full", "dots", "dots_no_batch"), "model.remat_policy")
     objective = config.objective
     _check_choice(objective.ela.loss, ELA_LOSSES, "objective.ela.loss")
     _check_choice(objective.ela.target_source, TARGET_SOURCES, "objective.ela.target_source")
@@ -258,6 +419,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     for score in config.eval.scores:
         _check_choice(score, SCORES, "eval.scores")
     _check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
+    _validate_eval(config.eval)
     weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
@@ -274,11 +436,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
             "objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
             "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
         )
+    _validate_data(config.data)
     image = config.model.image
     if not config.init.image_tower and config.data.image_size != image.image_size:
         raise ConfigError(
             f"data.image_size {config.data.image_size} differs from model.image.image_size {image.image_size}; "
-            "the input pipeline does not resize, so set both to the same size"
+            "images reach the model at data.image_size, so set both to the same size"
         )
     if image.image_size % image.patch_size:
         raise ConfigError(
@@ -308,6 +471,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")
+    microbatches = config.train.microbatches
+    if microbatches < 1 or config.batch_size % (microbatches * batch_parallel):
+        raise ConfigError(
+            f"batch_size {config.batch_size} must split into train.microbatches={microbatches} micro-batches, each "
+            f"divisible by the {batch_parallel} data-parallel devices; use a multiple of {microbatches * batch_parallel}"
+        )
+    if config.model.vocab_multiple < 1:
+        raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
+    if config.model.lexicon.chunk < 0:
+        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
+    _validate_checkpointing(config)
     if config.train.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")
     if config.log.every_steps == 0:

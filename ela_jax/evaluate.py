@@ -26,23 +26,38 @@ def _workdir_from_argv(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv) -> None:
-    del argv
+def experiment_from_flags():
+    """The workdir's experiment with the command line's overrides (after joining a multi-process job); a config that
+    cannot run exits with one line."""
     quiet_libraries()
     parallel.initialize_distributed()
     from ela_jax import config as config_lib
     from ela_jax.experiment import Experiment
-    from ela_jax.training.loop import Evaluation, write_json
 
-    config = flags.FLAGS.config
-    workdir = flags.FLAGS.workdir
     try:
-        experiment = Experiment.build(config, workdir)
+        return Experiment.build(flags.FLAGS.config, flags.FLAGS.workdir)
     except config_lib.ConfigError as error:
         sys.exit(f"config error: {error}")
+
+
+def write_on_chief(path: str, results: dict) -> None:
+    """Every process computes the results; process 0 alone writes them."""
+    import jax
+
+    from ela_jax.training.loop import write_json
+
+    if jax.process_index() == 0:
+        write_json(path, results)
+
+
+def main(argv) -> None:
+    del argv
+    experiment = experiment_from_flags()
+    from ela_jax.training.loop import Evaluation
+
     state = experiment.restore_state(flags.FLAGS.step)
     results = Evaluation(experiment)(state.params, int(state.step))
-    write_json(os.path.join(workdir, "eval", "results.json"), results)
+    write_on_chief(os.path.join(experiment.workdir, "eval", "results.json"), results)
     for score, metrics in results["scores"].items():
         print(
             f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
@@ -52,12 +67,12 @@ def main(argv) -> None:
         )
 
 
-def define_flags(argv: list[str]) -> None:
+def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
     from ela_jax.experiment import load_config
 
     workdir = _workdir_from_argv(argv)
     if workdir is None:
-        sys.exit("usage: python -m ela_jax.evaluate --workdir W [--step N] [--config.KEY=VALUE ...]")
+        sys.exit(f"usage: python -m {program} --workdir W [--step N] [--config.KEY=VALUE ...]")
     try:
         config = load_config(workdir)
     except FileNotFoundError as error:

@@ -14,6 +14,7 @@ from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.convert import from_pytorch
 from ela_jax.data import tokenizer as tokenizer_lib
+from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel
 from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
@@ -42,6 +43,7 @@ class Experiment:
                 f"model.vocab_size {vocab_size} differs from the tokenizer's "
                 f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer"
             )
+        check_vocab_sharding(config)
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
         mesh = parallel.create_mesh(config.mesh)
@@ -65,6 +67,17 @@ class Experiment:
         state = checkpointer.restore(step, self.state_factory().abstract_with_shardings())
         checkpointer.close()
         return state
+
+
+def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:
+    """The vocabulary axis shards over `mesh.tensor`: its padded size must divide evenly."""
+    tensor = config_lib.resolve_mesh_shape(config.mesh, jax.device_count())[2]
+    padded = lexicon.padded_size(config.model.vocab_size, config.model.vocab_multiple)
+    if padded % tensor:
+        raise config_lib.ConfigError(
+            f"the vocabulary ({config.model.vocab_size} words, padded to {padded}) does not split over mesh.tensor="
+            f"{tensor}; set model.vocab_multiple=128 (outputs and exports keep the real words only)"
+        )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -1,7 +1,8 @@
 """The ELA objective's terms as pure functions of encoder outputs (shapes in the signatures).
 
-Every contrastive term takes the *global* batch: under `jax.jit` with batch-sharded inputs, XLA gathers the columns
-it needs, so each row sees every negative in the step.
+Every contrastive term takes the *global* batch, so each row sees every negative in the step. On a mesh the step
+computes them through `local_rows_info_nce` (see `ela_jax.training.contrastive`): each device scores its own rows
+against all columns, never the full [B, B] matrix.
 """
 
 from __future__ import annotations
@@ -11,13 +12,40 @@ import jax.numpy as jnp
 import optax
 
 
+def info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
+    """Mean of image->text cross-entropy over the rows of logits_i2t and text->image cross-entropy over the columns
+    of logits_t2i, the diagonal being the positive; both [B, B] (the same matrix except in FILIP)."""
+    labels = jnp.arange(logits_i2t.shape[0])
+    rows = optax.softmax_cross_entropy_with_integer_labels(logits_i2t.astype(jnp.float32), labels)
+    columns = optax.softmax_cross_entropy_with_integer_labels(logits_t2i.T.astype(jnp.float32), labels)
+    return 0.5 * (rows.mean() + columns.mean())
+
+
 def symmetric_info_nce(logits: jax.Array) -> jax.Array:
     """Mean of row-wise and column-wise cross-entropy with the diagonal as the positive; logits [B, B]."""
-    labels = jnp.arange(logits.shape[0])
-    logits = logits.astype(jnp.float32)
-    rows = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    columns = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
-    return 0.5 * (rows.mean() + columns.mean())
+    return info_nce(logits, logits)
+
+
+def local_rows_info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array, axis_name) -> jax.Array:
+    """`symmetric_info_nce` of a row-sharded [B, B] problem, inside `shard_map` over `axis_name`.
+
+    This device holds rows [offset, offset + b) of both logit matrices ([b, B]: its b images against all B
+    captions); logits_i2t ranks captions per image, logits_t2i ranks images per caption (FILIP's two matrices differ;
+    CLIP's are the same). Image->text is a local row softmax; text->image needs each column's logsumexp over every
+    device's rows, assembled from per-device maxima and sums. No device ever holds a [B, B] matrix.
+    """
+    rows, total = logits_i2t.shape
+    offset = jax.lax.axis_index(axis_name) * rows
+    labels = offset + jnp.arange(rows)
+    logits_i2t, logits_t2i = logits_i2t.astype(jnp.float32), logits_t2i.astype(jnp.float32)
+    image_to_text = jax.lax.psum(optax.softmax_cross_entropy_with_integer_labels(logits_i2t, labels).sum(), axis_name)
+    # The shift keeps exp() finite; it is a constant for the gradient (logsumexp's value does not depend on it).
+    column_max = jax.lax.pmax(jnp.max(jax.lax.stop_gradient(logits_t2i), axis=0), axis_name)
+    column_sum = jax.lax.psum(jnp.sum(jnp.exp(logits_t2i - column_max), axis=0), axis_name)
+    column_logsumexp = jnp.log(column_sum) + column_max  # [B]
+    positives = jax.lax.psum(jnp.take_along_axis(logits_t2i, labels[:, None], axis=1).sum(), axis_name)
+    text_to_image = jnp.sum(column_logsumexp) - positives
+    return 0.5 * (image_to_text + text_to_image) / total
 
 
 def global_contrastive_loss(image_global: jax.Array, text_global: jax.Array, logit_scale: jax.Array) -> jax.Array:
@@ -49,10 +77,7 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
 def filip_loss(s_image: jax.Array, s_text: jax.Array, logit_scale: jax.Array) -> jax.Array:
     """Image->text rows use s_image, text->image rows use s_text (FILIP); both [Bi, Bt] with Bi = Bt."""
-    labels = jnp.arange(s_image.shape[0])
-    image_to_text = optax.softmax_cross_entropy_with_integer_labels(logit_scale * s_image, labels)
-    text_to_image = optax.softmax_cross_entropy_with_integer_labels(logit_scale * s_text.T, labels)
-    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+    return info_nce(logit_scale * s_image, logit_scale * s_text)
 
 
 def caption_bag_of_words(token_ids: jax.Array, token_mask: jax.Array, content_vocab: jax.Array) -> jax.Array:
@@ -87,17 +112,6 @@ def expanded_targets(
     return targets / jnp.maximum(targets.sum(-1, keepdims=True), 1e-12)
 
 
-def pool_patches(vocab_logits: jax.Array, how: str) -> jax.Array:
-    """Image-level vocabulary logits z_hat [B, V] from patch logits [B, K, V]: 'max' lets each word pick its patch."""
-    if how == "max":
-        return vocab_logits.max(axis=1)
-    if how == "mean":
-        return vocab_logits.mean(axis=1)
-    if how == "logsumexp":
-        return jax.nn.logsumexp(vocab_logits, axis=1) - jnp.log(vocab_logits.shape[1])
-    raise ValueError(f"unknown patch pooling {how!r}")
-
-
 def ela_soft_ce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:
     """-sum_v q[v] log softmax(z_hat / tau_p)[v], averaged over the batch; inputs [B, V]."""
     log_probs = jax.nn.log_softmax(image_vocab_logits.astype(jnp.float32) / tau_p, axis=-1)
@@ -111,16 +125,26 @@ def ela_bce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> 
     return (per_word.sum(-1) / jnp.maximum(labels.sum(-1), 1.0)).mean()
 
 
+def lex_contrastive_logits(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> jax.Array:
+    """s(i, j) / tau = sum_v q_j[v] log(1 + ReLU(z_hat_i[v])) / tau; [Bi, V] x [Bt, V] -> [Bi, Bt]."""
+    image_weights = jnp.log1p(jax.nn.relu(image_vocab_logits.astype(jnp.float32)))
+    return image_weights @ targets.T / tau
+
+
 def ela_lex_contrastive(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> jax.Array:
     """In-batch InfoNCE on s(i, j) = sum_v q_j[v] log(1 + ReLU(z_hat_i[v])); inputs [B, V]."""
-    image_weights = jnp.log1p(jax.nn.relu(image_vocab_logits.astype(jnp.float32)))
-    return symmetric_info_nce(image_weights @ targets.T / tau)
+    return symmetric_info_nce(lex_contrastive_logits(image_vocab_logits, targets, tau))
+
+
+def lexlip_logits(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> jax.Array:
+    """Cosine of the lexicon vectors over tau; [Bi, V] x [Bt, V] -> [Bi, Bt]."""
+    normalise = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
+    return normalise(image_lexicon) @ normalise(text_lexicon).T / tau
 
 
 def lexlip_cosine_loss(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> jax.Array:
     """LexLIP: InfoNCE on the cosine of the lexicon vectors a_I, a_T [B, V]."""
-    normalise = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
-    return symmetric_info_nce(normalise(image_lexicon) @ normalise(text_lexicon).T / tau)
+    return symmetric_info_nce(lexlip_logits(image_lexicon, text_lexicon, tau))
 
 
 def flops_regulariser(lexicon: jax.Array) -> jax.Array:
@@ -162,8 +186,13 @@ def mlm_corrupt(
     return corrupted, selected
 
 
-def mlm_loss(vocab_logits: jax.Array, token_ids: jax.Array, selected: jax.Array) -> jax.Array:
-    """Cross-entropy of the original ids at the selected positions; vocab_logits [B, L, V]."""
+def mlm_token_losses(vocab_logits: jax.Array, token_ids: jax.Array, selected: jax.Array) -> jax.Array:
+    """[B, L] cross-entropy of the original ids at the selected positions, 0 elsewhere; vocab_logits [B, L, V]."""
     per_token = optax.softmax_cross_entropy_with_integer_labels(vocab_logits.astype(jnp.float32), token_ids)
-    weights = selected.astype(jnp.float32)
-    return jnp.sum(per_token * weights) / jnp.maximum(weights.sum(), 1.0)
+    return per_token * selected.astype(jnp.float32)
+
+
+def mlm_loss(vocab_logits: jax.Array, token_ids: jax.Array, selected: jax.Array) -> jax.Array:
+    """Mean cross-entropy of the original ids over the selected positions; vocab_logits [B, L, V]."""
+    total = jnp.sum(mlm_token_losses(vocab_logits, token_ids, selected))
+    return total / jnp.maximum(jnp.sum(selected.astype(jnp.float32)), 1.0)

@@ -13,13 +13,21 @@ from ela_jax.cli import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; training resumes from its latest checkpoint.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 in a multi-process job (else JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (else JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job (else JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
     del argv
     quiet_libraries()
-    parallel.initialize_distributed()
+    try:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except parallel.DistributedConfigError as error:
+        sys.exit(f"distributed setup error: {error}")
     from ela_jax.training import (
         loop,
     )  # after distributed init: importing JAX backends early is harmless, using them is not

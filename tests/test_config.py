@@ -49,7 +49,14 @@ def test_missing_vocabulary_file_is_named(tiny_config):
         ("objective.global_weight", -1.0, "objective weights must be >= 0"),
         ("tokenizer.max_length", 64, "exceeds model.text.max_position_embeddings"),
         ("init.text_tower", "/nowhere", "holds no config.json"),
-        ("data.image_size", 48, "the input pipeline does not resize"),
+        ("data.image_size", 48, "differs from model.image.image_size"),
+        ("train.microbatches", 3, "train.microbatches=3 micro-batches"),
+        ("model.vocab_multiple", 0, "model.vocab_multiple must be >= 1"),
+        ("model.lexicon.chunk", -1, "model.lexicon.chunk must be >= 0"),
+        ("model.remat_policy", "everything", "model.remat_policy"),
+        ("checkpoint.best_metric", "rsum", "must be 'SCORE/METRIC'"),
+        ("checkpoint.best_mode", "highest", "checkpoint.best_mode"),
+        ("resume", "/nowhere/run", "config.resume='/nowhere/run' does not exist"),
     ],
 )
 def test_invalid_values_are_named_with_their_key(tiny_config, key, value, expected):
@@ -88,3 +95,33 @@ def test_written_config_round_trips(tiny_config, tmp_path):
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
     restored = load_config(str(tmp_path))
     assert restored.to_dict() == config.to_dict()
+
+
+def test_mesh_presets_are_overlays_and_unknown_ones_are_named():
+    config = config_lib.apply_overlays(config_lib.base_config(), "fsdp_tp")
+    assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.model.vocab_multiple) == (1, -1, 2, 128)
+    with pytest.raises(config_lib.ConfigError, match="unknown config overlay 'zero3'.*fsdp_tp"):
+        config_lib.apply_overlays(config_lib.base_config(), "zero3")
+
+
+def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
+    from ela_jax import experiment
+
+    monkeypatch.setattr(experiment.jax, "device_count", lambda: 2)
+    config = tiny_config(**{"mesh.data": 1, "mesh.tensor": 2})
+    config.model.vocab_size = 75
+    with pytest.raises(config_lib.ConfigError, match="vocab_multiple=128"):
+        experiment.check_vocab_sharding(config)
+    config.model.vocab_multiple = 128
+    experiment.check_vocab_sharding(config)
+
+
+@pytest.mark.parametrize("name", ["ela_b16", "ela_l14"])
+def test_accelerator_configs_validate_on_a_pod_sized_mesh(name):
+    """The B/16 and L/14 configs are consistent (checked with the embedded world standing in for their data)."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config("fsdp")
+    config.data.update(name="world", eval_name="", manual_dir="")
+    config_lib.validate(config, num_devices=256)
+    assert config.model.image.image_size == config.data.image_size == 224

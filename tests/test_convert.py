@@ -24,6 +24,7 @@ from ela_jax.config import ConfigError
 from ela_jax.convert import from_pytorch, to_pytorch
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.inference import ELAInference
+from ela_jax.models import layers
 from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
@@ -80,6 +81,19 @@ def random_params(experiment: Experiment, seed: int = 1) -> dict:
     return jax.tree_util.tree_map_with_path(draw, abstract_params(experiment))
 
 
+def zero_vocab_padding(params: dict, vocab_size: int) -> dict:
+    def zero(path, leaf):
+        name = jax.tree_util.keystr(path)
+        axis = 0 if ("word_embeddings" in name or "decoder_bias" in name) else 1 if "decoder_kernel" in name else None
+        if axis is None:
+            return leaf
+        leaf = np.array(leaf)
+        np.moveaxis(leaf, axis, 0)[vocab_size:] = 0.0
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(zero, params)
+
+
 def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> None:
     """What a training run leaves behind: config.json and a checkpoint around each step's params."""
     with open(os.path.join(experiment.workdir, "config.json"), "w") as f:
@@ -92,7 +106,8 @@ def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> Non
 
 @pytest.fixture(scope="module")
 def random_export(tmp_path_factory):
-    """A workdir holding random weights (untied text decoder, non-default pixel statistics), exported by the CLI."""
+    """A workdir holding random weights (untied text decoder, non-default pixel statistics, layers under nn.scan, a
+    padded vocabulary, chunked lexicon pooling), exported by the CLI."""
     workdir, output = str(tmp_path_factory.mktemp("random_workdir")), str(tmp_path_factory.mktemp("random_export"))
     config = small_config(
         **{
@@ -100,10 +115,14 @@ def random_export(tmp_path_factory):
             "model.global_pool": "mean",
             "model.image.pixel_mean": (0.48, 0.46, 0.41),
             "model.image.pixel_std": (0.27, 0.26, 0.28),
+            "model.scan_layers": True,
+            "model.vocab_multiple": 128,
+            "model.lexicon.chunk": 32,
         }
     )
     experiment = Experiment.build(config, workdir)
-    params = random_params(experiment)
+    # Padding words carry no information: exports drop them and imports zero them, so start them at zero here.
+    params = zero_vocab_padding(random_params(experiment), experiment.config.model.vocab_size)
     # The latest checkpoint (9) is not the one asked for: --step picks 7.
     save_workdir(experiment, {7: params, 9: jax.tree.map(np.zeros_like, params)})
     to_pytorch.main(["--workdir", workdir, "--output", output, "--step", "7"])
@@ -272,8 +291,9 @@ def test_image_tower_import_takes_architecture_pixels_and_weights(random_export,
     assert image.pixel_std == pytest.approx((0.27, 0.26, 0.28))
     zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(importer))
     loaded = from_pytorch.load_pretrained_towers(config, zeros)
+    exported = layers.unstack_layers(params["image_tower"])  # exported from a scanned model, imported unrolled
     for (path, expected), leaf in zip(
-        jax.tree_util.tree_leaves_with_path(params["image_tower"]), jax.tree.leaves(loaded["image_tower"])
+        jax.tree_util.tree_leaves_with_path(exported), jax.tree.leaves(loaded["image_tower"])
     ):
         assert np.array_equal(leaf, expected), jax.tree_util.keystr(path)
     assert not np.any(loaded["text_tower"]["word_embeddings"]["embedding"])  # the text tower was not touched

@@ -92,14 +92,15 @@ def test_lexicon_vectors_max_pool_saturated_logits_over_real_tokens_only(tiny_mo
     rng = np.random.default_rng(1)
     tokens = rng.integers(5, 50, size=(2, 12)).astype(np.int32)
     mask = np.arange(12)[None, :] < np.array([[5], [9]])
-    text = jax.jit(model.apply, static_argnames="method")({"params": params}, tokens, mask, method=ELAModel.encode_text)
+    apply = jax.jit(model.apply, static_argnames=("method", "with_token_logits", "with_patch_logits"))
+    text = apply({"params": params}, tokens, mask, with_token_logits=True, method=ELAModel.encode_text)
     logits = np.asarray(text["vocab_logits"])
     for row, length in enumerate((5, 9)):
         real_tokens = logits[row, 1:length]  # CLS (position 0) and pads are excluded
         expected = np.log1p(np.max(np.maximum(real_tokens, 0.0), axis=0))
         np.testing.assert_allclose(text["lexicon"][row], expected, rtol=1e-5, atol=1e-6)
     images = rng.integers(0, 255, size=(2, 16, 16, 3)).astype(np.uint8)
-    image = jax.jit(model.apply, static_argnames="method")({"params": params}, images, method=ELAModel.encode_image)
+    image = apply({"params": params}, images, with_patch_logits=True, method=ELAModel.encode_image)
     patch_logits = np.asarray(image["vocab_logits"])
     assert patch_logits.shape == (2, 16, 50)
     np.testing.assert_allclose(image["lexicon"], np.log1p(np.maximum(patch_logits, 0).max(axis=1)), rtol=1e-5)

@@ -19,7 +19,7 @@ filip_similarities = jax.jit(objectives.filip_similarities)
 filip_loss = jax.jit(objectives.filip_loss)
 caption_bag_of_words = jax.jit(objectives.caption_bag_of_words)
 expanded_targets = jax.jit(objectives.expanded_targets, static_argnames=("tau_q", "top_k"))
-pool_patches = jax.jit(objectives.pool_patches, static_argnames="how")
+pool_tokens = jax.jit(lexicon.pool_tokens, static_argnames="how")
 ela_soft_ce = jax.jit(objectives.ela_soft_ce)
 ela_bce = jax.jit(objectives.ela_bce)
 ela_lex_contrastive = jax.jit(objectives.ela_lex_contrastive)
@@ -29,7 +29,8 @@ quadratic_warmup = jax.jit(objectives.quadratic_warmup, static_argnames="warmup_
 linear_warmup = jax.jit(objectives.linear_warmup, static_argnames="warmup_steps")
 mlm_corrupt = jax.jit(objectives.mlm_corrupt, static_argnames=("mask_token_id", "vocab_size"))
 mlm_loss = jax.jit(objectives.mlm_loss)
-pool_lexicon = jax.jit(lexicon.pool_lexicon)
+# The model's lexicon vector: saturated max-pool of the token logits.
+pool_lexicon = jax.jit(lambda logits, mask: lexicon.saturate(lexicon.pool_tokens(logits, mask, "max")))
 saturate = jax.jit(lexicon.saturate)
 
 
@@ -333,24 +334,25 @@ def test_expanded_targets_pass_no_gradient_into_the_text_lexicon():
 
 
 @pytest.mark.parametrize("how", ["max", "mean", "logsumexp"])
-def test_pool_patches_matches_per_word_loops(how):
+def test_pool_tokens_matches_per_word_loops_over_real_tokens(how):
     patch_logits = 3.0 * np.random.default_rng(16).normal(size=(2, 5, 7)).astype(np.float32)
+    token_mask = np.array([[1, 1, 1, 1, 1], [0, 1, 1, 0, 1]], bool)
     expected = np.zeros((2, 7))
     for b in range(2):
         for v in range(7):
-            column = patch_logits[b, :, v].astype(np.float64)
+            column = patch_logits[b, token_mask[b], v].astype(np.float64)
             if how == "max":
                 expected[b, v] = max(column)
             elif how == "mean":
                 expected[b, v] = sum(column) / len(column)
             else:
                 expected[b, v] = np.log(sum(np.exp(z) for z in column) / len(column))
-    assert_close(pool_patches(jnp.asarray(patch_logits), how), expected)
+    assert_close(pool_tokens(jnp.asarray(patch_logits), jnp.asarray(token_mask), how), expected)
 
 
-def test_pool_patches_rejects_an_unknown_pooling():
+def test_pool_tokens_rejects_an_unknown_pooling():
     with pytest.raises(ValueError, match="median"):
-        objectives.pool_patches(jnp.zeros((1, 2, 3)), "median")
+        lexicon.pool_tokens(jnp.zeros((1, 2, 3)), jnp.ones((1, 2), bool), "median")
 
 
 def ela_inputs(seed: int):

@@ -1,4 +1,5 @@
-"""Sharded training equals single-device training (8 fake CPU devices), and FSDP/TP really split parameters."""
+"""Sharded training equals single-device training under every mesh preset (8 fake CPU devices), FSDP and TP really
+split parameters, and the row-sharded contrastive terms equal the dense ones."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 20
+COMPARED = ("loss", "loss_global", "loss_fine", "loss_ela", "loss_mlm", "loss_flops", "grad_norm")
 
 
-def run_mesh(data: int, fsdp: int, tensor: int, devices: int, workdir: str) -> dict:
+def run_preset(preset: str, devices: int, workdir: str) -> dict:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_losses", str(data), str(fsdp), str(tensor), workdir],
+        [sys.executable, "-m", "tests.sharded_losses", preset, workdir, str(STEPS)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -29,20 +32,39 @@ def run_mesh(data: int, fsdp: int, tensor: int, devices: int, workdir: str) -> d
 
 @pytest.fixture(scope="module")
 def single_device(tmp_path_factory):
-    return run_mesh(1, 1, 1, 1, str(tmp_path_factory.mktemp("single")))
+    return run_preset("single", 1, str(tmp_path_factory.mktemp("single")))
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["dp8", "dp2_fsdp2_tp2"])
-def test_sharded_steps_match_one_device(single_device, mesh, tmp_path):
-    sharded = run_mesh(*mesh, devices=8, workdir=str(tmp_path))
-    assert sharded["devices"] == 8
-    for reference, actual in zip(single_device["losses"], sharded["losses"]):
-        for key in ("loss", "loss_global", "loss_fine", "loss_ela", "loss_mlm", "grad_norm"):
-            np.testing.assert_allclose(actual[key], reference[key], rtol=1e-4, err_msg=key)
-    if mesh == (2, 2, 2):
-        parameters = sharded["sharding"]["parameters"]
-        kernel = parameters["image_tower/encoder/layer_0/mlp/intermediate/kernel"]
+@pytest.mark.parametrize(
+    "preset, mesh",
+    [
+        # fsdp_tp exercises all three mesh axes' code paths (batch over fsdp, kernels over fsdp and tensor); the pure
+        # presets repeat them on one axis each.
+        pytest.param("dp", [8, 1, 1], marks=pytest.mark.slow),
+        pytest.param("fsdp", [1, 8, 1], marks=pytest.mark.slow),
+        ("fsdp_tp", [1, 4, 2]),
+    ],
+)
+def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_path):
+    sharded = run_preset(preset, devices=8, workdir=str(tmp_path))
+    assert [sharded["mesh"][axis] for axis in ("data", "fsdp", "tensor")] == mesh
+    assert len(sharded["losses"]) == STEPS
+    for step, (reference, actual) in enumerate(zip(single_device["losses"], sharded["losses"])):
+        for key in COMPARED:
+            np.testing.assert_allclose(actual[key], reference[key], rtol=1e-4, err_msg=f"{key} at step {step}")
+    for name, gap in sharded["contrastive_gaps"].items():
+        assert gap < 1e-5, f"row-sharded {name} differs from the dense term by {gap:.2e} (relative)"
+    parameters = sharded["sharding"]["parameters"]
+    kernel = parameters["image_tower/encoder/layer_0/mlp/intermediate/kernel"]
+    embedding = parameters["text_tower/word_embeddings/embedding"]
+    if preset == "dp":
+        assert kernel["per_device_shape"] == kernel["shape"]
+    if preset == "fsdp":  # each device stores 1/8 of every large kernel
+        assert kernel["spec"][0] == "fsdp"  # (its `mlp` axis maps to `tensor`, of size 1 here)
+        assert kernel["per_device_shape"] == [kernel["shape"][0] // 8, kernel["shape"][1]]
+    if preset == "fsdp_tp":
         assert kernel["spec"] == ["fsdp", "tensor"]
-        assert kernel["per_device_shape"] == [kernel["shape"][0] // 2, kernel["shape"][1] // 2]
-        embedding = parameters["text_tower/word_embeddings/embedding"]
+        assert kernel["per_device_shape"] == [kernel["shape"][0] // 4, kernel["shape"][1] // 2]
         assert embedding["spec"] == ["tensor", "fsdp"]
+        assert embedding["shape"][0] % 128 == 0  # the vocabulary is padded to split over `tensor`
+        assert embedding["per_device_shape"] == [embedding["shape"][0] // 2, embedding["shape"][1] // 4]

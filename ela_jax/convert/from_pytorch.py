@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from ela_jax.config import ConfigError
 from ela_jax.convert import keymap
+from ela_jax.models import layers
 from ela_jax.training.state import copy_text_lexicon_to_image
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def _mlm_head(hf_config: dict, bert_prefix: str, tie_text_decoder: bool) -> keym
         return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=tie_text_decoder)
     # An untied decoder starts from the checkpoint's tied one: the word embeddings.
     tied_decoder = keymap.Rule(
-        "text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight", keymap.LINEAR
+        "text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight", keymap.LINEAR, vocab_axis=1
     )
     return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=True) + keymap.KeyMap([tied_decoder])
 
@@ -196,11 +197,13 @@ def _mlm_head(hf_config: dict, bert_prefix: str, tie_text_decoder: bool) -> keym
 def load_pretrained_towers(config: ml_collections.ConfigDict, params: dict) -> dict:
     """`params` (a host numpy tree) with the towers of init.text_tower / init.image_tower, and the text lexicon head
     when the BERT checkpoint has an MLM head (a BertModel checkpoint such as MiniLM leaves the head as it was)."""
+    scanned = config.model.scan_layers  # the key map speaks the unrolled layer_{i} layout
+    params = layers.unstack_layers(params) if scanned else params
     if config.init.text_tower:
         params = _load_bert(config, params, config.init.text_tower)
     if config.init.image_tower:
         params = _load_vit(config, params, config.init.image_tower)
-    return params
+    return layers.stack_layers(params) if scanned else params
 
 
 def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
@@ -238,6 +241,7 @@ def load_exported(directory: str, model_config: ml_collections.ConfigDict, param
             f"{directory} was exported with tie_text_decoder={ela_config['tie_text_decoder']}; build "
             "the model with the same model.lexicon.tie_text_decoder"
         )
+    params = layers.unstack_layers(params) if model_config.scan_layers else params
     layout = keymap.export_layout(model_config)
     uncovered = keymap.uncovered_paths(params, layout.values())
     if uncovered:
@@ -246,4 +250,4 @@ def load_exported(directory: str, model_config: ml_collections.ConfigDict, param
         path = os.path.join(directory, ela_config[name])
         files = weight_files(path, f"export {path!r}") if os.path.isdir(path) else [path]
         params = key_map.to_flax(read_weights(files), params, source=path)
-    return params
+    return layers.stack_layers(params) if model_config.scan_layers else params

@@ -47,6 +47,9 @@ class Rule:
     # Further keys that receive the same array on export and are not read on import: transformers keeps the MLM
     # bias twice (`bias` and `decoder.bias`) when the decoder is not tied to the word embeddings.
     export_copies: tuple[str, ...] = ()
+    # The vocabulary axis of the Flax array, if any: parameters there may be padded (model.vocab_multiple); export
+    # cuts them to the real vocabulary and import pads with zeros.
+    vocab_axis: int | None = None
 
 
 class KeyMap:
@@ -62,11 +65,15 @@ class KeyMap:
     def flax_paths(self) -> frozenset[str]:
         return frozenset(rule.flax_path for rule in self.rules)
 
-    def to_torch(self, params: Mapping) -> dict[str, np.ndarray]:
-        """Host params (nested dicts of arrays) -> {torch key: C-contiguous array} (safetensors stores raw buffers)."""
+    def to_torch(self, params: Mapping, vocab_size: int | None = None) -> dict[str, np.ndarray]:
+        """Host params (nested dicts of arrays) -> {torch key: C-contiguous array} (safetensors stores raw buffers);
+        vocabulary axes are cut to `vocab_size` words when given."""
         state_dict = {}
         for rule in self.rules:
-            tensor = np.asarray(rule.hook.to_torch(np.asarray(_get(params, rule.flax_path))), order="C")
+            array = np.asarray(_get(params, rule.flax_path))
+            if rule.vocab_axis is not None and vocab_size is not None:
+                array = np.take(array, np.arange(vocab_size), axis=rule.vocab_axis)
+            tensor = np.asarray(rule.hook.to_torch(array), order="C")
             for key in (rule.torch_key,) + rule.export_copies:
                 state_dict[key] = tensor
         return state_dict
@@ -88,6 +95,8 @@ class KeyMap:
                 value = rule.hook.to_flax(tensor, tuple(target.shape))
             except ValueError:  # a reshape that cannot fit
                 value = None
+            if value is not None and rule.vocab_axis is not None:
+                value = _pad_axis(value, rule.vocab_axis, target.shape[rule.vocab_axis])
             if value is None or value.shape != tuple(target.shape):
                 raise ValueError(
                     f"{source}: {rule.torch_key} has shape {list(tensor.shape)}, which does not fit "
@@ -95,6 +104,16 @@ class KeyMap:
                 )
             updated = _set(updated, rule.flax_path, np.asarray(value, dtype=target.dtype, order="C"))
         return updated
+
+
+def _pad_axis(value: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Zero-pads `axis` up to `size` (the model's padded vocabulary); larger arrays are left to the shape check."""
+    missing = size - value.shape[axis]
+    if missing <= 0:
+        return value
+    widths = [(0, 0)] * value.ndim
+    widths[axis] = (0, missing)
+    return np.pad(value, widths)
 
 
 def leaf_paths(params: Mapping, prefix: str = "") -> list[str]:
@@ -153,9 +172,10 @@ def _transformer_block(flax: str, torch: str, attention: str, attention_norm: st
 
 def bert_encoder(depth: int, prefix: str) -> KeyMap:
     """text_tower <-> BertModel (prefix '') or the `bert.` module of BertForMaskedLM (prefix 'bert.')."""
-    rules = [
+    rules = [Rule("text_tower/word_embeddings/embedding", f"{prefix}embeddings.word_embeddings.weight", vocab_axis=0)]
+    rules += [
         Rule(f"text_tower/{name}/embedding", f"{prefix}embeddings.{name}.weight")
-        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+        for name in ("position_embeddings", "token_type_embeddings")
     ]
     rules += _layer_norm("text_tower/embeddings_norm", f"{prefix}embeddings.LayerNorm")
     for layer in range(depth):
@@ -198,11 +218,11 @@ def lexicon_head(group: str, prefix: str, tied: bool) -> KeyMap:
     rules = _linear(f"{group}/transform", f"{prefix}transform.dense")
     rules += _layer_norm(f"{group}/transform_norm", f"{prefix}transform.LayerNorm")
     if tied:
-        rules.append(Rule(f"{group}/decoder_bias", f"{prefix}bias"))
+        rules.append(Rule(f"{group}/decoder_bias", f"{prefix}bias", vocab_axis=0))
     else:
         rules += [
-            Rule(f"{group}/decoder_kernel", f"{prefix}decoder.weight", LINEAR),
-            Rule(f"{group}/decoder_bias", f"{prefix}decoder.bias", export_copies=(f"{prefix}bias",)),
+            Rule(f"{group}/decoder_kernel", f"{prefix}decoder.weight", LINEAR, vocab_axis=1),
+            Rule(f"{group}/decoder_bias", f"{prefix}decoder.bias", export_copies=(f"{prefix}bias",), vocab_axis=0),
         ]
     return KeyMap(rules)
 

@@ -21,6 +21,7 @@ from ela_jax.cli import quiet_libraries
 from ela_jax.convert import keymap
 from ela_jax.data.tokenizer import Tokenizer
 from ela_jax.experiment import Experiment, load_config
+from ela_jax.models import layers
 
 TEXT_DIR, IMAGE_DIR, HEADS_FILE, ELA_CONFIG_FILE = "text", "image", "ela_heads.safetensors", "ela_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -111,6 +112,8 @@ def export(
 
     `source` (e.g. workdir and step) is recorded in ela_config.json for provenance."""
     model_config = config.model
+    if model_config.scan_layers:  # the key map speaks the unrolled layer_{i} layout
+        params = layers.unstack_layers(params)
     layout = keymap.export_layout(model_config)
     uncovered = keymap.uncovered_paths(params, layout.values())
     if uncovered:
@@ -123,15 +126,15 @@ def export(
     os.makedirs(text_dir, exist_ok=True)
     os.makedirs(image_dir, exist_ok=True)
     bert_config(model_config, tokenizer).save_pretrained(text_dir)
-    save_weights(layout["text"].to_torch(params), os.path.join(text_dir, WEIGHTS_FILE))
+    save_weights(layout["text"].to_torch(params, model_config.vocab_size), os.path.join(text_dir, WEIGHTS_FILE))
     write_tokenizer(tokenizer, config.tokenizer.lowercase, text_dir)
 
     vit_config(model_config).save_pretrained(image_dir)
-    save_weights(layout["image"].to_torch(params), os.path.join(image_dir, WEIGHTS_FILE))
+    save_weights(layout["image"].to_torch(params, model_config.vocab_size), os.path.join(image_dir, WEIGHTS_FILE))
     with open(os.path.join(image_dir, "preprocessor_config.json"), "w") as f:
         json.dump(image_processor_config(model_config.image), f, indent=2)
 
-    save_weights(layout["heads"].to_torch(params), os.path.join(output_dir, HEADS_FILE))
+    save_weights(layout["heads"].to_torch(params, model_config.vocab_size), os.path.join(output_dir, HEADS_FILE))
     ela_config = {
         "text": TEXT_DIR,
         "image": IMAGE_DIR,

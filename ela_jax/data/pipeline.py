@@ -13,9 +13,17 @@ from ela_jax.data.tokenizer import Tokenizer
 
 
 def data_source(data_config, split: str):
+    """The world's records; real sources go through `real_pipeline` (encoded images)."""
     if data_config.name != "world":
-        raise ValueError(f"data.name={data_config.name!r} is not a known source; use 'world'")
+        raise ValueError(f"data.name={data_config.name!r} holds encoded images; read it with real_pipeline")
     return world_tfds.world_builder(data_config).as_data_source(split=split)
+
+
+def eval_source(data_config) -> tuple[str, str]:
+    """(name, manual_dir) of the evaluation source: data.eval_name if set, else the training source."""
+    if data_config.eval_name:
+        return data_config.eval_name, data_config.eval_manual_dir
+    return data_config.name, data_config.manual_dir
 
 
 def _decode(caption) -> str:
@@ -40,13 +48,25 @@ class TokeniseBatch(grain.transforms.Map):
 
 
 def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_count: int) -> grain.IterDataset:
-    """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}."""
+    """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}.
+
+    Every host walks the same global stream and reads only its rows of each global batch (host i of n: rows
+    [i*b, (i+1)*b) of the batch_size = n*b rows), so the global batches, and the training run, do not depend on
+    the number of hosts. Real sources (`real_pipeline`) shard records per host instead.
+    """
+    if config.data.name != "world":
+        from ela_jax.data import real_pipeline  # imports this module
+
+        return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
     dataset = grain.MapDataset.source(source).seed(config.seed)
-    dataset = dataset[process_index::process_count]  # each host reads a disjoint shard
+    # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
+    # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
+    dataset = dataset[:]
     dataset = dataset.shuffle().repeat()  # reshuffled every epoch, deterministically
     dataset = dataset.random_map(PickCaption())
-    dataset = dataset.batch(config.batch_size // process_count, drop_remainder=True)
+    host_batch_size = config.batch_size // process_count
+    dataset = dataset.batch(host_batch_size, drop_remainder=True)[process_index::process_count]
     dataset = dataset.map(TokeniseBatch(tokenizer))
     return dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=config.data.prefetch_buffer_size)
@@ -63,6 +83,11 @@ class RetrievalSet:
 
 
 def retrieval_set(data_config, split: str = "test") -> RetrievalSet:
+    name, manual_dir = eval_source(data_config)
+    if name != "world":
+        from ela_jax.data import real_pipeline  # imports this module
+
+        return real_pipeline.retrieval_set(name, manual_dir, data_config, split)
     source = data_source(data_config, split)
     images, captions, caption_image = [], [], []
     for index in range(len(source)):

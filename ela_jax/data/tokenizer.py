@@ -31,8 +31,11 @@ def bert_base_uncased_vocab() -> str:
 def write_world_vocab(path: str) -> str:
     """Writes the embedded world's word-level vocabulary (special tokens first) to `path` and returns it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    # Written aside and renamed: the processes of a multi-host job write it at once and must never read half a file.
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "w") as f:
         f.write("\n".join(SPECIAL_TOKENS + tuple(world.vocabulary_words())) + "\n")
+    os.replace(partial, path)
     return path
 
 

@@ -14,6 +14,8 @@ class BertEncoder(nn.Module):
     config: ml_collections.ConfigDict  # model.text
     vocab_size: int
     remat: bool = False
+    remat_policy: str = "full"
+    scan: bool = False
     dtype: layers.Dtype = jnp.float32
 
     def setup(self):
@@ -33,6 +35,8 @@ class BertEncoder(nn.Module):
             layer_norm_eps=config.layer_norm_eps,
             gelu_approximate=config.gelu_approximate,
             remat=self.remat,
+            remat_policy=self.remat_policy,
+            scan=self.scan,
             dtype=self.dtype,
             name="encoder",
         )

@@ -38,13 +38,22 @@ class ELAModel(nn.Module):
     def setup(self):
         config = self.config
         dtype = jnp.dtype(config.dtype)
-        self.image_tower = VisionTransformer(config.image, remat=config.remat, dtype=dtype)
-        self.text_tower = BertEncoder(config.text, config.vocab_size, remat=config.remat, dtype=dtype)
-        lexicon_head = lambda tower: lexicon.LexiconHead(  # noqa: E731
-            config.vocab_size, tower.layer_norm_eps, tower.gelu_approximate, dtype=dtype
+        padded_vocab = lexicon.padded_size(config.vocab_size, config.vocab_multiple)
+        stack = dict(remat=config.remat, remat_policy=config.remat_policy, scan=config.scan_layers, dtype=dtype)
+        self.image_tower = VisionTransformer(config.image, **stack)
+        self.text_tower = BertEncoder(config.text, padded_vocab, **stack)
+        lexicon_head = lambda tower, tied: lexicon.LexiconHead(  # noqa: E731
+            width=tower.width,
+            vocab_size=config.vocab_size,
+            padded_vocab_size=padded_vocab,
+            layer_norm_eps=tower.layer_norm_eps,
+            gelu_approximate=tower.gelu_approximate,
+            tied=tied,
+            chunk=config.lexicon.chunk,
+            dtype=dtype,
         )
-        self.image_lexicon = lexicon_head(config.image)
-        self.text_lexicon = lexicon_head(config.text)
+        self.image_lexicon = lexicon_head(config.image, tied=False)
+        self.text_lexicon = lexicon_head(config.text, tied=config.lexicon.tie_text_decoder)
         self.image_global = projection(config.embed_dim, "image_global", dtype)
         self.text_global = projection(config.embed_dim, "text_global", dtype)
         self.image_token = projection(config.token_dim, "image_token", dtype)
@@ -73,9 +82,17 @@ class ELAModel(nn.Module):
         std = jnp.asarray(self.config.image.pixel_std, jnp.float32)
         return (images.astype(jnp.float32) / 255.0 - mean) / std
 
-    def encode_image(self, images: jax.Array, with_lexicon: bool = True, with_tokens: bool = True) -> dict:
+    def encode_image(
+        self,
+        images: jax.Array,
+        with_lexicon: bool = True,
+        with_tokens: bool = True,
+        with_patch_logits: bool = False,
+        patch_pool: str = "max",
+    ) -> dict:
         """images uint8 [batch, H, W, 3] -> hidden [b, 1+patches, width], global [b, embed_dim] and, as asked,
-        token_embeddings [b, patches, token_dim], vocab_logits [b, patches, vocab], lexicon [b, vocab]."""
+        token_embeddings [b, patches, token_dim], lexicon [b, vocab] with pooled_vocab_logits [b, vocab] (the patch
+        logits pooled by `patch_pool`: the ELA loss's z_hat), and vocab_logits [b, patches, vocab]."""
         hidden = self.image_tower(self.normalise_pixels(images))
         patches = hidden[:, 1:]
         pooled = self.pool(hidden, jnp.ones(hidden.shape[:2], bool))
@@ -84,16 +101,21 @@ class ELAModel(nn.Module):
         if with_tokens:
             outputs["token_embeddings"] = l2_normalise(self.image_token(patches))
         if with_lexicon:
-            vocab_logits = self.image_lexicon(patches)
-            outputs["vocab_logits"] = vocab_logits
-            outputs["lexicon"] = lexicon.pool_lexicon(vocab_logits, outputs["token_mask"])
+            outputs.update(self.lexicon_outputs(self.image_lexicon, patches, outputs["token_mask"], patch_pool))
+        if with_patch_logits:
+            outputs["vocab_logits"] = self.image_lexicon(patches)
         return outputs
 
     def encode_text(
-        self, token_ids: jax.Array, mask: jax.Array, with_lexicon: bool = True, with_tokens: bool = True
+        self,
+        token_ids: jax.Array,
+        mask: jax.Array,
+        with_lexicon: bool = True,
+        with_tokens: bool = True,
+        with_token_logits: bool = False,
     ) -> dict:
         """token_ids, mask [batch, len] -> hidden [b, len, width], global [b, embed_dim] and, as asked,
-        token_embeddings [b, len, token_dim], vocab_logits [b, len, vocab], lexicon [b, vocab]. Token-level
+        token_embeddings [b, len, token_dim], lexicon [b, vocab] and vocab_logits [b, len, vocab]. Token-level
         outputs exclude CLS and pads through token_mask."""
         hidden = self.text_tower(token_ids, mask)
         token_mask = jnp.asarray(mask, bool).at[:, 0].set(False)
@@ -102,15 +124,23 @@ class ELAModel(nn.Module):
         if with_tokens:
             outputs["token_embeddings"] = l2_normalise(self.text_token(hidden))
         if with_lexicon:
-            vocab_logits = self.text_vocab_logits(hidden)
-            outputs["vocab_logits"] = vocab_logits
-            outputs["lexicon"] = lexicon.pool_lexicon(vocab_logits, token_mask)
+            outputs.update(self.lexicon_outputs(self.text_lexicon, hidden, token_mask, "max"))
+        if with_token_logits:
+            outputs["vocab_logits"] = self.text_vocab_logits(hidden)
         return outputs
+
+    def lexicon_outputs(self, head: lexicon.LexiconHead, hidden: jax.Array, token_mask: jax.Array, pool: str) -> dict:
+        """lexicon a = log(1 + ReLU(max-pooled logits)) and the `pool`-pooled logits, chunked as configured."""
+        pools = ("max",) if pool == "max" else ("max", pool)
+        pooled = head.pooled(hidden, token_mask, pools, tied_embedding=self.tied_embedding(head))
+        return {"lexicon": lexicon.saturate(pooled["max"]), "pooled_vocab_logits": pooled[pool]}
+
+    def tied_embedding(self, head: lexicon.LexiconHead) -> jax.Array | None:
+        return self.text_tower.word_embedding_matrix() if head.tied else None
 
     def text_vocab_logits(self, hidden: jax.Array) -> jax.Array:
         """The text lexicon head, which is also the MLM head: [b, len, width] -> [b, len, vocab]."""
-        tied = self.text_tower.word_embedding_matrix() if self.config.lexicon.tie_text_decoder else None
-        return self.text_lexicon(hidden, tied_embedding=tied)
+        return self.text_lexicon(hidden, tied_embedding=self.tied_embedding(self.text_lexicon))
 
     def mlm_logits(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
         """Vocabulary logits of every position of a (corrupted) caption: [b, len] -> [b, len, vocab]."""
@@ -118,4 +148,8 @@ class ELAModel(nn.Module):
 
     def __call__(self, images: jax.Array, token_ids: jax.Array, mask: jax.Array):
         """Runs every head once (this is what `init` traces)."""
-        return self.encode_image(images), self.encode_text(token_ids, mask), self.logit_scales()
+        return (
+            self.encode_image(images, with_patch_logits=True),
+            self.encode_text(token_ids, mask, with_token_logits=True),
+            self.logit_scales(),
+        )

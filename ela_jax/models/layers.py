@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)  # BERT's and ViT's initializer_range
@@ -113,7 +114,28 @@ class TransformerBlock(nn.Module):
         return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
 
 
+# What a rematerialised block keeps from its forward pass for the backward pass: "full" keeps nothing (recompute
+# everything, least memory), "dots" keeps matmul outputs, "dots_no_batch" keeps matmuls without batch dimensions
+# (weights-stationary results, MaxText's common choice).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class ScannedBlock(TransformerBlock):
+    """A TransformerBlock with nn.scan's (carry, input) -> (carry, output) signature."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> tuple[jax.Array, None]:
+        return super().__call__(x, key_mask), None
+
+
 class TransformerStack(nn.Module):
+    """`depth` blocks, unrolled (parameters `layer_{i}`) or under nn.scan (parameters stacked along a leading
+    `layers` axis in `layers/`: one compiled block, faster compiles for deep towers); optionally rematerialised."""
+
     depth: int
     num_heads: int
     mlp_dim: int
@@ -121,19 +143,73 @@ class TransformerStack(nn.Module):
     layer_norm_eps: float
     gelu_approximate: bool
     remat: bool = False
+    remat_policy: str = "full"
+    scan: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-        block_class = nn.remat(TransformerBlock) if self.remat else TransformerBlock
+        block_args = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            pre_norm=self.pre_norm,
+            layer_norm_eps=self.layer_norm_eps,
+            gelu_approximate=self.gelu_approximate,
+            dtype=self.dtype,
+        )
+        block_class = ScannedBlock if self.scan else TransformerBlock
+        if self.remat:
+            block_class = nn.remat(block_class, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
+        if self.scan:
+            scanned = nn.scan(
+                block_class,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(**block_args, name="layers")(x, key_mask)
+            return x
         for index in range(self.depth):
-            x = block_class(
-                num_heads=self.num_heads,
-                mlp_dim=self.mlp_dim,
-                pre_norm=self.pre_norm,
-                layer_norm_eps=self.layer_norm_eps,
-                gelu_approximate=self.gelu_approximate,
-                dtype=self.dtype,
-                name=f"layer_{index}",
-            )(x, key_mask)
+            x = block_class(**block_args, name=f"layer_{index}")(x, key_mask)
         return x
+
+
+def unstack_layers(tree: Any) -> Any:
+    """Parameters of a scanned stack (`layers/...` with a leading depth axis) -> the unrolled `layer_{i}` layout that
+    checkpoint conversion reads; other subtrees are returned as they are."""
+    if not isinstance(tree, dict):
+        return tree
+    result = {}
+    for name, value in tree.items():
+        if name == "layers" and isinstance(value, dict):
+            depth = jax.tree.leaves(value)[0].shape[0]
+            for index in range(depth):
+                result[f"layer_{index}"] = jax.tree.map(lambda x, i=index: _layer_slice(x, i), value)
+        else:
+            result[name] = unstack_layers(value)
+    return result
+
+
+def stack_layers(tree: Any) -> Any:
+    """Inverse of `unstack_layers`: `layer_{i}` siblings -> one `layers` subtree with a leading depth axis."""
+    if not isinstance(tree, dict):
+        return tree
+    layer_names = sorted((k for k in tree if k.startswith("layer_")), key=lambda k: int(k.split("_")[1]))
+    result = {name: stack_layers(value) for name, value in tree.items() if name not in layer_names}
+    if layer_names:
+        result["layers"] = jax.tree.map(_stack_leaves, *(tree[name] for name in layer_names))
+    return result
+
+
+def _layer_slice(leaf, index: int):
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[index]
+
+
+def _stack_leaves(*leaves):
+    if isinstance(leaves[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
+    return np.stack([np.asarray(leaf) for leaf in leaves])

@@ -14,6 +14,8 @@ from ela_jax.models import layers
 class VisionTransformer(nn.Module):
     config: ml_collections.ConfigDict  # model.image
     remat: bool = False
+    remat_policy: str = "full"
+    scan: bool = False
     dtype: layers.Dtype = jnp.float32
 
     @nn.compact
@@ -51,6 +53,8 @@ class VisionTransformer(nn.Module):
             layer_norm_eps=config.layer_norm_eps,
             gelu_approximate=config.gelu_approximate,
             remat=self.remat,
+            remat_policy=self.remat_policy,
+            scan=self.scan,
             dtype=self.dtype,
             name="encoder",
         )(hidden, None)

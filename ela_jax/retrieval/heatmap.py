@@ -47,7 +47,9 @@ def encode_patches(model: ELAModel, params, images: np.ndarray) -> tuple[np.ndar
     expected = (image_config.image_size, image_config.image_size, 3)
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(f"images must be [batch, {expected[0]}, {expected[1]}, 3] for this model, got {images.shape}")
-    encode = jax.jit(functools.partial(model.apply, with_tokens=False, method=ELAModel.encode_image))
+    encode = jax.jit(
+        functools.partial(model.apply, with_tokens=False, with_patch_logits=True, method=ELAModel.encode_image)
+    )
     outputs = encode({"params": params}, np.asarray(images, np.uint8))
     return np.asarray(jax.device_get(outputs["vocab_logits"])), np.asarray(jax.device_get(outputs["lexicon"]))
 

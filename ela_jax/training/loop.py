@@ -20,7 +20,9 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
+from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.state import TrainState
 from ela_jax.training.step import Vocabulary, make_train_step
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,58 @@ class Evaluation:
         return {"step": int(step), "split": "test", **results}
 
 
+def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
+    """The state to start from and its step, in this order: the workdir's newest complete checkpoint (a preempted
+    or killed run continues), `config.resume` (another run's checkpoint: state and data position), the pretrained
+    towers of `config.init.*`, or a fresh initialisation."""
+    step = checkpointer.latest_step()
+    if step is not None:
+        log.warning("resuming from checkpoint step %d in %s", step, checkpointer.directory)
+        return checkpointer.restore(step, factory.abstract_with_shardings(), data_iterator), step
+    if config.resume:
+        directory, step = locate(config.resume)
+        source = Checkpointer(directory, keep=1, create=False)
+        step = source.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"config.resume={config.resume!r} holds no complete checkpoint")
+        log.warning("starting from config.resume: checkpoint step %d in %s", step, directory)
+        state = source.restore(step, factory.abstract_with_shardings(), data_iterator)
+        source.close()
+        return state, step
+    state = factory.create(config.seed)
+    if config.init.text_tower or config.init.image_tower:
+        # Every host loads the checkpoint into the whole params, then keeps only its devices' shards.
+        params = from_pytorch.load_pretrained_towers(config, parallel.fetch(state.params))
+        state = factory.from_params(parallel.host_tree_to_global(params, factory.param_shardings))
+    return state, 0
+
+
+class BestCheckpoints:
+    """Keeps the `checkpoint.keep_best` checkpoints with the best `checkpoint.best_metric` under W/best/."""
+
+    def __init__(self, experiment: Experiment):
+        checkpoint = experiment.config.checkpoint
+        self.score, _, self.metric = checkpoint.best_metric.partition("/")
+        self.checkpointer = None
+        if checkpoint.best_metric:
+            self.checkpointer = Checkpointer(
+                os.path.join(experiment.workdir, "best"),
+                keep=checkpoint.keep_best,
+                best_metric=checkpoint.best_metric,
+                best_mode=checkpoint.best_mode,
+            )
+
+    def offer(self, step: int, state, results: dict) -> None:
+        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+            return
+        value = float(results["scores"][self.score][self.metric])
+        self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
     # --- setup: validation happens before anything compiles.
@@ -127,22 +181,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
-    data_iterator = iter(pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count()))
+    with parallel.process_zero_first("prepare the training data"):  # one writer in a shared data directory
+        data_iterator = iter(
+            pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
+        )
     checkpointer = experiment.checkpointer()
-    start_step = checkpointer.latest_step()
-    if start_step is None:
-        start_step = 0
-        state = factory.create(config.seed)
-        if config.init.text_tower or config.init.image_tower:
-            state = factory.from_params(from_pytorch.load_pretrained_towers(config, jax.device_get(state.params)))
-    else:
-        state = checkpointer.restore(start_step, factory.abstract_with_shardings(), data_iterator)
-        log.warning("resumed from checkpoint step %d in %s", start_step, workdir)
+    state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
     vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
     train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary),
+        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
         in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
         out_shardings=(factory.shardings, parallel.replicated(mesh)),
         donate_argnums=(0,),
@@ -151,6 +200,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
     evaluation = Evaluation(experiment)
+    best = BestCheckpoints(experiment)
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
@@ -189,6 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
                 results = evaluation(state.params, step)
+                best.offer(step, state, results)
                 writer.write(
                     step,
                     {
@@ -207,6 +258,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # --- final report
     results = evaluation(state.params, config.total_steps)
+    best.offer(config.total_steps, state, results)
+    best.close()
     if is_chief:
         write_json(os.path.join(workdir, "eval", "results.json"), results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))

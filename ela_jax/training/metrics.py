@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-
-import tensorboardX
+import sys
 
 
 class MetricWriter:
@@ -18,13 +17,17 @@ class MetricWriter:
             return
         if os.path.exists(self.path):
             self._truncate_after(resume_step)
-        self.summary = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.summary = import_tensorboardx().SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
+        """Keeps the records up to `step`; a line cut short by a killed process is dropped. Rewritten atomically."""
+        kept = [
+            json.dumps(record) + "\n" for record in read_metrics(os.path.dirname(self.path)) if record["step"] <= step
+        ]
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as f:
             f.writelines(kept)
+        os.replace(temporary, self.path)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -40,6 +43,28 @@ class MetricWriter:
             self.summary.close()
 
 
+def import_tensorboardx():
+    """tensorboardX, imported without PyTorch: it only imports torch to accept torch tensors (we log floats), and that
+    import costs seconds at every process start."""
+    if "torch" in sys.modules:
+        import tensorboardX
+
+        return tensorboardX
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
+
+
 def read_metrics(workdir: str) -> list[dict]:
+    """The records of metrics.jsonl; an unparsable line (a write cut short by a kill) is skipped."""
+    records = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

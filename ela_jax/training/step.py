@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from ela_jax import objectives
 from ela_jax.models.ela import ELAModel
+from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
 
 
@@ -66,54 +68,104 @@ def loss_weights(objective_config, step: jax.Array) -> dict[str, jax.Array]:
 
 
 class ObjectiveBuilder:
-    """Computes the weighted ELA objective for a batch; which terms exist is fixed by the config at trace time."""
+    """Computes the weighted ELA objective for a batch; which terms exist is fixed by the config at trace time.
 
-    def __init__(self, model: ELAModel, config, vocabulary: Vocabulary):
+    Two stages: `representations` runs the encoders and returns per-example arrays (batch first); `loss_from_reps`
+    turns the whole batch's representations into the loss. Gradient accumulation (`accumulated_gradients`) runs the
+    first stage per micro-batch and the second once on the full batch, so every negative of the batch counts.
+    """
+
+    def __init__(self, model: ELAModel, config, vocabulary: Vocabulary, mesh: Mesh | None = None):
         self.model, self.config, self.vocabulary = model, config, vocabulary
         self.needs = Needs.from_config(config)
+        self.contrastive = Contrastive(mesh, enabled=config.objective.sharded_contrastive)
 
     def __call__(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array):
-        objective = self.config.objective
+        mlm = self.mlm_inputs(batch, rng)
+        reps = self.representations(params, teacher, batch, mlm)
+        return self.loss_from_reps(params, reps, batch, mlm, step)
+
+    def mlm_inputs(self, batch: dict, rng: jax.Array) -> dict:
+        """The corrupted captions and the selected positions for MLM ({} when MLM is off), drawn for the whole batch
+        so that micro-batching does not change them."""
+        if self.config.objective.mlm_weight <= 0:
+            return {}
+        maskable = batch["mask"].astype(bool) & ~jnp.asarray(self.vocabulary.special)[batch["token_ids"]]
+        corrupted, selected = objectives.mlm_corrupt(
+            rng,
+            batch["token_ids"],
+            maskable,
+            self.config.objective.mlm_probability,
+            self.vocabulary.mask_id,
+            self.vocabulary.content.shape[0],
+        )
+        return {"corrupted": corrupted, "selected": selected}
+
+    def representations(self, params, teacher, batch: dict, mlm: dict) -> dict:
+        """Per-example encoder outputs the loss reads, each [batch, ...]."""
         variables = {"params": params}
+        needs = self.needs
         image = self.model.apply(
             variables,
             batch["images"],
-            with_lexicon=self.needs.image_lexicon,
-            with_tokens=self.needs.tokens,
+            with_lexicon=needs.image_lexicon,
+            with_tokens=needs.tokens,
+            patch_pool=self.config.objective.ela.pool,
             method=ELAModel.encode_image,
         )
         text = self.model.apply(
             variables,
             batch["token_ids"],
             batch["mask"],
-            with_lexicon=self.needs.text_lexicon,
-            with_tokens=self.needs.tokens,
+            with_lexicon=needs.text_lexicon,
+            with_tokens=needs.tokens,
             method=ELAModel.encode_text,
         )
-        scales = self.model.apply(variables, method=ELAModel.logit_scales)
+        reps = {"image_global": image["global"], "text_global": text["global"]}
+        if needs.tokens:
+            reps["image_tokens"], reps["text_tokens"] = image["token_embeddings"], text["token_embeddings"]
+        if needs.image_lexicon:
+            reps["image_lexicon"], reps["image_pooled"] = image["lexicon"], image["pooled_vocab_logits"]
+        if needs.text_lexicon:
+            reps["text_lexicon"] = text["lexicon"]
+        if needs.expansion:
+            reps["expansion"] = self.expansion_lexicon(params, teacher, text, batch)
+        if mlm:
+            logits = self.model.apply(variables, mlm["corrupted"], batch["mask"], method=ELAModel.mlm_logits)
+            reps["mlm_sums"] = objectives.mlm_token_losses(logits, batch["token_ids"], mlm["selected"]).sum(-1)
+        return reps
+
+    def loss_from_reps(self, params, reps: dict, batch: dict, mlm: dict, step: jax.Array):
+        objective = self.config.objective
+        scales = self.model.apply({"params": params}, method=ELAModel.logit_scales)
         terms = {}
         if objective.global_weight > 0:
-            terms["global"] = objectives.global_contrastive_loss(image["global"], text["global"], scales["global"])
+            terms["global"] = self.contrastive(
+                global_logits, reps["image_global"], reps["text_global"], scales["global"]
+            )
         if objective.fine_weight > 0:
-            s_image, s_text = objectives.filip_similarities(
-                image["token_embeddings"], text["token_embeddings"], image["token_mask"], text["token_mask"]
+            image_mask = jnp.ones(reps["image_tokens"].shape[:2], bool)
+            terms["fine"] = self.contrastive(
+                filip_logits,
+                (reps["image_tokens"], image_mask),
+                (reps["text_tokens"], text_token_mask(batch)),
+                scales["fine"],
             )
-            terms["fine"] = objectives.filip_loss(s_image, s_text, scales["fine"])
         if objective.ela_weight > 0:
-            terms["ela"] = self.ela_loss(params, teacher, image, text, batch, step)
+            terms["ela"] = self.ela_loss(reps, batch, step)
         if objective.flops_weight > 0:
-            terms["flops"] = sum(
-                objectives.flops_regulariser(out["lexicon"]) for out in (image, text) if "lexicon" in out
-            )
+            lexicons = [reps[key] for key in ("image_lexicon", "text_lexicon") if key in reps]
+            terms["flops"] = sum(objectives.flops_regulariser(lexicon) for lexicon in lexicons)
         if objective.mlm_weight > 0:
-            terms["mlm"] = self.mlm_loss(params, batch, rng)
+            selected = jnp.sum(mlm["selected"].astype(jnp.float32))
+            terms["mlm"] = jnp.sum(reps["mlm_sums"]) / jnp.maximum(selected, 1.0)
         weights = loss_weights(objective, step)
         loss = sum(weights[name] * value for name, value in terms.items())
         metrics = {f"loss_{name}": value for name, value in terms.items()}
         metrics["temperature"] = 1.0 / scales["global"]
-        for side, out in (("image", image), ("text", text)):
-            if "lexicon" in out:
-                metrics[f"{side}_lexicon_nonzeros"] = jnp.mean(jnp.sum(out["lexicon"] > 0, axis=-1))
+        for side in ("image", "text"):
+            if f"{side}_lexicon" in reps:
+                metrics[f"{side}_lexicon_nonzeros"] = jnp.mean(jnp.sum(reps[f"{side}_lexicon"] > 0, axis=-1))
         return loss, metrics
 
     def expansion_lexicon(self, params, teacher, text: dict, batch: dict) -> jax.Array:
@@ -126,52 +178,104 @@ class ObjectiveBuilder:
         )
         return jax.lax.stop_gradient(teacher_text["lexicon"])
 
-    def ela_loss(self, params, teacher, image: dict, text: dict, batch: dict, step: jax.Array) -> jax.Array:
+    def ela_loss(self, reps: dict, batch: dict, step: jax.Array) -> jax.Array:
         ela = self.config.objective.ela
         if ela.loss == "lexlip_cosine":
-            return objectives.lexlip_cosine_loss(image["lexicon"], text["lexicon"], ela.tau_contrastive)
+            lexlip = lambda a, b, tau: (objectives.lexlip_logits(a, b, tau),) * 2  # noqa: E731
+            return self.contrastive(lexlip, reps["image_lexicon"], reps["text_lexicon"], ela.tau_contrastive)
         content = jnp.asarray(self.vocabulary.content)
-        bag_of_words = objectives.caption_bag_of_words(batch["token_ids"], text["token_mask"], content)
+        bag_of_words = objectives.caption_bag_of_words(batch["token_ids"], text_token_mask(batch), content)
         if self.needs.expansion:
-            text_lexicon = self.expansion_lexicon(params, teacher, text, batch)
+            text_lexicon = reps["expansion"]
             beta = objectives.linear_warmup(ela.beta, step, ela.beta_warmup_steps)
         else:
             text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
         targets = objectives.expanded_targets(bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k)
-        image_vocab_logits = objectives.pool_patches(image["vocab_logits"], ela.pool)
+        image_vocab_logits = reps["image_pooled"]
         if ela.loss == "soft_ce":
             return objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
         if ela.loss == "bce":
             return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p)
-        return objectives.ela_lex_contrastive(image_vocab_logits, targets, ela.tau_contrastive)
+        lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
+        return self.contrastive(lex, image_vocab_logits, targets, ela.tau_contrastive)
 
-    def mlm_loss(self, params, batch: dict, rng: jax.Array) -> jax.Array:
-        maskable = batch["mask"].astype(bool) & ~jnp.asarray(self.vocabulary.special)[batch["token_ids"]]
-        corrupted, selected = objectives.mlm_corrupt(
-            rng,
-            batch["token_ids"],
-            maskable,
-            self.config.objective.mlm_probability,
-            self.vocabulary.mask_id,
-            self.vocabulary.content.shape[0],
-        )
-        logits = self.model.apply({"params": params}, corrupted, batch["mask"], method=ELAModel.mlm_logits)
-        return objectives.mlm_loss(logits, batch["token_ids"], selected)
+    def accumulated_gradients(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array, microbatches: int):
+        """GradCache: the full-batch loss and its exact gradient, with activations of one micro-batch at a time.
+
+        1. encode every micro-batch without keeping activations; 2. loss and d loss / d representations on the whole
+        batch; 3. re-encode each micro-batch and pull those representation gradients back into the parameters.
+        """
+        mlm = self.mlm_inputs(batch, rng)
+        micro_batch, micro_mlm = split_microbatches(batch, microbatches), split_microbatches(mlm, microbatches)
+        encode = lambda p, inputs: self.representations(p, teacher, *inputs)  # noqa: E731
+        micro_reps = jax.lax.map(lambda inputs: encode(params, inputs), (micro_batch, micro_mlm))
+        reps = merge_microbatches(micro_reps)
+        grad_fn = jax.value_and_grad(self.loss_from_reps, argnums=(0, 1), has_aux=True)
+        (loss, metrics), (loss_grads, rep_grads) = grad_fn(params, reps, batch, mlm, step)
+
+        def pull_back(grads, inputs_and_rep_grads):
+            inputs, micro_rep_grads = inputs_and_rep_grads
+            _, vjp = jax.vjp(lambda p: encode(p, inputs), params)
+            return jax.tree.map(jnp.add, grads, vjp(micro_rep_grads)[0]), None
+
+        micro_rep_grads = split_microbatches(rep_grads, microbatches)
+        grads, _ = jax.lax.scan(pull_back, loss_grads, ((micro_batch, micro_mlm), micro_rep_grads))
+        return (loss, metrics), grads
+
+
+def text_token_mask(batch: dict) -> jax.Array:
+    """The caption tokens the token-level terms read: real tokens except CLS (as ELAModel.encode_text)."""
+    return jnp.asarray(batch["mask"], bool).at[:, 0].set(False)
+
+
+def split_microbatches(tree, microbatches: int):
+    """[B, ...] -> [k, B / k, ...] taking every k-th example, so each micro-batch stays spread over the batch-sharded
+    devices (micro-batch i holds examples i, i + k, ...)."""
+    return jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1), tree
+    )
+
+
+def merge_microbatches(tree):
+    """Inverse of `split_microbatches`: [k, B / k, ...] -> [B, ...] in the original example order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def global_logits(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = scale * image @ text.T
+    return logits, logits
+
+
+def filip_logits(image: tuple, text: tuple, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    s_image, s_text = objectives.filip_similarities(image[0], text[0], image[1], text[1])
+    return scale * s_image, scale * s_text
 
 
 def make_train_step(
-    model: ELAModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule, config, vocabulary: Vocabulary
+    model: ELAModel,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config,
+    vocabulary: Vocabulary,
+    mesh: Mesh | None = None,
 ):
-    """train_step(state, batch) -> (state, metrics); pure, to be jitted with shardings and donation."""
-    objective = ObjectiveBuilder(model, config, vocabulary)
+    """train_step(state, batch) -> (state, metrics); pure, to be jitted with shardings and donation. With `mesh`,
+    contrastive terms are row-sharded over its batch axes (see training/contrastive.py)."""
+    objective = ObjectiveBuilder(model, config, vocabulary, mesh)
     base_rng = jax.random.key(config.seed)
     ema_decay = config.objective.ela.ema_decay
+    microbatches = config.train.microbatches
     update_teacher = objective.needs.expansion and config.objective.ela.target_source == "ema"
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_rng, state.step)
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (loss, metrics), grads = grad_fn(state.params, state.teacher, batch, state.step, rng)
+        if microbatches > 1:
+            (loss, metrics), grads = objective.accumulated_gradients(
+                state.params, state.teacher, batch, state.step, rng, microbatches
+            )
+        else:
+            grad_fn = jax.value_and_grad(objective, has_aux=True)
+            (loss, metrics), grads = grad_fn(state.params, state.teacher, batch, state.step, rng)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

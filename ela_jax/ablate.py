@@ -1,0 +1,328 @@
+"""python -m ela_jax.ablate: trains a grid of config overrides x seeds, one workdir per run, and tabulates held-out
+retrieval as mean ± std over seeds (table.json, table.md, ablation.png).
+
+    python -m ela_jax.ablate --config configs/demo.py --grid ela --seeds 0,1,2 --workdir runs/ablation \
+        [--grid_file configs/ablation.py] [--config.KEY=VALUE ...]
+
+Command-line overrides change the base config; each grid entry's overrides then apply on top of it. A run is
+finished when its `eval/results.json` exists; rerunning the command skips finished runs and resumes a half-finished
+one from its latest checkpoint, so a killed grid loses at most one checkpoint interval. The table is rewritten after
+every finished run, so partial results are always on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from ela_jax import config as config_lib
+from ela_jax.cli import quiet_libraries
+
+RESULTS_FILE = os.path.join("eval", "results.json")
+RUN_SPEC_FILE = "ablation_run.json"
+METRICS = (
+    ("text_retrieval_recall@1", "I→T R@1"),
+    ("text_retrieval_recall@5", "R@5"),
+    ("text_retrieval_recall@10", "R@10"),
+    ("image_retrieval_recall@1", "T→I R@1"),
+    ("image_retrieval_recall@5", "R@5"),
+    ("image_retrieval_recall@10", "R@10"),
+    ("rsum", "RSUM"),
+)
+NONZERO_SIDES = (("image", "nnz/image"), ("text", "nnz/caption"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of the grid: dotted config overrides, and how many of the requested seeds it runs."""
+
+    name: str
+    overrides: dict
+    seeds: int = 2
+    description: str = ""
+
+
+@dataclasses.dataclass
+class GridReport:
+    trained: list[str]  # "entry/seedN" of the runs trained (or resumed) by this invocation
+    skipped: list[str]  # already finished before it started
+    failed: dict[str, str]  # run -> one-line reason; retried by the next invocation
+    table: dict
+
+
+def load_grid(path: str, name: str) -> list[Entry]:
+    """`GRIDS[name]` of a grid file: a list of dicts with Entry's fields."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"grid file {path!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    grids = module.GRIDS
+    if name not in grids:
+        raise KeyError(f"grid {name!r} is not in {path}; it defines {sorted(grids)}")
+    entries = [Entry(**row) for row in grids[name]]
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"grid {name!r} repeats an entry name: {names}")
+    return entries
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list distinct integers, got {text!r}")
+    return seeds
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        if parent not in node:
+            raise config_lib.ConfigError(f"override {key!r}: the config has no section {parent!r}")
+        node = node[parent]
+    if leaf not in node:
+        raise config_lib.ConfigError(f"override {key!r}: the config has no key {leaf!r}")
+    node[leaf] = value
+
+
+def entry_config(base: ml_collections.ConfigDict, entry: Entry, seed: int) -> ml_collections.ConfigDict:
+    """The base config with the entry's overrides and `seed` (model init, data order, MLM masks)."""
+    config = copy.deepcopy(base)
+    for key, value in entry.overrides.items():
+        set_dotted(config, key, value)
+    config.seed = seed
+    return config
+
+
+def entry_seeds(entry: Entry, seeds: list[int]) -> list[int]:
+    return seeds[: entry.seeds]
+
+
+def run_name(entry: Entry, seed: int) -> str:
+    return f"{entry.name}/seed{seed}"
+
+
+def run_spec(entry: Entry, seed: int) -> dict:
+    return {"entry": entry.name, "overrides": entry.overrides, "seed": seed}
+
+
+def check_run_spec(workdir: str, spec: dict) -> None:
+    """Refuses a workdir trained under other overrides: mixing its results into this entry would be silent."""
+    path = os.path.join(workdir, RUN_SPEC_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    if stored != json.loads(json.dumps(spec)):
+        raise config_lib.ConfigError(
+            f"{workdir} was trained with {stored['overrides']} (seed {stored['seed']}), not {spec['overrides']} "
+            f"(seed {spec['seed']}); delete it or rename the entry"
+        )
+
+
+def write_run_spec(workdir: str, spec: dict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, RUN_SPEC_FILE), "w") as f:
+        json.dump(spec, f, indent=1)
+
+
+def is_finished(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
+
+
+def schedule(entries: list[Entry], seeds: list[int]) -> list[tuple[Entry, int]]:
+    """Seed-major order: every entry's first seed before any second seed, so a partial grid covers every row."""
+    order = []
+    for index, seed in enumerate(seeds):
+        order += [(entry, seed) for entry in entries if index < entry.seeds]
+    return order
+
+
+def run_grid(base: ml_collections.ConfigDict, entries: list[Entry], seeds: list[int], root: str) -> GridReport:
+    """Trains every unfinished (entry, seed) under root/<entry>/seed<N>, rewriting the table after each run."""
+    from ela_jax.training import loop  # imports JAX's backends; the CLI sets logging up first
+
+    report = GridReport(trained=[], skipped=[], failed={}, table={})
+    for entry, seed in schedule(entries, seeds):
+        name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
+        if is_finished(workdir):
+            report.skipped.append(name)
+            continue
+        print(f"== {name}: {entry.overrides}", flush=True)
+        try:
+            spec = run_spec(entry, seed)
+            check_run_spec(workdir, spec)
+            config = entry_config(base, entry, seed)
+            write_run_spec(workdir, spec)
+            results = loop.train(config, workdir)
+        except (config_lib.ConfigError, loop.TrainingDiverged, FileNotFoundError, jax.errors.JaxRuntimeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"   {name} failed: {reason}", flush=True)
+            report.failed[name] = reason
+        else:
+            if "preempted_at_step" in results:
+                print(f"   preempted at step {results['preempted_at_step']}; rerun the command to resume", flush=True)
+                break
+            report.trained.append(name)
+        report.table = write_outputs(entries, seeds, root, report.failed)
+    report.table = write_outputs(entries, seeds, root, report.failed)
+    return report
+
+
+def read_results(entry: Entry, seeds: list[int], root: str) -> dict[int, dict]:
+    """seed -> eval results of the entry's finished runs."""
+    results = {}
+    for seed in entry_seeds(entry, seeds):
+        path = os.path.join(root, entry.name, f"seed{seed}", RESULTS_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                results[seed] = json.load(f)
+    return results
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (ddof 1; None for a single seed)."""
+    array = np.asarray(values, np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else None
+    return {"mean": float(array.mean()), "std": std, "values": [float(v) for v in array]}
+
+
+def summarise(entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str] | None = None) -> dict:
+    """The table as JSON: per entry, per score, mean ± std over the finished seeds of every metric."""
+    rows = []
+    for entry in entries:
+        results = read_results(entry, seeds, root)
+        row = {
+            "entry": entry.name,
+            "description": entry.description,
+            "overrides": entry.overrides,
+            "seeds_planned": entry_seeds(entry, seeds),
+            "seeds_finished": sorted(results),
+            "scores": {},
+            "lexicon_nonzeros": {},
+        }
+        if results:
+            runs = list(results.values())
+            common_scores = [score for score in runs[0]["scores"] if all(score in r["scores"] for r in runs)]
+            for score in common_scores:
+                row["scores"][score] = {key: mean_std([r["scores"][score][key] for r in runs]) for key, _ in METRICS}
+            # The lexicon vectors' density is what sparse retrieval pays for; it means nothing without a lexicon score.
+            if "lexicon" in row["scores"]:
+                row["lexicon_nonzeros"] = {
+                    side: mean_std([r["lexicon_nonzeros"][side] for r in runs]) for side, _ in NONZERO_SIDES
+                }
+        rows.append(row)
+    return {"rows": rows, "failed": dict(failed or {})}
+
+
+def format_cell(stat: dict | None) -> str:
+    if not stat:
+        return "–"
+    if stat["std"] is None:
+        return f"{stat['mean']:.1f}"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def markdown_table(table: dict) -> str:
+    header = ["entry", "seeds", "score"] + [label for _, label in METRICS] + [label for _, label in NONZERO_SIDES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table["rows"]:
+        seeds = f"{len(row['seeds_finished'])}/{len(row['seeds_planned'])}"
+        if not row["scores"]:
+            lines.append(f"| {row['entry']} | {seeds} | – |" + " – |" * (len(METRICS) + len(NONZERO_SIDES)))
+            continue
+        for score, metrics in row["scores"].items():
+            cells = [format_cell(metrics[key]) for key, _ in METRICS]
+            nonzeros = row["lexicon_nonzeros"] if score == "lexicon" else {}
+            cells += [format_cell(nonzeros.get(side)) for side, _ in NONZERO_SIDES]
+            lines.append(f"| {row['entry']} | {seeds} | {score} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if table["failed"]:
+        text += "\nFailed runs (retried by the next invocation):\n\n"
+        text += "".join(f"- {run}: {reason}\n" for run, reason in sorted(table["failed"].items()))
+    return text
+
+
+def bar_chart(table: dict, path: str) -> str:
+    """RSUM per entry (global and lexicon score side by side), error bars = std over seeds; labels say how many of
+    the planned seeds finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in table["rows"] if row["scores"]]
+    scores = [score for score in ("global", "lexicon") if any(score in row["scores"] for row in rows)]
+    figure, axes = plt.subplots(figsize=(9, 1.0 + 0.45 * max(len(rows), 1)))
+    height = 0.8 / max(len(scores), 1)
+    for index, score in enumerate(scores):
+        positions = [i + index * height for i in range(len(rows))]
+        stats = [row["scores"].get(score, {}).get("rsum") for row in rows]
+        means = [stat["mean"] if stat else 0.0 for stat in stats]
+        errors = [stat["std"] or 0.0 if stat else 0.0 for stat in stats]
+        axes.barh(positions, means, height, xerr=errors, capsize=3, label=score)
+    labels = [f"{row['entry']} ({len(row['seeds_finished'])}/{len(row['seeds_planned'])})" for row in rows]
+    axes.set_yticks([i + height * (len(scores) - 1) / 2 for i in range(len(rows))], labels)
+    axes.invert_yaxis()
+    axes.set_xlabel("held-out RSUM (mean ± std over seeds)")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_outputs(entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str]) -> dict:
+    """table.json, table.md and ablation.png under root; returns the table."""
+    table = summarise(entries, seeds, root, failed)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "table.json"), "w") as f:
+        json.dump(table, f, indent=1)
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(markdown_table(table))
+    bar_chart(table, os.path.join(root, "ablation.png"))
+    return table
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (configs/*.py).", lock_config=True)
+_GRID = flags.DEFINE_string("grid", "ela", "Name of the grid in --grid_file.")
+_GRID_FILE = flags.DEFINE_string("grid_file", "configs/ablation.py", "Python file defining GRIDS = {name: [Entry]}.")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Seeds (config.seed); each entry runs the first `entry.seeds`.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Root of the per-run workdirs and the table.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv) -> None:
+    del argv
+    quiet_libraries()
+    try:
+        entries = load_grid(_GRID_FILE.value, _GRID.value)
+        seeds = parse_seeds(_SEEDS.value)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        sys.exit(f"ablation error: {error}")
+    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value)
+    print(markdown_table(report.table))
+    print(
+        f"trained {len(report.trained)}, already finished {len(report.skipped)}, failed {len(report.failed)}; "
+        f"tables and plot in {_WORKDIR.value}"
+    )
+    if report.failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""The data sources a config can name and the files each needs in its manual_dir (checked by config.validate, before
+anything is prepared or compiled). Imports nothing heavy."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
+MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
+EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
+KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+FLICKR_IMAGE_DIR = "flickr30k-images"
+# Caption files of a folder source and the split each one feeds.
+FOLDER_SPLIT_FILES = {"captions": "train", "train": "train", "validation": "validation", "test": "test"}
+FOLDER_EXTENSIONS = (".jsonl", ".csv")
+REQUIRED_ENTRIES = {
+    "coco": (KARPATHY_FILES["coco"], "train2014", "val2014"),
+    "flickr30k": (KARPATHY_FILES["flickr30k"], FLICKR_IMAGE_DIR),
+}
+CONTENTS = {
+    "coco": "dataset_coco.json (Karpathy splits), train2014/ and val2014/",
+    "flickr30k": "dataset_flickr30k.json (Karpathy splits) and flickr30k-images/",
+    "folder": "captions.jsonl or captions.csv (and optionally test.jsonl / test.csv), image paths relative to it",
+    "webdataset": "NNNNN.tar shards (key.jpg + key.txt or key.json)",
+}
+
+
+def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
+    """What `manual_dir` lacks for reading `split` of source `name` (empty when it is usable)."""
+    if name == "folder":
+        stems = [stem for stem, stem_split in FOLDER_SPLIT_FILES.items() if stem_split == split]
+        files = [stem + extension for stem in stems for extension in FOLDER_EXTENSIONS]
+        present = any(os.path.isfile(os.path.join(manual_dir, f)) for f in files)
+        return [] if present else [" or ".join(files)]
+    if name == "webdataset":
+        return [] if glob.glob(os.path.join(manual_dir, "*.tar")) else ["*.tar shards"]
+    return [entry for entry in REQUIRED_ENTRIES[name] if not os.path.exists(os.path.join(manual_dir, entry))]
+
+
+def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
+    """Raises ConfigError (one line) when `manual_dir` cannot serve `split` of source `name`."""
+    from ela_jax.config import ConfigError
+
+    if not manual_dir:
+        raise ConfigError(f"data source {name!r} needs {key}: the folder holding {CONTENTS[name]}")
+    if not os.path.isdir(manual_dir):
+        raise ConfigError(f"{key}={manual_dir!r} is not a directory; it should hold {CONTENTS[name]}")
+    missing = missing_entries(name, manual_dir, split)
+    if missing:
+        raise ConfigError(
+            f"{key}={manual_dir!r} lacks {', '.join(missing)} for the {split} split; "
+            f"source {name!r} needs {CONTENTS[name]}"
+        )
+
+
+def parse_mixture_entry(entry: str) -> tuple[str, str, float]:
+    """'name:manual_dir:weight' (a `data.train` entry) -> (name, manual_dir, weight); ValueError says what is wrong."""
+    name, _, rest = entry.partition(":")
+    manual_dir, _, weight = rest.rpartition(":")
+    if name not in MIXABLE_NAMES or not manual_dir:
+        raise ValueError(f"data.train entry {entry!r} is not 'name:manual_dir:weight' with name in {MIXABLE_NAMES}")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise ValueError(f"data.train entry {entry!r} has weight {weight!r}, not a number") from None
+    if value <= 0:
+        raise ValueError(f"data.train entry {entry!r} needs a positive weight")
+    return name, manual_dir, value

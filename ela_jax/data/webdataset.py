@@ -1,0 +1,164 @@
+"""WebDataset / img2dataset shards (`NNNNN.tar` holding `key.jpg` + `key.txt` or `key.json`) as a random-access
+grain source for pre-training.
+
+Each host indexes the tar headers of its shards once (member offsets; no data is read) and then reads samples with
+`pread`, so the grain pipeline shuffles, shards, checkpoints and resumes exactly as it does over ArrayRecord.
+
+Host split: with at least as many shards as hosts, host h takes whole shards `h::hosts` (it indexes only those);
+with fewer shards than hosts every host indexes all shards and takes samples `h::hosts`, so no host is ever left
+without data. Workers (grain threads, or processes with `data.num_workers`) draw sample indices from the host's
+shuffled index stream, never whole shards, so no worker is idle either. The stream repeats forever, so hosts whose
+shards differ in size never wait on each other at an epoch end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import json
+import logging
+import os
+import tarfile
+
+import numpy as np
+
+from ela_jax.data import records
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTENSIONS = ("txt", "json")
+SAMPLE_FIELDS = [
+    ("shard", np.int32),
+    ("header", np.int64),  # offset of the image member's tar header (for its name in warnings)
+    ("image_offset", np.int64),
+    ("image_size", np.int64),
+    ("caption_offset", np.int64),
+    ("caption_size", np.int32),
+    ("caption_is_json", np.bool_),
+]
+
+
+def shard_paths(shard_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(shard_dir, "*.tar")))
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key is the path up to the first dot of the file name; the rest is the field."""
+    directory, base = os.path.split(name)
+    stem, _, extension = base.partition(".")
+    return os.path.join(directory, stem), extension.lower()
+
+
+def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray:
+    """Samples of one tar (structured array of SAMPLE_FIELDS); a key without an image or a caption, and the rest of a
+    truncated tar, are counted in `skips`, never raised."""
+    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(path, "r:") as archive:
+            for member in archive:
+                if member.isfile():
+                    key, extension = split_key(member.name)
+                    members.setdefault(key, {})[extension] = member
+    except (tarfile.TarError, OSError, EOFError) as error:
+        skips.count_seen()
+        skips.skip(f"{os.path.basename(path)} after {len(members)} keys: {type(error).__name__} {error}", "bad_tar")
+    samples, file_size = [], os.path.getsize(path)
+    for key, fields in members.items():
+        skips.count_seen()
+        image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
+        caption = next(((fields[e], e == "json") for e in CAPTION_EXTENSIONS if e in fields), None)
+        if image is None or caption is None:
+            skips.skip(f"{os.path.basename(path)}:{key}", "no_image" if image is None else "no_caption")
+            continue
+        if max(m.offset_data + m.size for m in (image, caption[0])) > file_size:
+            # tarfile stops quietly at a truncated end; members whose data runs past it are cut.
+            skips.skip(f"{os.path.basename(path)}:{key}", "truncated")
+            continue
+        samples.append(
+            (shard, image.offset, image.offset_data, image.size, caption[0].offset_data, caption[0].size, caption[1])
+        )
+    return np.array(samples, dtype=SAMPLE_FIELDS)
+
+
+def host_samples(
+    paths: list[str], process_index: int, process_count: int, skips: records.SkipCounter, num_threads: int = 4
+) -> tuple[list[str], np.ndarray]:
+    """(the host's shard paths, its samples); see the module docstring for the split."""
+    if not paths:
+        raise ValueError("no .tar shards found; point data.manual_dir at a folder of NNNNN.tar files")
+    whole_shards = len(paths) >= process_count
+    mine = paths[process_index::process_count] if whole_shards else paths
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        indexed = list(pool.map(lambda item: index_shard(item[1], item[0], skips), enumerate(mine)))
+    samples = np.concatenate(indexed) if indexed else np.zeros(0, SAMPLE_FIELDS)
+    if not whole_shards:
+        samples = samples[process_index::process_count]
+    if len(samples) == 0:
+        raise ValueError(
+            f"host {process_index} of {process_count} has no samples in {len(mine)} shard(s) of {len(paths)}; "
+            "the shards hold fewer usable samples than there are hosts"
+        )
+    log.info(
+        "webdataset: host %d/%d reads %d samples from %d of %d shards (%s)",
+        process_index,
+        process_count,
+        len(samples),
+        len(mine),
+        len(paths),
+        "whole shards" if whole_shards else "samples split within shards",
+    )
+    return mine, samples
+
+
+class ShardSource:
+    """grain RandomAccessDataSource over indexed tar members: record i is {"image": bytes, "captions": [str], "key"}.
+    A caption that cannot be read gives `captions == []`, which the pipeline counts and skips."""
+
+    def __init__(self, paths: list[str], samples: np.ndarray, caption_field: str = "caption"):
+        self.paths, self.samples, self.caption_field = paths, samples, caption_field
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        path = self.paths[int(sample["shard"])]
+        # One open per record, not a cache of descriptors: a host may hold more shards than its open-file limit,
+        # and the open costs microseconds next to a JPEG decode.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            header = os.pread(fd, tarfile.BLOCKSIZE, int(sample["header"]))
+            image = os.pread(fd, int(sample["image_size"]), int(sample["image_offset"]))
+            caption = os.pread(fd, int(sample["caption_size"]), int(sample["caption_offset"]))
+        finally:
+            os.close(fd)
+        captions = self._captions(caption, bool(sample["caption_is_json"]))
+        return {"image": image, "captions": captions, "key": f"{os.path.basename(path)}:{_member_key(header)}"}
+
+    def _captions(self, raw: bytes, is_json: bool) -> list[str]:
+        if not is_json:
+            return [records.clean_caption(raw)]
+        try:
+            value = json.loads(raw.decode("utf-8", errors="replace")).get(self.caption_field)
+        except (json.JSONDecodeError, AttributeError):
+            return []
+        return [records.clean_caption(value)] if isinstance(value, (str, bytes)) else []
+
+    def __repr__(self) -> str:  # grain logs its sources; keep it short
+        return f"ShardSource({len(self.paths)} shards, {len(self.samples)} samples)"
+
+
+def _member_key(header: bytes) -> str:
+    """The sample key from the image member's tar header (names the record in skip warnings)."""
+    try:
+        return split_key(tarfile.TarInfo.frombuf(header, "utf-8", "replace").name)[0]
+    except tarfile.TarError:
+        return "?"
+
+
+def shard_source(data_config, shard_dir: str, process_index: int, process_count: int) -> ShardSource:
+    skips = records.SkipCounter("webdataset index", data_config.max_skip_fraction)
+    paths, samples = host_samples(shard_paths(shard_dir), process_index, process_count, skips, data_config.num_threads)
+    skips.finish()
+    return ShardSource(paths, samples, data_config.caption_field)

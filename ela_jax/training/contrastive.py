@@ -1,0 +1,45 @@
+"""Batch-contrastive terms on one device or row-sharded over the mesh's batch axes.
+
+Dense, a contrastive term builds the [B, B] similarity matrix of the global batch. On a mesh with n batch shards
+each device instead scores its B/n rows against all B columns (the columns are all-gathered; their gradient is
+reduce-scattered back) and the loss combines per-device row and column statistics (`objectives.local_rows_info_nce`):
+the largest logits array on a device is [B/n, B], and every negative of the global batch still counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+from jax.sharding import Mesh, PartitionSpec
+
+from ela_jax import objectives, parallel
+
+# similarity(rows, columns, shared) -> (logits image->text, logits text->image), both [rows, columns].
+Similarity = Callable[[Any, Any, Any], tuple[jax.Array, jax.Array]]
+
+
+class Contrastive:
+    """Computes InfoNCE terms densely, or with `shard_map` when `mesh` splits the batch over several devices."""
+
+    def __init__(self, mesh: Mesh | None = None, enabled: bool = True):
+        batch_shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        self.mesh = mesh if enabled and batch_shards > 1 else None
+
+    def __call__(self, similarity: Similarity, rows: Any, columns: Any, shared: Any = ()) -> jax.Array:
+        """rows / columns: pytrees of global-batch arrays (batch first); shared: small replicated values (scales)."""
+        if self.mesh is None:
+            return objectives.info_nce(*similarity(rows, columns, shared))
+        batch = PartitionSpec(parallel.BATCH_AXES)
+        specs = lambda tree, spec: jax.tree.map(lambda _: spec, tree)  # noqa: E731
+
+        def local(rows, columns, shared):
+            all_columns = jax.tree.map(lambda x: jax.lax.all_gather(x, parallel.BATCH_AXES, tiled=True), columns)
+            return objectives.local_rows_info_nce(*similarity(rows, all_columns, shared), parallel.BATCH_AXES)
+
+        return jax.shard_map(
+            local,
+            mesh=self.mesh,
+            in_specs=(specs(rows, batch), specs(columns, batch), specs(shared, PartitionSpec())),
+            out_specs=PartitionSpec(),
+        )(rows, columns, shared)

@@ -1,0 +1,142 @@
+"""Small generated datasets in the exact upstream layouts: COCO and Flickr30K Karpathy JSON with image folders, an
+image-text folder (jsonl / csv), and WebDataset tar shards. Image `tag` t is a flat colour (red = 20 t), and every
+caption of it contains "photo t", so a test can pair pixels and captions back up (colours repeat after 13 tags)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+TAG_STEP = 20
+
+
+def jpeg_bytes(tag: int, size: tuple[int, int] = (48, 36), mode: str = "RGB", **save_options) -> bytes:
+    """A flat image of colour (20 (tag mod 13), 100, 180) with light noise, encoded as JPEG."""
+    rng = np.random.default_rng(tag)
+    pixels = np.empty((size[1], size[0], 3), np.float64)
+    pixels[:] = (TAG_STEP * (tag % 13), 100, 180)
+    pixels += rng.normal(0, 2, pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, **save_options)
+    return buffer.getvalue()
+
+
+def tag_of_pixels(pixels: np.ndarray) -> int:
+    return int(round(float(pixels[..., 0].mean()) / TAG_STEP))
+
+
+def tag_of_caption(caption: str) -> int:
+    words = caption.split()
+    return int(words[words.index("photo") + 1])
+
+
+def captions_for(tag: int, count: int) -> list[str]:
+    return [f"caption {k} of photo {tag} with  spaces " for k in range(count)]
+
+
+def write_file(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def karpathy_entry(tag: int, split: str, filename: str, captions: list[str], filepath: str | None = None) -> dict:
+    """One `images[]` entry with the upstream field names (COCO has filepath and cocoid, Flickr imgid only)."""
+    entry = {
+        "filename": filename,
+        "imgid": tag,
+        "split": split,
+        "sentids": list(range(tag * 10, tag * 10 + len(captions))),
+        "sentences": [
+            {"tokens": c.lower().split(), "raw": c, "imgid": tag, "sentid": tag * 10 + k}
+            for k, c in enumerate(captions)
+        ],
+    }
+    if filepath is not None:
+        entry["filepath"] = filepath
+        entry["cocoid"] = 100_000 + tag
+    return entry
+
+
+# COCO fixture: split -> number of images; test image 0 of the test split carries 7 captions (the real test set
+# has some images with 6 or 7, 25,010 captions over 5,000 images).
+COCO_LAYOUT = {"train": 3, "restval": 2, "val": 2, "test": 3}
+COCO_EXTRA_CAPTIONS = 2
+
+
+def write_coco(root: str) -> dict[str, list[int]]:
+    """dataset_coco.json + train2014/ + val2014/; returns split (ours) -> tags."""
+    entries, tags, tag = [], {}, 0
+    ours = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
+    for split, count in COCO_LAYOUT.items():
+        for position in range(count):
+            folder = "train2014" if split == "train" else "val2014"
+            filename = f"COCO_{folder}_{100_000 + tag:012d}.jpg"
+            extra = COCO_EXTRA_CAPTIONS if split == "test" and position == 0 else 0
+            entries.append(karpathy_entry(tag, split, filename, captions_for(tag, 5 + extra), folder))
+            write_file(os.path.join(root, folder, filename), jpeg_bytes(tag))
+            tags.setdefault(ours[split], []).append(tag)
+            tag += 1
+    with open(os.path.join(root, "dataset_coco.json"), "w") as f:
+        json.dump({"images": entries, "dataset": "coco"}, f)
+    return tags
+
+
+def write_flickr30k(root: str, layout: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """dataset_flickr30k.json + flickr30k-images/; returns split (ours) -> tags."""
+    layout = layout or {"train": 3, "val": 1, "test": 2}
+    entries, tags, tag = [], {}, 0
+    ours = {"train": "train", "val": "validation", "test": "test"}
+    for split, count in layout.items():
+        for _ in range(count):
+            filename = f"{1_000_000 + tag}.jpg"
+            entries.append(karpathy_entry(tag, split, filename, captions_for(tag, 5)))
+            write_file(os.path.join(root, "flickr30k-images", filename), jpeg_bytes(tag))
+            tags.setdefault(ours[split], []).append(tag)
+            tag += 1
+    with open(os.path.join(root, "dataset_flickr30k.json"), "w") as f:
+        json.dump({"images": entries, "dataset": "flickr30k"}, f)
+    return tags
+
+
+def write_jsonl(path: str, rows: list) -> None:
+    """Rows are dicts (JSON lines) or raw bytes (written as they are, for damaged lines)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write(row if isinstance(row, bytes) else json.dumps(row).encode())
+            f.write(b"\n")
+
+
+def tar_shard(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """A WebDataset shard: for each (key, {extension: bytes}) one member `key.extension`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for key, fields in samples:
+            for extension, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    root: str, num_shards: int, per_shard: int, caption_format: str = "txt", first_tag: int = 0
+) -> list[int]:
+    """img2dataset-style shards 00000.tar ...; returns all tags in shard order."""
+    tags = []
+    for shard in range(num_shards):
+        samples = []
+        for position in range(per_shard):
+            tag = first_tag + shard * per_shard + position
+            caption = captions_for(tag, 1)[0]
+            text = caption.encode() if caption_format == "txt" else json.dumps({"caption": caption}).encode()
+            samples.append((f"{shard:05d}{position:04d}", {"jpg": jpeg_bytes(tag), caption_format: text}))
+            tags.append(tag)
+        tar_shard(os.path.join(root, f"{shard:05d}.tar"), samples)
+    return tags

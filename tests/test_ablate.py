@@ -1,0 +1,137 @@
+"""The ablation runner: it trains a grid, writes the tables, resumes instead of retraining, and its grid file fits."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ela_jax import ablate
+from ela_jax import config as config_lib
+from tests.conftest import make_tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def results_path(root: str, run: str) -> str:
+    return os.path.join(root, run, ablate.RESULTS_FILE)
+
+
+def test_grid_trains_writes_tables_and_resumes(tmp_path, compilation_cache):
+    """(The session's compilation cache lets the second run load the programs the first compiled.)"""
+    # CLIP-only steps keep the compile small; the entries differ in what they evaluate, not in what they compile.
+    base = make_tiny_config(
+        **{
+            "total_steps": 3,
+            "batch_size": 16,
+            "data.num_train": 64,
+            "data.num_test": 16,
+            "eval.batch_size": 16,
+            "objective.ela_weight": 0.0,
+            "objective.mlm_weight": 0.0,
+            "objective.flops_weight": 0.0,
+            "checkpoint.every_steps": 0,
+        }
+    )
+    entries = [
+        ablate.Entry("global_only", {"eval.scores": ("global",)}),
+        ablate.Entry("with_lexicon", {"eval.scores": ("global", "lexicon")}),
+    ]
+    root = str(tmp_path / "grid")
+
+    first = ablate.run_grid(base, entries, [3], root)
+    assert first.trained == ["global_only/seed3", "with_lexicon/seed3"] and not first.skipped and not first.failed
+    for name in ("table.json", "table.md", "ablation.png"):
+        assert os.path.getsize(os.path.join(root, name)) > 0
+    with open(os.path.join(root, "table.json")) as f:
+        rows = {row["entry"]: row for row in json.load(f)["rows"]}
+    assert rows["global_only"]["seeds_finished"] == [3] and set(rows["global_only"]["scores"]) == {"global"}
+    assert not rows["global_only"]["lexicon_nonzeros"]
+    assert set(rows["with_lexicon"]["scores"]) == {"global", "lexicon"}
+    assert rows["with_lexicon"]["lexicon_nonzeros"]["image"]["mean"] > 0
+    with open(results_path(root, "with_lexicon/seed3")) as f:
+        rsum = json.load(f)["scores"]["global"]["rsum"]
+    assert rows["with_lexicon"]["scores"]["global"]["rsum"] == {"mean": rsum, "std": None, "values": [rsum]}
+    with open(os.path.join(root, "global_only", "seed3", "config.json")) as f:
+        assert json.load(f)["seed"] == 3
+
+    # A second invocation trains nothing and leaves finished results untouched.
+    finished_at = {run: os.path.getmtime(results_path(root, run)) for run in first.trained}
+    second = ablate.run_grid(base, entries, [3], root)
+    assert second.trained == [] and second.skipped == first.trained
+    assert {run: os.path.getmtime(results_path(root, run)) for run in first.trained} == finished_at
+
+    # A run without results (killed before its evaluation) is the only one redone, from its final checkpoint.
+    os.remove(results_path(root, "with_lexicon/seed3"))
+    third = ablate.run_grid(base, entries, [3], root)
+    assert third.trained == ["with_lexicon/seed3"] and third.skipped == ["global_only/seed3"]
+    with open(os.path.join(root, "with_lexicon", "seed3", "metrics.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == sorted(set(steps)) and steps[-1] == 3  # resumed at the end: no step trained twice
+
+
+def write_results(root: str, run: str, rsum: float, nonzeros: float | None) -> None:
+    scores = {"global": {key: rsum / 7 for key, _ in ablate.METRICS}}
+    scores["global"]["rsum"] = rsum
+    if nonzeros is not None:
+        scores["lexicon"] = dict(scores["global"])
+    os.makedirs(os.path.dirname(results_path(root, run)), exist_ok=True)
+    with open(results_path(root, run), "w") as f:
+        json.dump({"scores": scores, "lexicon_nonzeros": {"image": nonzeros or 0.0, "text": 2 * (nonzeros or 0.0)}}, f)
+
+
+def test_table_is_mean_and_sample_std_over_finished_seeds(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("a", {}, seeds=3), ablate.Entry("b", {}, seeds=1), ablate.Entry("c", {})]
+    for seed, rsum, nonzeros in ((0, 50.0, 10.0), (1, 54.0, 12.0), (2, 61.0, 17.0)):
+        write_results(root, f"a/seed{seed}", rsum, nonzeros)
+    write_results(root, "b/seed0", 40.0, None)
+    write_results(root, "b/seed1", 99.0, None)  # beyond the entry's seed count: not part of its row
+    table = ablate.summarise(entries, [0, 1, 2], root, {"c/seed0": "config error: x"})
+    a, b, c = table["rows"]
+    assert a["scores"]["global"]["rsum"]["mean"] == pytest.approx(np.mean([50, 54, 61]))
+    assert a["scores"]["global"]["rsum"]["std"] == pytest.approx(np.std([50, 54, 61], ddof=1))
+    assert a["lexicon_nonzeros"]["text"]["mean"] == pytest.approx(2 * np.mean([10, 12, 17]))
+    assert b["seeds_finished"] == [0] and b["scores"]["global"]["rsum"]["std"] is None and not b["lexicon_nonzeros"]
+    assert c["seeds_planned"] == [0, 1] and not c["scores"]
+    text = ablate.markdown_table(table)
+    assert f"| a | 3/3 | global | {a['scores']['global']['text_retrieval_recall@1']['mean']:.1f} ± " in text
+    assert "| b | 1/1 | global |" in text and "| c | 0/2 | – |" in text and "c/seed0: config error: x" in text
+
+
+def test_seed_major_schedule_and_seed_parsing():
+    entries = [ablate.Entry("key", {}, seeds=3), ablate.Entry("rest", {}, seeds=2)]
+    order = [(entry.name, seed) for entry, seed in ablate.schedule(entries, [5, 6, 7])]
+    assert order == [("key", 5), ("rest", 5), ("key", 6), ("rest", 6), ("key", 7)]
+    assert ablate.parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "a"):
+        with pytest.raises(ValueError, match="--seeds"):
+            ablate.parse_seeds(bad)
+
+
+def test_workdir_of_other_overrides_is_refused(tmp_path):
+    workdir = str(tmp_path)
+    ablate.write_run_spec(workdir, ablate.run_spec(ablate.Entry("e", {"objective.ela.beta": 0.3}), 0))
+    ablate.check_run_spec(workdir, ablate.run_spec(ablate.Entry("e", {"objective.ela.beta": 0.3}), 0))
+    with pytest.raises(config_lib.ConfigError, match="delete it or rename the entry"):
+        ablate.check_run_spec(workdir, ablate.run_spec(ablate.Entry("e", {"objective.ela.beta": 0.5}), 0))
+    with pytest.raises(config_lib.ConfigError, match="no key 'betta'"):
+        ablate.entry_config(make_tiny_config(), ablate.Entry("typo", {"objective.ela.betta": 0.3}), 0)
+
+
+def test_every_entry_of_the_shipped_grid_is_a_valid_demo_config():
+    from configs import demo
+
+    base = demo.get_config()
+    grid_file = os.path.join(REPO, "configs", "ablation.py")
+    entries = ablate.load_grid(grid_file, "ela") + ablate.load_grid(grid_file, "minilm")
+    assert {"clip", "filip", "ela_beta0"} <= {entry.name for entry in entries}
+    for entry in entries:
+        config = ablate.entry_config(base, entry, seed=1)
+        config_lib.validate(config, jax.device_count())
+        assert config.seed == 1
+    with pytest.raises(KeyError, match="no_such_grid"):
+        ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), "no_such_grid")

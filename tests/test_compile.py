@@ -1,0 +1,93 @@
+"""The jitted train step compiles on the first step and never again: every later batch from the input pipeline has
+the same shapes, dtypes and shardings, and the donated state comes back with the same ones."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax._src import dispatch
+
+from ela_jax import parallel
+from ela_jax.data import pipeline
+from ela_jax.experiment import Experiment
+from ela_jax.training.step import Vocabulary, make_train_step
+from tests.conftest import make_tiny_config
+
+
+class CompileCounter:
+    """Names of the functions JAX traces (a jit cache miss) and XLA compiles while active, from JAX's monitoring
+    events."""
+
+    def __init__(self):
+        self.traced: list[str] = []
+        self.compiled: list[str] = []
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        del duration
+        if event == dispatch.JAXPR_TRACE_EVENT:
+            self.traced.append(kwargs.get("fun_name", "?"))
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            self.compiled.append(kwargs.get("fun_name", "?"))
+
+    def __enter__(self) -> "CompileCounter":
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+@pytest.fixture(scope="module")
+def jitted_step(tmp_path_factory):
+    """The train step jitted as `ela_jax/training/loop.py` does, a state factory, and batches from the real pipeline."""
+    config = make_tiny_config(**{"batch_size": 16})
+    experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
+    optimizer, schedule = experiment.optimizer()
+    factory = experiment.state_factory()
+    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
+    mesh = experiment.mesh
+    train_step = jax.jit(
+        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
+        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(factory.shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    stream = iter(pipeline.train_dataset(config, experiment.tokenizer, 0, 1))
+    host_batches = [next(stream) for _ in range(4)]
+    return train_step, factory, host_batches, mesh, parallel.logical_rules(config.mesh)
+
+
+def run_steps(jitted_step, state, host_batches) -> tuple:
+    train_step, _, _, mesh, rules = jitted_step
+    losses = []
+    for host_batch in host_batches:
+        batch = parallel.host_batch_to_global(host_batch, mesh)
+        with mesh, nn.logical_axis_rules(rules):
+            state, metrics = train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_train_step_compiles_once_and_never_after_the_first_step(jitted_step):
+    train_step, factory, host_batches, _, _ = jitted_step
+    state = factory.create(0)
+    with CompileCounter() as first:
+        state, _ = run_steps(jitted_step, state, host_batches[:1])
+    cached_after_first = train_step._cache_size()
+    with CompileCounter() as later:
+        state, losses = run_steps(jitted_step, state, host_batches[1:])
+    assert any("train_step" in name for name in first.compiled), first.compiled
+    assert later.traced == [] and later.compiled == [], f"retraced or recompiled after step 1: {later.__dict__}"
+    assert train_step._cache_size() == cached_after_first
+    assert int(state.step) == len(host_batches) and np.all(np.isfinite(losses))
+
+
+def test_compile_counter_sees_a_new_batch_shape(jitted_step):
+    """The counter is not blind: a batch of another size makes the step trace again (lowered only, not compiled)."""
+    train_step, factory, host_batches, mesh, rules = jitted_step
+    smaller = {key: jax.ShapeDtypeStruct((8, *value.shape[1:]), value.dtype) for key, value in host_batches[0].items()}
+    with CompileCounter() as counter, mesh, nn.logical_axis_rules(rules):
+        train_step.lower(factory.abstract_with_shardings(), smaller)
+    assert any("train_step" in name for name in counter.traced), counter.traced
