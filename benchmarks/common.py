@@ -68,6 +68,17 @@ def bert_vocab(config):
     return config
 
 
+def benchmark_config(name: str, vocab: str, smoke: bool):
+    """configs/<name>.py, with the bert-base-uncased vocabulary when vocab == "bert", shrunk to tiny towers for
+    --smoke: the preamble every benchmark script shares."""
+    config = load_config(name)
+    if vocab == "bert":
+        bert_vocab(config)
+    if smoke:
+        shrink_for_smoke(config)
+    return config
+
+
 def shrink_for_smoke(config):
     """The same objective and code path on towers small enough for a CPU test (seconds, not minutes)."""
     from ela_jax import config as config_lib
@@ -261,7 +272,7 @@ def machine() -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        pass  # no /proc/cpuinfo (not Linux) or no model name in it: keep platform's answer
     device = jax.devices()[0]
     return {
         "cpu": cpu,

@@ -32,11 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    config = common.load_config(args.config)
-    if args.vocab == "bert":
-        common.bert_vocab(config)
+    config = common.benchmark_config(args.config, args.vocab, args.smoke)
     if args.smoke:
-        common.shrink_for_smoke(config)
         args.images, args.captions, args.repeats = 16, 32, 1
         config.eval.batch_size = 8
     import jax

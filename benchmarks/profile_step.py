@@ -78,11 +78,8 @@ def pieces(runner: common.JaxStep, batch: dict) -> tuple[dict, dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    config = common.load_config(args.config)
-    if args.vocab == "bert":
-        common.bert_vocab(config)
+    config = common.benchmark_config(args.config, args.vocab, args.smoke)
     if args.smoke:
-        common.shrink_for_smoke(config)
         args.repeats, args.calls = 1, 1
     config.log.progress = False
     import jax

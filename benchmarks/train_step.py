@@ -36,11 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args):
     import jax
 
-    config = common.load_config(args.config)
-    if args.vocab == "bert":
-        common.bert_vocab(config)
+    config = common.benchmark_config(args.config, args.vocab, args.smoke)
     if args.smoke:
-        common.shrink_for_smoke(config)
         args.steps, args.repeats, args.max_batch = 2, 2, min(args.max_batch, 16)
     elif args.config == "ela_b16" and jax.default_backend() == "cpu":
         sys.exit(

@@ -48,11 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args, vocab: str):
-    config = common.load_config(args.config)
-    if vocab == "bert":
-        common.bert_vocab(config)
-    if args.smoke:
-        common.shrink_for_smoke(config)
+    config = common.benchmark_config(args.config, vocab, args.smoke)
     if args.batch_size:
         config.batch_size = args.batch_size
     config.log.progress = False

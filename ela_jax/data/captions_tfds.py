@@ -5,6 +5,7 @@ caption of the image; decoding, resizing and augmentation happen in the grain pi
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -49,8 +50,9 @@ class _CaptionedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
         )
 
+    @abc.abstractmethod
     def _read_records(self, skips: records.SkipCounter) -> dict[str, list[records.ImageText]]:
-        raise NotImplementedError
+        """{split: records} read from the manual directory; each dataset's builder knows its upstream layout."""
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the user downloads (licences); everything is read from manual_dir
