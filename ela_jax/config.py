@@ -16,7 +16,7 @@ ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
-RETRIEVERS = ("matrix", "sparse_exact", "seismic", "faiss")
+RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -265,8 +265,9 @@ def base_config() -> ml_collections.ConfigDict:
             # `hybrid` = sum of weight * score / (the score's std over a sample of pairs; "none": raw scores).
             "hybrid_weights": {"global": 1.0, "lexicon": 0.5, "fine": 0.0},
             "hybrid_normalise": "std",
-            # "matrix": chunked scoring of every pair (exact ranks). An index ("sparse_exact" or "seismic" for
-            # `lexicon`, "faiss" for `global`) returns top-10 lists instead; other scores stay on the matrix path.
+            # "matrix": chunked scoring of every pair (exact ranks). An index ("sparse_exact", "sparse_compressed" (8-bit
+            # weights) or "seismic" for `lexicon`, "faiss" for `global`) returns top-10 lists instead; other scores
+            # stay on the matrix path.
             "retriever": "matrix",
             # python -m ela_jax.zeroshot: "world_colour", "world_shape" (single-object world images) or "tfds:NAME"
             # (a prepared ArrayRecord TFDS dataset with `image` and `label` features).

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ela_jax.evaluation import retrieval, scores
-from ela_jax.retrieval import export, index
+from ela_jax.retrieval import compressed, export, index
 
 # Which score each index serves: sparse indexes hold lexicon vectors, FAISS flat holds the dense global embeddings.
-SERVED_SCORE = {"sparse_exact": "lexicon", "seismic": "lexicon", "faiss": "global"}
+SERVED_SCORE = {"sparse_exact": "lexicon", "sparse_compressed": "lexicon", "seismic": "lexicon", "faiss": "global"}
 
 
 def serves(retriever: str, score: str) -> bool:
@@ -30,6 +30,8 @@ def _vectors(score: str, outputs: dict, eval_config):
 def make_index(retriever: str, dim: int) -> index.Retriever:
     if retriever == "sparse_exact":
         return index.ExactSparseIndex(dim)
+    if retriever == "sparse_compressed":
+        return compressed.CompressedSparseIndex(dim, weight_bits=8)
     if retriever == "seismic":
         return index.SeismicIndex(dim)
     if retriever == "faiss":
