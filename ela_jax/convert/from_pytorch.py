@@ -119,12 +119,12 @@ def _apply_bert_architecture(config: ml_collections.ConfigDict, directory: str) 
             "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False"
         )
     text = config.model.text
-    _copy_transformer_shape(text, hf_config, described_as)
+    copy_transformer_shape(text, hf_config, described_as)
     text.max_position_embeddings = hf_config["max_position_embeddings"]
     text.type_vocab_size = hf_config.get("type_vocab_size", 2)
 
 
-def _copy_transformer_shape(tower: ml_collections.ConfigDict, hf_config: dict, described_as: str) -> None:
+def copy_transformer_shape(tower: ml_collections.ConfigDict, hf_config: dict, described_as: str) -> None:
     """The transformer sizes both towers share, from a Hugging Face BERT or ViT config.json."""
     tower.width = hf_config["hidden_size"]
     tower.depth = hf_config["num_hidden_layers"]
@@ -157,7 +157,7 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
             "resize)"
         )
     image = config.model.image
-    _copy_transformer_shape(image, hf_config, described_as)
+    copy_transformer_shape(image, hf_config, described_as)
     image.image_size = image_size
     image.patch_size = _square(hf_config.get("patch_size", 16), "patch_size", described_as)
     processor_path = os.path.join(directory, "preprocessor_config.json")
@@ -174,7 +174,7 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
             image.pixel_std = tuple(float(v) for v in processor["image_std"])
 
 
-def _wrapper_prefix(weights: dict, probe: str, wrapper: str, described_as: str) -> str:
+def wrapper_prefix(weights: dict, probe: str, wrapper: str, described_as: str) -> str:
     """'' for a bare BertModel / ViTModel checkpoint, `wrapper` ('bert.', 'vit.') for task models around one."""
     if probe in weights:
         return ""
@@ -210,7 +210,7 @@ def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) 
     described_as = f"init.text_tower={directory!r}"
     hf_config = read_json(os.path.join(directory, "config.json"), described_as)
     weights = read_weights(weight_files(directory, described_as))
-    prefix = _wrapper_prefix(weights, "embeddings.word_embeddings.weight", "bert.", described_as)
+    prefix = wrapper_prefix(weights, "embeddings.word_embeddings.weight", "bert.", described_as)
     text_map = keymap.bert_encoder(config.model.text.depth, prefix)
     has_mlm_head = keymap.MLM_HEAD_PREFIX + "transform.dense.weight" in weights
     if has_mlm_head:
@@ -226,7 +226,7 @@ def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) 
 def _load_vit(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
     described_as = f"init.image_tower={directory!r}"
     weights = read_weights(weight_files(directory, described_as))
-    prefix = _wrapper_prefix(weights, "embeddings.cls_token", "vit.", described_as)
+    prefix = wrapper_prefix(weights, "embeddings.cls_token", "vit.", described_as)
     params = keymap.vit_encoder(config.model.image.depth, prefix).to_flax(weights, params, source=directory)
     log.warning("image tower initialised from %s", directory)
     return params

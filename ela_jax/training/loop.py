@@ -134,7 +134,7 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
         # Every host loads the checkpoint into the whole params, then keeps only its devices' shards.
         params = from_pytorch.load_pretrained_towers(config, parallel.fetch(state.params))
         state = factory.from_params(parallel.host_tree_to_global(params, factory.param_shardings))
-    return state, 0
+    return factory.load_pretrained_teacher(state), 0
 
 
 class BestCheckpoints:

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from ela_jax import parallel
 from ela_jax.models.ela import TEXT_PARAM_GROUPS, ELAModel
+from ela_jax.models.teacher import PretrainedTeacher
 
 
 @flax.struct.dataclass
@@ -29,7 +30,7 @@ class TrainState:
 
 def needs_teacher(config) -> bool:
     ela = config.objective.ela
-    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen")
+    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen", "pretrained")
 
 
 def example_inputs(config) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -52,8 +53,14 @@ def teacher_params(params: dict) -> dict:
 class StateFactory:
     """Builds the train state directly into its shardings on `mesh`, and describes them."""
 
-    def __init__(self, model: ELAModel, optimizer: optax.GradientTransformation, config, mesh: Mesh):
+    def __init__(
+        self, model: ELAModel, optimizer: optax.GradientTransformation, config, mesh: Mesh, words: list[str] = ()
+    ):
         self.model, self.optimizer, self.config, self.mesh = model, optimizer, config, mesh
+        self.words = list(words)  # the tokenizer's vocabulary in id order: what a pretrained teacher re-spells
+        self.pretrained = None
+        if needs_teacher(config) and config.objective.ela.target_source == "pretrained":
+            self.pretrained = PretrainedTeacher.from_config(config)
         self.rules = parallel.logical_rules(config.mesh)
         boxed = jax.eval_shape(self._boxed_params, jax.random.key(0))
         self.param_logical_specs = nn.get_partition_spec(boxed)
@@ -71,8 +78,15 @@ class StateFactory:
             params = copy_text_lexicon_to_image(params, self.config.model.lexicon.tie_text_decoder)
         return self.state_from_params(params)
 
+    def initial_teacher(self, params: Any) -> Any:
+        if not needs_teacher(self.config):
+            return {}
+        if self.pretrained is not None:  # random until load_pretrained_teacher fills in the checkpoint
+            return self.pretrained.init_params(jax.random.key(0), self.config.tokenizer.max_length)
+        return teacher_params(params)
+
     def state_from_params(self, params: Any) -> TrainState:
-        teacher = teacher_params(params) if needs_teacher(self.config) else {}
+        teacher = self.initial_teacher(params)
         zero = jnp.zeros((), jnp.int32)
         return TrainState(
             step=zero,
@@ -93,6 +107,8 @@ class StateFactory:
             transform_non_params=lambda _: replicated,
         )
         teacher = teacher_params(self.param_shardings) if needs_teacher(self.config) else {}
+        if self.pretrained is not None:  # a small frozen model: every device keeps all of it
+            teacher = jax.tree.map(lambda _: replicated, self.abstract_state.teacher)
         return TrainState(
             step=replicated,
             params=self.param_shardings,
@@ -112,6 +128,13 @@ class StateFactory:
             return jax.jit(self.state_from_params, in_shardings=(self.param_shardings,), out_shardings=self.shardings)(
                 params
             )
+
+    def load_pretrained_teacher(self, state: TrainState) -> TrainState:
+        """The state with the pretrained teacher's checkpoint in place of its random init (no-op without one)."""
+        if self.pretrained is None:
+            return state
+        params = self.pretrained.load_params(self.words, parallel.fetch(state.teacher))
+        return state.replace(teacher=parallel.host_tree_to_global(params, self.shardings.teacher))
 
     def abstract_with_shardings(self) -> TrainState:
         """ShapeDtypeStructs carrying the target shardings: what a checkpoint restore fills in."""

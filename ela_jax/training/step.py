@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from ela_jax import objectives
 from ela_jax.models.ela import ELAModel
+from ela_jax.models.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
 
@@ -78,6 +79,10 @@ class ObjectiveBuilder:
     def __init__(self, model: ELAModel, config, vocabulary: Vocabulary, mesh: Mesh | None = None):
         self.model, self.config, self.vocabulary = model, config, vocabulary
         self.needs = Needs.from_config(config)
+        source = config.objective.ela.target_source
+        self.pretrained = (
+            PretrainedTeacher.from_config(config) if self.needs.expansion and source == "pretrained" else None
+        )
         self.contrastive = Contrastive(mesh, enabled=config.objective.sharded_contrastive)
 
     def __call__(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array):
@@ -172,6 +177,8 @@ class ObjectiveBuilder:
         """a_T [B, V] from the configured source, as a constant."""
         if self.config.objective.ela.target_source == "online":
             return jax.lax.stop_gradient(text["lexicon"])
+        if self.pretrained is not None:
+            return self.pretrained.expansion_lexicon(teacher, batch["token_ids"], batch["mask"], text_token_mask(batch))
         variables = {"params": {**params, **teacher}}
         teacher_text = self.model.apply(
             variables, batch["token_ids"], batch["mask"], with_tokens=False, method=ELAModel.encode_text
