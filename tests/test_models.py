@@ -133,3 +133,68 @@ def test_logit_scale_is_clipped_at_the_minimum_temperature(tiny_model_and_params
     params = {**params, "global_log_scale": jnp.asarray(50.0)}
     scales = model.apply({"params": params}, method=ELAModel.logit_scales)
     np.testing.assert_allclose(scales["global"], 1.0 / model.config.min_temperature, rtol=1e-5)
+
+
+# --- issue 9's faster layers compute what the library layers they replace compute (same parameters, same values)
+
+
+def _reference_attention(params, x, key_mask, num_heads):
+    """nn.DenseGeneral projections + jax.nn.dot_product_attention: what layers.MultiHeadAttention replaced."""
+    width = x.shape[-1]
+    project = lambda name: nn.DenseGeneral((num_heads, width // num_heads)).apply(  # noqa: E731
+        {"params": params[name]}, x
+    )
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    attended = jax.nn.dot_product_attention(project("query"), project("key"), project("value"), mask=mask)
+    return nn.DenseGeneral(width, axis=(-2, -1)).apply({"params": params["output"]}, attended)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_matches_dense_general_plus_dot_product_attention(masked):
+    from ela_jax.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (3, 7, 24))
+    key_mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [1]])) if masked else None
+    attention = layers.MultiHeadAttention(num_heads=3)
+    params = nn.unbox(attention.init(jax.random.key(1), x, key_mask)["params"])
+    reference = nn.DenseGeneral((3, 8), kernel_init=layers.default_kernel_init).init(jax.random.key(2), x)
+    assert jax.tree.map(jnp.shape, params["query"]) == jax.tree.map(jnp.shape, reference["params"])
+
+    def losses(fn):
+        return jax.value_and_grad(lambda p: jnp.sum(fn(p) * jnp.cos(jnp.arange(24.0))))(params)
+
+    ours = losses(lambda p: attention.apply({"params": p}, x, key_mask))
+    theirs = losses(lambda p: _reference_attention(p, x, key_mask, 3))
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), ours[1], theirs[1])
+
+
+def test_attention_projection_init_matches_dense_general():
+    """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where they started before issue 9."""
+    from ela_jax.models import layers
+
+    x = jnp.ones((1, 2, 24))
+    ours = nn.unbox(layers.HeadProjection(3, 8).init(jax.random.key(5), 24))["params"]["kernel"]
+    theirs = nn.DenseGeneral((3, 8), kernel_init=layers.default_kernel_init).init(jax.random.key(5), x)["params"]
+    np.testing.assert_array_equal(ours, theirs["kernel"])
+
+
+def test_gelu_erf_form_matches_nn_gelu_and_its_gradient():
+    from ela_jax.models import layers
+
+    x = jnp.linspace(-9.0, 9.0, 1001)
+    # 1 + erf cancels to 0 in the far negative tail (|gelu| < 1e-6 there), as in PyTorch: absolute tolerance.
+    np.testing.assert_allclose(layers.gelu(x, False), nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    grad = jax.vmap(jax.grad(lambda v: layers.gelu(v, False)))(x)
+    np.testing.assert_allclose(grad, jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(x), atol=1e-6)
+
+
+def test_patch_embedding_matches_the_strided_convolution():
+    from ela_jax.models.vit import PatchEmbedding
+
+    pixels = jax.random.normal(jax.random.key(0), (2, 10, 8, 3))  # 10 rows: VALID drops the last two
+    ours = PatchEmbedding(width=5, patch_size=4)
+    params = nn.unbox(ours.init(jax.random.key(1), pixels)["params"])
+    conv = nn.Conv(5, kernel_size=(4, 4), strides=(4, 4), padding="VALID")
+    expected = conv.apply({"params": params}, pixels).reshape(2, -1, 5)
+    np.testing.assert_allclose(ours.apply({"params": params}, pixels), expected, rtol=1e-5, atol=1e-6)

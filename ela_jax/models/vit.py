@@ -11,6 +11,27 @@ import ml_collections
 from ela_jax.models import layers
 
 
+class PatchEmbedding(nn.Module):
+    """nn.Conv(kernel = stride = patch) with the same parameters, computed as one matmul over flattened patches: the
+    same values, and XLA:CPU runs the dot's backward faster than the convolution's (issue 9)."""
+
+    width: int
+    patch_size: int
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        """[batch, H, W, channels] -> [batch, (H / patch) * (W / patch), width], patches in row-major order."""
+        size, channels = self.patch_size, pixels.shape[-1]
+        kernel_init = layers.partitioned(layers.default_kernel_init, "patch", None, "channels", "embed")
+        kernel = self.param("kernel", kernel_init, (size, size, channels, self.width))
+        bias = self.param("bias", layers.partitioned(nn.initializers.zeros, "embed"), (self.width,))
+        rows, columns = pixels.shape[1] // size * size, pixels.shape[2] // size * size  # VALID drops the remainder
+        grid = einops.rearrange(pixels[:, :rows, :columns], "b (h p) (w q) c -> b (h w) (p q c)", p=size, q=size)
+        flat_kernel = kernel.reshape(size * size * channels, self.width).astype(self.dtype)
+        return jnp.einsum("bnk,kd->bnd", grid.astype(self.dtype), flat_kernel) + bias.astype(self.dtype)
+
+
 class VisionTransformer(nn.Module):
     config: ml_collections.ConfigDict  # model.image
     remat: bool = False
@@ -22,17 +43,7 @@ class VisionTransformer(nn.Module):
     def __call__(self, pixels: jax.Array) -> jax.Array:
         """pixels: normalised float [batch, H, W, 3] -> hidden states [batch, 1 + patches, width] (CLS first)."""
         config = self.config
-        patches = nn.Conv(
-            config.width,
-            kernel_size=(config.patch_size, config.patch_size),
-            strides=(config.patch_size, config.patch_size),
-            padding="VALID",
-            dtype=self.dtype,
-            kernel_init=layers.partitioned(layers.default_kernel_init, "patch", None, "channels", "embed"),
-            bias_init=layers.partitioned(nn.initializers.zeros, "embed"),
-            name="patch_embedding",
-        )(pixels)
-        patches = einops.rearrange(patches, "b h w d -> b (h w) d")
+        patches = PatchEmbedding(config.width, config.patch_size, dtype=self.dtype, name="patch_embedding")(pixels)
         batch, num_patches, width = patches.shape
         cls_token = self.param(
             "cls_token", layers.partitioned(layers.default_kernel_init, None, None, "embed"), (1, 1, width)
