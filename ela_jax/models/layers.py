@@ -98,9 +98,9 @@ class MultiHeadAttention(nn.Module):
         ]
         kernel = jnp.stack([kernel for kernel, _ in params], axis=1).astype(self.dtype)  # [embed, 3, heads, kv]
         bias = jnp.stack([bias for _, bias in params]).astype(self.dtype)  # [3, heads, kv]
-        qkv = jnp.einsum("blw,wthd->blthd", x.astype(self.dtype), kernel) + bias
-        query = qkv[:, :, 0] * jnp.asarray(1.0 / np.sqrt(head_dim), self.dtype)
-        return query, qkv[:, :, 1], qkv[:, :, 2]
+        # q/k/v leading: each is then a contiguous slab, and splitting them copies nothing.
+        qkv = jnp.einsum("blw,wthd->tblhd", x.astype(self.dtype), kernel) + bias[:, None, None]
+        return qkv[0] * jnp.asarray(1.0 / np.sqrt(head_dim), self.dtype), qkv[1], qkv[2]
 
 
 class MLP(nn.Module):
