@@ -122,9 +122,9 @@ def build_segment(levels: sparse.csr_matrix, weight_bits: int) -> Segment:
         weights.append(pack_bits(postings.data[start:end].astype(np.int64), weight_bits))
     high_bytes, high_offsets = _concatenated(high)
     low_bytes, low_offsets = _concatenated(low)
-    low_bytes = np.concatenate([low_bytes, np.zeros(LOW_PADDING, np.uint8)])
+    low_bytes = np.concatenate([low_bytes, np.zeros(FIELD_PADDING, np.uint8)])
     weight_bytes, weight_offsets = _concatenated(weights)
-    weight_bytes = np.concatenate([weight_bytes, np.zeros(LOW_PADDING, np.uint8)])
+    weight_bytes = np.concatenate([weight_bytes, np.zeros(FIELD_PADDING, np.uint8)])
     return Segment(
         universe,
         np.diff(postings.indptr).astype(np.int64),
@@ -144,7 +144,7 @@ _SET_BIT_INDEXES = np.array(
     [[bit for bit in range(8) if value & (0x80 >> bit)] + [0] * (8 - bin(value).count("1")) for value in range(256)],
     np.int64,
 )
-LOW_PADDING = 8  # zero bytes after packed fields, so that a 4-byte read near the end stays in bounds
+FIELD_PADDING = 8  # zero bytes after packed fields, so that a 4-byte read near the end stays in bounds
 MAX_FIELD_WIDTH = 25  # a field is read through one 32-bit window starting at any of a byte's 8 bits
 
 
@@ -269,11 +269,11 @@ class CompressedSparseIndex(index.Retriever):
         return levels
 
     def add(self, vectors) -> None:
-        rows = index._non_negative(index.as_sparse_rows(vectors, self.vocab_size), "document")
+        rows = index.non_negative_rows(vectors, self.vocab_size, "document")
         self.segments.append(build_segment(self.quantise(rows), self.weight_bits))
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = index._non_negative(index.as_sparse_rows(queries, self.vocab_size), "query")
+        queries = index.non_negative_rows(queries, self.vocab_size, "query")
         scores = np.full((queries.shape[0], k), -np.inf, np.float64)
         ids = np.full((queries.shape[0], k), index.PAD_ID, np.int64)
         for row in range(queries.shape[0]):

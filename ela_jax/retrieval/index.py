@@ -73,14 +73,14 @@ class ExactSparseIndex(Retriever):
         return int(self._postings.indptr.nbytes + self._postings.indices.nbytes + self._postings.data.nbytes)
 
     def add(self, vectors) -> None:
-        new_postings = _non_negative(as_sparse_rows(vectors, self.vocab_size), "document").T.tocsr()  # [vocab, new]
+        new_postings = non_negative_rows(vectors, self.vocab_size, "document").T.tocsr()  # [vocab, new]
         if self.num_documents:
             new_postings = sparse.hstack([self._postings, new_postings], format="csr")
         new_postings.sort_indices()
         self._postings = new_postings
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = _non_negative(as_sparse_rows(queries, self.vocab_size), "query")
+        queries = non_negative_rows(queries, self.vocab_size, "query")
         scores = np.empty((queries.shape[0], k), np.float64)
         ids = np.empty((queries.shape[0], k), np.int64)
         for row in range(queries.shape[0]):
@@ -114,10 +114,12 @@ class ExactSparseIndex(Retriever):
         return _padded(candidate_scores[order], candidates[order], k)
 
 
-def _non_negative(rows: sparse.csr_matrix, what: str) -> sparse.csr_matrix:
+def non_negative_rows(vectors, vocab_size: int, what: str) -> sparse.csr_matrix:
+    """as_sparse_rows, refusing negative weights: the inverted indexes score non-negative lexicon weights only."""
+    rows = as_sparse_rows(vectors, vocab_size)
     if rows.nnz and rows.data.min() < 0:
         raise ValueError(
-            f"a {what} vector has weight {rows.data.min()}; the exact sparse index scores non-negative "
+            f"a {what} vector has weight {rows.data.min()}; the sparse indexes score non-negative "
             "lexicon weights only (log(1 + ReLU) or its quantisation)"
         )
     return rows
