@@ -8,6 +8,10 @@ Command-line overrides change the base config; each grid entry's overrides then 
 finished when its `eval/results.json` exists; rerunning the command skips finished runs and resumes a half-finished
 one from its latest checkpoint, so a killed grid loses at most one checkpoint interval. The table is rewritten after
 every finished run, so partial results are always on disk.
+
+Several workers may share one grid (two processes pinned to a core each, or one per machine on a shared disk): a
+worker claims a run with an exclusive lock file in its workdir and the others skip it. A lock left by a dead process
+on the same host is taken over; one from another host stays until it is deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import socket
 import sys
 
 import jax
@@ -30,6 +35,7 @@ from ela_jax.cli import quiet_libraries
 
 RESULTS_FILE = os.path.join("eval", "results.json")
 RUN_SPEC_FILE = "ablation_run.json"
+LOCK_FILE = "ablation.lock"
 METRICS = (
     ("text_retrieval_recall@1", "I→T R@1"),
     ("text_retrieval_recall@5", "R@5"),
@@ -56,6 +62,7 @@ class Entry:
 class GridReport:
     trained: list[str]  # "entry/seedN" of the runs trained (or resumed) by this invocation
     skipped: list[str]  # already finished before it started
+    busy: list[str]  # claimed by another live worker
     failed: dict[str, str]  # run -> one-line reason; retried by the next invocation
     table: dict
 
@@ -144,6 +151,47 @@ def is_finished(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run(workdir: str) -> bool:
+    """Creates workdir's lock file exclusively; False while another live worker holds it."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+            except (OSError, ValueError):
+                return False  # being written by its owner right now
+            if holder.get("host") != owner["host"] or _process_alive(int(holder.get("pid", -1))):
+                return False
+            os.remove(path)  # its process died on this host: the run is free to resume
+            continue
+        with os.fdopen(descriptor, "w") as f:
+            json.dump(owner, f)
+        return True
+    return False
+
+
+def release_run(workdir: str) -> None:
+    try:
+        os.remove(os.path.join(workdir, LOCK_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def schedule(entries: list[Entry], seeds: list[int]) -> list[tuple[Entry, int]]:
     """Seed-major order: every entry's first seed before any second seed, so a partial grid covers every row."""
     order = []
@@ -152,31 +200,50 @@ def schedule(entries: list[Entry], seeds: list[int]) -> list[tuple[Entry, int]]:
     return order
 
 
-def run_grid(base: ml_collections.ConfigDict, entries: list[Entry], seeds: list[int], root: str) -> GridReport:
-    """Trains every unfinished (entry, seed) under root/<entry>/seed<N>, rewriting the table after each run."""
+def train_run(base: ml_collections.ConfigDict, entry: Entry, seed: int, workdir: str) -> tuple[str, str]:
+    """Trains (or resumes) one claimed run: ("trained" | "preempted" | "failed", step or one-line reason)."""
     from ela_jax.training import loop  # imports JAX's backends; the CLI sets logging up first
 
-    report = GridReport(trained=[], skipped=[], failed={}, table={})
+    try:
+        spec = run_spec(entry, seed)
+        check_run_spec(workdir, spec)
+        config = entry_config(base, entry, seed)
+        write_run_spec(workdir, spec)
+        results = loop.train(config, workdir)
+    except (config_lib.ConfigError, loop.TrainingDiverged, FileNotFoundError, jax.errors.JaxRuntimeError) as error:
+        return "failed", str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "preempted_at_step" in results:
+        return "preempted", str(results["preempted_at_step"])
+    return "trained", ""
+
+
+def run_grid(base: ml_collections.ConfigDict, entries: list[Entry], seeds: list[int], root: str) -> GridReport:
+    """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N>, rewriting the table after each
+    run."""
+    report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
     for entry, seed in schedule(entries, seeds):
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
         if is_finished(workdir):
             report.skipped.append(name)
             continue
-        print(f"== {name}: {entry.overrides}", flush=True)
+        if not claim_run(workdir):
+            report.busy.append(name)
+            continue
         try:
-            spec = run_spec(entry, seed)
-            check_run_spec(workdir, spec)
-            config = entry_config(base, entry, seed)
-            write_run_spec(workdir, spec)
-            results = loop.train(config, workdir)
-        except (config_lib.ConfigError, loop.TrainingDiverged, FileNotFoundError, jax.errors.JaxRuntimeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"   {name} failed: {reason}", flush=True)
-            report.failed[name] = reason
+            if is_finished(workdir):  # finished by another worker between the check and the claim
+                report.skipped.append(name)
+                continue
+            print(f"== {name}: {entry.overrides}", flush=True)
+            outcome, detail = train_run(base, entry, seed, workdir)
+        finally:
+            release_run(workdir)
+        if outcome == "preempted":
+            print(f"   preempted at step {detail}; rerun the command to resume", flush=True)
+            break
+        if outcome == "failed":
+            print(f"   {name} failed: {detail}", flush=True)
+            report.failed[name] = detail
         else:
-            if "preempted_at_step" in results:
-                print(f"   preempted at step {results['preempted_at_step']}; rerun the command to resume", flush=True)
-                break
             report.trained.append(name)
         report.table = write_outputs(entries, seeds, root, report.failed)
     report.table = write_outputs(entries, seeds, root, report.failed)
@@ -290,11 +357,16 @@ def write_outputs(entries: list[Entry], seeds: list[int], root: str, failed: dic
     """table.json, table.md and ablation.png under root; returns the table."""
     table = summarise(entries, seeds, root, failed)
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "table.json"), "w") as f:
+    # Written aside and renamed: workers sharing the grid rewrite these concurrently, and a reader never sees half.
+    prefix = f".tmp.{socket.gethostname()}.{os.getpid()}."  # the extension stays last: matplotlib reads the format
+    outputs = {name: os.path.join(root, prefix + name) for name in ("table.json", "table.md", "ablation.png")}
+    with open(outputs["table.json"], "w") as f:
         json.dump(table, f, indent=1)
-    with open(os.path.join(root, "table.md"), "w") as f:
+    with open(outputs["table.md"], "w") as f:
         f.write(markdown_table(table))
-    bar_chart(table, os.path.join(root, "ablation.png"))
+    bar_chart(table, outputs["ablation.png"])
+    for name, path in outputs.items():
+        os.replace(path, os.path.join(root, name))
     return table
 
 
@@ -317,7 +389,8 @@ def main(argv) -> None:
     report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value)
     print(markdown_table(report.table))
     print(
-        f"trained {len(report.trained)}, already finished {len(report.skipped)}, failed {len(report.failed)}; "
+        f"trained {len(report.trained)}, already finished {len(report.skipped)}, held by other workers "
+        f"{len(report.busy)}, failed {len(report.failed)}; "
         f"tables and plot in {_WORKDIR.value}"
     )
     if report.failed:

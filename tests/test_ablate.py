@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -135,3 +138,32 @@ def test_every_entry_of_the_shipped_grid_is_a_valid_demo_config():
         assert config.seed == 1
     with pytest.raises(KeyError, match="no_such_grid"):
         ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), "no_such_grid")
+
+
+def test_workers_share_a_grid_through_run_locks(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("done", {}, seeds=1), ablate.Entry("held", {}, seeds=1)]
+    write_results(root, "done/seed0", 50.0, None)
+    held = os.path.join(root, "held", "seed0")
+    assert ablate.claim_run(held) and not ablate.claim_run(held)  # this process holds it now
+
+    report = ablate.run_grid(make_tiny_config(), entries, [0], root)
+    assert report.skipped == ["done/seed0"] and report.busy == ["held/seed0"] and not report.trained
+    assert os.path.isfile(os.path.join(held, ablate.LOCK_FILE))  # another worker's lock is left alone
+    assert sorted(os.listdir(root)) == ["ablation.png", "done", "held", "table.json", "table.md"]  # no temp files
+
+    ablate.release_run(held)
+    assert ablate.claim_run(held)
+    ablate.release_run(held)
+
+    # A lock left by a process that died on this host is taken over; one from another host is respected.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = os.path.join(held, ablate.LOCK_FILE)
+    with open(lock, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": int(finished.stdout)}, f)
+    assert ablate.claim_run(held)
+    with open(lock) as f:
+        assert json.load(f)["pid"] == os.getpid()
+    with open(lock, "w") as f:
+        json.dump({"host": "another-machine", "pid": int(finished.stdout)}, f)
+    assert not ablate.claim_run(held)
