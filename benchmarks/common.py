@@ -143,7 +143,7 @@ class JaxStep:
 
     def step(self, batch: dict) -> dict:
         """One update in place; returns the step's metrics (not waited on)."""
-        with self.experiment.mesh, self._nn.logical_axis_rules(self._rules):
+        with self._parallel.sharding_context(self.experiment.mesh, self._rules):
             self.state, metrics = self.jitted(self.state, batch)
         return metrics
 

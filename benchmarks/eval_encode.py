@@ -42,13 +42,12 @@ def main(argv=None) -> dict:
         sys.exit("eval_encode: --config ela_b16 is an accelerator measurement; use --smoke to check the code path")
     if args.batch_size:
         config.eval.batch_size = args.batch_size
-    from ela_jax.evaluation.encode import Encoder
     from ela_jax.experiment import Experiment
 
     machine = common.machine()
     experiment = Experiment.build(config, common.tempfile.mkdtemp(prefix="ela_bench_"))
     params = experiment.state_factory().create(config.seed).params
-    encoder = Encoder(experiment.model, params, experiment.mesh, config.eval.batch_size)
+    encoder = experiment.encoder(params, config.eval.batch_size)
     images = common.world_batch(config, experiment.tokenizer, args.images)["images"]
     captions = common.world_batch(config, experiment.tokenizer, args.captions)
     token_ids, mask = captions["token_ids"], captions["mask"]

@@ -58,9 +58,9 @@ def op_kind(instruction: str, origin: str) -> str:
 
 def compiled_hlo(runner, batch) -> str:
     """The optimised HLO of the step as the runner compiled it (same shardings, mesh and axis rules)."""
-    import flax.linen as nn
+    from ela_jax import parallel
 
-    with runner.experiment.mesh, nn.logical_axis_rules(runner._rules):
+    with parallel.sharding_context(runner.experiment.mesh, runner._rules):
         return runner.jitted.lower(runner.state, batch).compile().as_text()
 
 

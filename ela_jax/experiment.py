@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.convert import from_pytorch
+from ela_jax.evaluation.encode import Encoder
 from ela_jax.data import tokenizer as tokenizer_lib
 from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel
@@ -48,6 +49,10 @@ class Experiment:
         from_pytorch.apply_hf_architecture(config)
         mesh = parallel.create_mesh(config.mesh)
         return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
+
+    def encoder(self, params, batch_size: int) -> Encoder:
+        """Batched encoding with these params on this experiment's mesh and axis rules."""
+        return Encoder(self.model, params, self.mesh, parallel.logical_rules(self.config.mesh), batch_size)
 
     def optimizer(self):
         return optimizer_lib.make_optimizer(self.config.optim, self.config.total_steps)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ela_jax.evaluation.encode import Encoder
 from ela_jax.experiment import Experiment, load_config
 
 
@@ -15,7 +14,7 @@ class ELAInference:
     def __init__(self, experiment: Experiment, params, batch_size: int = 256):
         self.experiment = experiment
         self.tokenizer = experiment.tokenizer
-        self.encoder = Encoder(experiment.model, params, experiment.mesh, batch_size)
+        self.encoder = experiment.encoder(params, batch_size)
 
     @property
     def params(self):

@@ -201,6 +201,16 @@ def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in mesh_config.rules)
 
 
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules):
+    """The mesh and logical axis rules that the models' activation constraints resolve against while tracing.
+
+    `jax.set_mesh`, not the deprecated `with mesh:`: Flax reads the abstract mesh, which only `set_mesh` sets, so
+    under `with mesh:` every `nn.with_logical_constraint` silently does nothing."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
 def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules) -> Any:
     """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

@@ -18,7 +18,6 @@ def main(argv) -> None:
     del argv
     experiment = evaluate.experiment_from_flags()
     from ela_jax.evaluation import zeroshot
-    from ela_jax.evaluation.encode import Encoder
 
     config, workdir = experiment.config, experiment.workdir
     zeroshot_config = config.eval.zeroshot
@@ -28,7 +27,7 @@ def main(argv) -> None:
         sys.exit(f"zero-shot data error: {error}")
     templates = tuple(zeroshot_config.templates) or zeroshot.default_templates(zeroshot_config.dataset)
     state = experiment.restore_state(flags.FLAGS.step)
-    encoder = Encoder(experiment.model, state.params, experiment.mesh, config.eval.batch_size)
+    encoder = experiment.encoder(state.params, config.eval.batch_size)
     results = zeroshot.evaluate_zeroshot(encoder, experiment.tokenizer, dataset, templates, config.eval)
     results = {"step": int(state.step), "dataset": zeroshot_config.dataset, "split": zeroshot_config.split, **results}
     evaluate.write_on_chief(os.path.join(workdir, "eval", "zeroshot.json"), results)

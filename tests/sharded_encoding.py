@@ -10,7 +10,6 @@ import jax
 import numpy as np
 
 from ela_jax import parallel
-from ela_jax.evaluation.encode import Encoder
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
 from tests.conftest import make_tiny_config
@@ -32,7 +31,7 @@ def main(data: int, fsdp: int, workdir: str) -> None:
         lambda p, ids, m: experiment.model.apply({"params": p}, ids, m, method=ELAModel.encode_text)
     )(params, token_ids, mask)
     sharded_params = jax.device_put(params, parallel.replicated(experiment.mesh))
-    encoder = Encoder(experiment.model, sharded_params, experiment.mesh, batch_size=4)
+    encoder = experiment.encoder(sharded_params, batch_size=4)
     encoded_images = encoder.encode_images(images, with_fine=True)
     encoded_texts = encoder.encode_tokens(token_ids, mask, with_fine=True)
     differences = {}

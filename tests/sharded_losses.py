@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +51,7 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
     )
     history = []
     for batch in fixed_batches(experiment.tokenizer.vocab_size, steps):
-        with experiment.mesh, nn.logical_axis_rules(parallel.logical_rules(config.mesh)):
+        with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):
             state, metrics = step_fn(state, parallel.host_batch_to_global(batch, experiment.mesh))
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     report = parallel.sharding_report(experiment.mesh, factory.param_shardings, factory.abstract_params)

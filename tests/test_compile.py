@@ -3,7 +3,6 @@ the same shapes, dtypes and shardings, and the donated state comes back with the
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -64,7 +63,7 @@ def run_steps(jitted_step, state, host_batches) -> tuple:
     losses = []
     for host_batch in host_batches:
         batch = parallel.host_batch_to_global(host_batch, mesh)
-        with mesh, nn.logical_axis_rules(rules):
+        with parallel.sharding_context(mesh, rules):
             state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
     return state, losses
@@ -88,6 +87,6 @@ def test_compile_counter_sees_a_new_batch_shape(jitted_step):
     """The counter is not blind: a batch of another size makes the step trace again (lowered only, not compiled)."""
     train_step, factory, host_batches, mesh, rules = jitted_step
     smaller = {key: jax.ShapeDtypeStruct((8, *value.shape[1:]), value.dtype) for key, value in host_batches[0].items()}
-    with CompileCounter() as counter, mesh, nn.logical_axis_rules(rules):
+    with CompileCounter() as counter, parallel.sharding_context(mesh, rules):
         train_step.lower(factory.abstract_with_shardings(), smaller)
     assert any("train_step" in name for name in counter.traced), counter.traced

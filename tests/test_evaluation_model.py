@@ -14,7 +14,6 @@ import pytest
 
 from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluator, retrieval, zeroshot
-from ela_jax.evaluation.encode import Encoder
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
 from tests.conftest import make_tiny_config
@@ -29,7 +28,7 @@ def tiny(tmp_path_factory):
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("tiny")))
     images, token_ids, mask = np.zeros((1, 32, 32, 3), np.uint8), np.ones((1, 16), np.int32), np.ones((1, 16), bool)
     params = jax.jit(lambda key: experiment.model.init(key, images, token_ids, mask))(jax.random.key(0))["params"]
-    return config, experiment, Encoder(experiment.model, params, experiment.mesh, config.eval.batch_size)
+    return config, experiment, experiment.encoder(params, config.eval.batch_size)
 
 
 def test_chunked_padded_encoding_equals_one_apply_of_the_model(tiny):

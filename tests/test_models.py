@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -177,6 +179,10 @@ def test_attention_projection_init_matches_dense_general():
     ours = nn.unbox(layers.HeadProjection(3, 8).init(jax.random.key(5), 24))["params"]["kernel"]
     theirs = nn.DenseGeneral((3, 8), kernel_init=layers.default_kernel_init).init(jax.random.key(5), x)["params"]
     np.testing.assert_array_equal(ours, theirs["kernel"])
+    heads = jnp.ones((1, 2, 3, 8))
+    ours = nn.unbox(layers.HeadMerge().init(jax.random.key(6), heads, 24))["params"]["kernel"]
+    theirs = nn.DenseGeneral(24, axis=(-2, -1), kernel_init=layers.default_kernel_init).init(jax.random.key(6), heads)
+    np.testing.assert_array_equal(ours, theirs["params"]["kernel"])
 
 
 def test_gelu_erf_form_matches_nn_gelu_and_its_gradient():
@@ -198,3 +204,25 @@ def test_patch_embedding_matches_the_strided_convolution():
     conv = nn.Conv(5, kernel_size=(4, 4), strides=(4, 4), padding="VALID")
     expected = conv.apply({"params": params}, pixels).reshape(2, -1, 5)
     np.testing.assert_allclose(ours.apply({"params": params}, pixels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_activation_constraints_reach_the_trace_under_the_sharding_context():
+    """parallel.sharding_context turns the models' nn.with_logical_constraint calls into sharding constraints on the
+    mesh axes the rules name (under the deprecated `with mesh:` Flax saw no mesh and they silently did nothing)."""
+    from ela_jax import parallel
+
+    config = config_lib.base_config()
+    model = model_for(config_lib.tiny_model(), vocab_size=256)
+    size = config_lib.tiny_model().image.image_size
+    images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8)
+    tokens = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+    mask = jax.ShapeDtypeStruct((2, 8), jnp.bool_)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens, mask)
+    mesh = parallel.create_mesh(config.mesh)
+    with parallel.sharding_context(mesh, parallel.logical_rules(config.mesh)):
+        jaxpr = jax.make_jaxpr(model.apply)(variables, images, tokens, mask)
+    # Printed, the jaxpr shows every constraint with its spec, nested scopes (remat, scan) included.
+    specs = re.findall(r"spec=(P\([^\n]*\))\)\n", str(jaxpr))
+    assert "P(('data', 'fsdp'), None, None)" in specs  # tower hidden states (act_batch, act_len, act_embed)
+    assert "P(('data', 'fsdp'), None, 'tensor', None)" in specs  # attention heads
+    assert "P(('data', 'fsdp'), None, 'tensor')" in specs  # patch / token vocabulary logits

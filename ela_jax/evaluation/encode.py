@@ -21,8 +21,10 @@ class Encoder:
     """Encodes host arrays in fixed-size chunks (the last one padded, so each function compiles once), each chunk
     sharded over the mesh's batch axes. Every process passes the same full arrays and gets the full results."""
 
-    def __init__(self, model: ELAModel, params, mesh: Mesh, batch_size: int):
-        self.model, self.params, self.mesh = model, params, mesh
+    def __init__(self, model: ELAModel, params, mesh: Mesh, rules, batch_size: int):
+        """`rules`: the logical axis rules of the config's mesh (parallel.logical_rules), for the models' activation
+        constraints."""
+        self.model, self.params, self.mesh, self.rules = model, params, mesh, rules
         batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
         self.batch_size = -(-batch_size // batch_devices) * batch_devices
 
@@ -58,7 +60,7 @@ class Encoder:
             chunk = [a[start : start + self.batch_size] for a in arrays]
             real = len(chunk[0])
             padded = [np.concatenate([c, np.repeat(c[-1:], self.batch_size - real, axis=0)]) for c in chunk]
-            with self.mesh:
+            with parallel.sharding_context(self.mesh, self.rules):
                 outputs = fn(self.params, *(self._global_chunk(p) for p in padded), keep)
             # Every process gets every row back (on one process this is a plain device_get).
             outputs = multihost_utils.process_allgather(outputs, tiled=True)

@@ -38,11 +38,14 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
-def _flat_kernel_init(init):
-    """`init` drawn at [fan_in, prod(rest)] and reshaped: the values nn.DenseGeneral gives the same key and shape."""
+def _flat_kernel_init(init, fan_in_axes: int = 1):
+    """`init` drawn at [prod(fan_in), prod(rest)] and reshaped: the values nn.DenseGeneral gives the same key and
+    shape. Boxed for partitioning after the reshape: DenseGeneral boxes before it, and under a mesh Flax then
+    constrains the flat kernel with the full kernel's axis names (a rank error while checking parameter shapes)."""
 
     def wrapped(rng, shape, dtype=jnp.float32):
-        return jnp.reshape(init(rng, (shape[0], int(np.prod(shape[1:]))), dtype), shape)
+        flat = (int(np.prod(shape[:fan_in_axes])), int(np.prod(shape[fan_in_axes:])))
+        return jnp.reshape(init(rng, flat, dtype), shape)
 
     return wrapped
 
@@ -63,6 +66,21 @@ class HeadProjection(nn.Module):
         return kernel, bias
 
 
+class HeadMerge(nn.Module):
+    """[batch, len, heads, kv] -> [batch, len, embed]: nn.DenseGeneral(axis=(-2, -1))'s names, shapes, initial values
+    and result, with the kernel boxed after its reshape (see _flat_kernel_init)."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, width: int) -> jax.Array:
+        kernel_init = partitioned(_flat_kernel_init(default_kernel_init, fan_in_axes=2), "heads", "kv", "embed")
+        kernel = self.param("kernel", kernel_init, (*x.shape[-2:], width))
+        bias = self.param("bias", partitioned(nn.initializers.zeros, "embed"), (width,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.einsum("blhd,hde->ble", x, kernel) + bias
+
+
 class MultiHeadAttention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -80,14 +98,7 @@ class MultiHeadAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
         attended = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
         attended = nn.with_logical_constraint(attended, ("act_batch", "act_len", "act_heads", None))
-        return nn.DenseGeneral(
-            features=width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            kernel_init=partitioned(default_kernel_init, "heads", "kv", "embed"),
-            bias_init=partitioned(nn.initializers.zeros, "embed"),
-            name="output",
-        )(attended)
+        return HeadMerge(dtype=self.dtype, name="output")(attended, width)
 
     def project_qkv(self, x: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Query (pre-scaled by 1 / sqrt(head_dim)), key and value as one [embed] x [embed, 3, heads, kv] matmul:

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 
-import flax.linen as nn
 import jax
 import ml_collections
 import tqdm
@@ -17,7 +16,6 @@ from jax.experimental import multihost_utils
 from ela_jax import parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
-from ela_jax.evaluation.encode import Encoder
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
@@ -105,7 +103,7 @@ class Evaluation:
         config = self.experiment.config
         if self.dataset is None:
             self.dataset = pipeline.retrieval_set(config.data, "test")
-            self.encoder = Encoder(self.experiment.model, params, self.experiment.mesh, config.eval.batch_size)
+            self.encoder = self.experiment.encoder(params, config.eval.batch_size)
         self.encoder.params = params
         results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
         return {"step": int(step), "split": "test", **results}
@@ -216,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
-            with mesh, nn.logical_axis_rules(rules):
+            with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             bad_steps.observe(step, metrics, last_checkpoint)
             window_steps += 1

@@ -119,12 +119,12 @@ class StateFactory:
         )
 
     def create(self, seed: int) -> TrainState:
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with parallel.sharding_context(self.mesh, self.rules):
             return jax.jit(self._create, out_shardings=self.shardings)(jax.random.key(seed))
 
     def from_params(self, params: Any) -> TrainState:
         """A fresh state (step 0, new optimizer state, teacher) around given params, e.g. imported weights."""
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with parallel.sharding_context(self.mesh, self.rules):
             return jax.jit(self.state_from_params, in_shardings=(self.param_shardings,), out_shardings=self.shardings)(
                 params
             )
