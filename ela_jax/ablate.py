@@ -84,6 +84,16 @@ def load_grid(path: str, name: str) -> list[Entry]:
     return entries
 
 
+def select_entries(entries: list[Entry], names: list[str]) -> frozenset[str] | None:
+    """--entries as a set of names (None: all); an unknown name is an error, not an empty run."""
+    if not names:
+        return None
+    unknown = sorted(set(names) - {entry.name for entry in entries})
+    if unknown:
+        raise ValueError(f"--entries names no entry of the grid: {', '.join(unknown)}")
+    return frozenset(names)
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -217,11 +227,17 @@ def train_run(base: ml_collections.ConfigDict, entry: Entry, seed: int, workdir:
     return "trained", ""
 
 
-def run_grid(base: ml_collections.ConfigDict, entries: list[Entry], seeds: list[int], root: str) -> GridReport:
-    """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N>, rewriting the table after each
-    run."""
+def run_grid(
+    base: ml_collections.ConfigDict,
+    entries: list[Entry],
+    seeds: list[int],
+    root: str,
+    only: frozenset[str] | None = None,
+) -> GridReport:
+    """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N> (of the entries named in `only`,
+    when given), rewriting the table of the whole grid after each run."""
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
-    for entry, seed in schedule(entries, seeds):
+    for entry, seed in schedule([entry for entry in entries if only is None or entry.name in only], seeds):
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
         if is_finished(workdir):
             report.skipped.append(name)
@@ -374,6 +390,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (con
 _GRID = flags.DEFINE_string("grid", "ela", "Name of the grid in --grid_file.")
 _GRID_FILE = flags.DEFINE_string("grid_file", "configs/ablation.py", "Python file defining GRIDS = {name: [Entry]}.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Seeds (config.seed); each entry runs the first `entry.seeds`.")
+_ENTRIES = flags.DEFINE_list(
+    "entries",
+    [],
+    "Train only these entries of the grid (e.g. to put one row first or on another machine); the table "
+    "still covers every entry.",
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Root of the per-run workdirs and the table.")
 flags.mark_flags_as_required(["config"])
 
@@ -384,9 +406,10 @@ def main(argv) -> None:
     try:
         entries = load_grid(_GRID_FILE.value, _GRID.value)
         seeds = parse_seeds(_SEEDS.value)
+        only = select_entries(entries, _ENTRIES.value)
     except (FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"ablation error: {error}")
-    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value)
+    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value, only)
     print(markdown_table(report.table))
     print(
         f"trained {len(report.trained)}, already finished {len(report.skipped)}, held by other workers "

@@ -151,6 +151,12 @@ def test_workers_share_a_grid_through_run_locks(tmp_path):
     assert report.skipped == ["done/seed0"] and report.busy == ["held/seed0"] and not report.trained
     assert os.path.isfile(os.path.join(held, ablate.LOCK_FILE))  # another worker's lock is left alone
     assert sorted(os.listdir(root)) == ["ablation.png", "done", "held", "table.json", "table.md"]  # no temp files
+    only_done = ablate.run_grid(make_tiny_config(), entries, [0], root, ablate.select_entries(entries, ["done"]))
+    assert only_done.skipped == ["done/seed0"] and not only_done.busy  # `held` is not this worker's to try
+    assert [row["entry"] for row in only_done.table["rows"]] == ["done", "held"]  # the table covers the whole grid
+    assert ablate.select_entries(entries, []) is None
+    with pytest.raises(ValueError, match="no entry of the grid: typo"):
+        ablate.select_entries(entries, ["done", "typo"])
 
     ablate.release_run(held)
     assert ablate.claim_run(held)
