@@ -1,8 +1,11 @@
 """Ablation grids for `python -m ela_jax.ablate` (issue 8): each entry is a name, dotted overrides of the base config
-(configs/demo.py: ELA with caption words only, beta = 0) and a seed count (the key rows get 3, the rest 2).
+and a seed count (the key rows get 3, the rest 2). The base is configs/demo.py with the soft-CE loss form it had when
+the grid ran (ELA on caption words only, beta = 0); the demo now defaults to `lex_contrastive`, the grid's best row.
 
-Run: python -m ela_jax.ablate --config configs/demo.py --grid ela --seeds 0,1,2 --workdir runs/ablation
-     python -m ela_jax.ablate --config configs/demo.py --grid minilm --seeds 0,1 --workdir runs/ablation/minilm
+Run: python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
+         --workdir runs/ablation
+     python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid minilm --seeds 0,1 \
+         --workdir runs/ablation/minilm
 """
 
 import os
@@ -50,7 +53,7 @@ GRIDS = {
     "ela": [
         entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
         entry("filip", {**NO_LEXICON, "objective.fine_weight": 1.0}, description="CLIP + FILIP token interaction"),
-        entry("ela_beta0", {}, seeds=3, description="CLIP + lexicon-patch soft-CE on caption words (the demo)"),
+        entry("ela_beta0", {}, seeds=3, description="CLIP + lexicon-patch soft-CE on caption words"),
         entry("pretrained_fixed", {**FIXED, **PRETRAINED}, description="expansion from frozen pretrained MiniLM"),
         entry("pretrained_ramp", {**RAMP, **PRETRAINED}, description="the same, beta ramped"),
         entry("online_fixed", FIXED, description="expansion from the online text head (MLM-trained)"),

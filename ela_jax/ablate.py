@@ -151,6 +151,34 @@ def check_run_spec(workdir: str, spec: dict) -> None:
         )
 
 
+# What a run's results depend on; a workdir whose config.json differs here came from another base config.
+COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "optim")
+
+
+def _differs(stored, wanted) -> bool:
+    """Keys a stored config lacks are options added since it ran (at their defaults), not differences."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        return any(key not in wanted or _differs(value, wanted[key]) for key, value in stored.items())
+    return stored != wanted
+
+
+def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a workdir trained from another base config (e.g. a changed configs/demo.py): the run spec records only
+    the entry's overrides, the workdir's config.json all of it."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    wanted = json.loads(config.to_json())
+    differing = [key for key in COMPARED_SECTIONS if key in stored and _differs(stored[key], wanted.get(key))]
+    if differing:
+        raise config_lib.ConfigError(
+            f"{workdir} was trained from another base config ({', '.join(differing)} differ); pass the base config "
+            "it used (e.g. --config.KEY=VALUE) or use another --workdir"
+        )
+
+
 def write_run_spec(workdir: str, spec: dict) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, RUN_SPEC_FILE), "w") as f:
@@ -239,6 +267,12 @@ def run_grid(
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
     for entry, seed in schedule([entry for entry in entries if only is None or entry.name in only], seeds):
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
+        try:
+            check_base_config(workdir, entry_config(base, entry, seed))
+        except config_lib.ConfigError as error:
+            print(f"   {name}: {error}", flush=True)
+            report.failed[name] = str(error)
+            continue
         if is_finished(workdir):
             report.skipped.append(name)
             continue

@@ -121,6 +121,16 @@ def test_workdir_of_other_overrides_is_refused(tmp_path):
     ablate.check_run_spec(workdir, ablate.run_spec(ablate.Entry("e", {"objective.ela.beta": 0.3}), 0))
     with pytest.raises(config_lib.ConfigError, match="delete it or rename the entry"):
         ablate.check_run_spec(workdir, ablate.run_spec(ablate.Entry("e", {"objective.ela.beta": 0.5}), 0))
+    # The spec holds only the entry's overrides; config.json catches a changed base config (e.g. a new demo default).
+    config = ablate.entry_config(make_tiny_config(), ablate.Entry("e", {}), 0)
+    stored = json.loads(config.to_json())
+    del stored["objective"]["ela"]["teacher_dir"]  # options added after a run was trained are not differences
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(stored, f)
+    ablate.check_base_config(workdir, config)
+    config.objective.ela.loss = "lex_contrastive"
+    with pytest.raises(config_lib.ConfigError, match=r"another base config \(objective differ"):
+        ablate.check_base_config(workdir, config)
     with pytest.raises(config_lib.ConfigError, match="no key 'betta'"):
         ablate.entry_config(make_tiny_config(), ablate.Entry("typo", {"objective.ela.betta": 0.3}), 0)
 
