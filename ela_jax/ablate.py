@@ -16,6 +16,7 @@ on the same host is taken over; one from another host stays until it is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -191,10 +192,10 @@ def is_finished(workdir: str) -> bool:
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: an existence check
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, under another user
         return True
     return True
 
@@ -224,10 +225,8 @@ def claim_run(workdir: str) -> bool:
 
 
 def release_run(workdir: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # already gone: the run is released either way
         os.remove(os.path.join(workdir, LOCK_FILE))
-    except FileNotFoundError:
-        pass
 
 
 def schedule(entries: list[Entry], seeds: list[int]) -> list[tuple[Entry, int]]:
