@@ -9,6 +9,7 @@ that framework imported) and reports its resident-set high-water mark (Linux VmH
 warm-up steps through /proc/self/clear_refs).
 
 Run: python benchmarks/vs_pytorch.py [--vocab both|config|bert] [--repeats 5] [--steps 3] [--no_compile] [--no_memory]
+     [--threads 1]  (one core per framework: the per-core comparison, benchmarks/results/vs_pytorch_1thread.json)
 Writes benchmarks/results/vs_pytorch.json and prints a table.
 """
 
@@ -40,11 +41,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     parser.add_argument("--no_compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-framework memory child processes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: both frameworks on one core (torch.set_num_threads(1); XLA:CPU without its Eigen thread pool), "
+        "the per-core comparison; 0: each framework's default threading",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny towers, 1 repeat: checks the code path")
     parser.add_argument("--output", default="", help="JSON path (default benchmarks/results/vs_pytorch.json)")
     parser.add_argument("--memory_child", choices=("jax", "torch_eager", "torch_compile"), help=argparse.SUPPRESS)
     parser.add_argument("--vocab_child", choices=("config", "bert"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+# XLA:CPU reads these when JAX first initialises its backend, so they are set before anything imports jax.
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def limit_threads(threads: int) -> None:
+    """threads == 1: one core for each framework (the memory children inherit the environment)."""
+    if threads != 1:
+        return
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA_FLAGS}".strip()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def build_config(args, vocab: str):
@@ -131,7 +155,8 @@ def measure_memory(args, vocab: str, frameworks: list[str]) -> dict:
     for framework in frameworks:
         command = [sys.executable, os.path.abspath(__file__), "--memory_child", framework, "--vocab_child", vocab]
         command += ["--config", args.config, "--steps", str(args.steps)]
-        command += ["--batch_size", str(args.batch_size)] + (["--smoke"] if args.smoke else [])
+        command += ["--batch_size", str(args.batch_size), "--threads", str(args.threads)]
+        command += ["--smoke"] if args.smoke else []
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             results[framework] = {"error": done.stderr.strip().splitlines()[-1:]}
@@ -183,8 +208,15 @@ def measure_speed(args, vocab: str) -> dict:
     }
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    limit_threads(args.threads)
     if args.memory_child:
         memory_child(args)
         return {}
@@ -201,6 +233,9 @@ def main(argv=None) -> dict:
         "smoke": args.smoke,
         "repeats": args.repeats,
         "steps_per_repeat": args.steps,
+        "threads": "one core per framework" if args.threads == 1 else "each framework's default",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "torch_threads": torch_threads(),
         "memory_method": "resident-set high-water mark (VmHWM) of a child process running only one framework; "
         "peak_rss_training_steps is reset after 2 warm-up steps (compilation excluded)",
         "settings": {},
@@ -221,7 +256,8 @@ def main(argv=None) -> dict:
         result["target_speedup_over_torch_eager"] = TARGETS[vocab]
         settings[vocab] = result
         # Written after each setting, so a long run that is stopped keeps what it measured.
-        path = common.write_results("vs_pytorch" + ("_smoke" if args.smoke else ""), payload, args.output or None)
+        name = "vs_pytorch" + ("_1thread" if args.threads == 1 else "") + ("_smoke" if args.smoke else "")
+        path = common.write_results(name, payload, args.output or None)
     rows = []
     for vocab, result in settings.items():
         for name in result["frameworks"]:
