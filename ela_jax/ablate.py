@@ -152,15 +152,10 @@ def check_run_spec(workdir: str, spec: dict) -> None:
         )
 
 
-# What a run's results depend on; a workdir whose config.json differs here came from another base config.
+# The base config's part of a run (the model and tokenizer come from the entry's overrides, checked by the run spec;
+# towers from a checkpoint rewrite the model section when built). Equal length too: the training loop itself lets
+# total_steps grow between restarts.
 COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "optim")
-
-
-def _differs(stored, wanted) -> bool:
-    """Keys a stored config lacks are options added since it ran (at their defaults), not differences."""
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        return any(key not in wanted or _differs(value, wanted[key]) for key, value in stored.items())
-    return stored != wanted
 
 
 def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -171,12 +166,11 @@ def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         return
     with open(path) as f:
         stored = json.load(f)
-    wanted = json.loads(config.to_json())
-    differing = [key for key in COMPARED_SECTIONS if key in stored and _differs(stored[key], wanted.get(key))]
+    differing = config_lib.config_differences(stored, json.loads(config.to_json_best_effort()), COMPARED_SECTIONS)
     if differing:
         raise config_lib.ConfigError(
-            f"{workdir} was trained from another base config ({', '.join(differing)} differ); pass the base config "
-            "it used (e.g. --config.KEY=VALUE) or use another --workdir"
+            f"{workdir} was trained from another base config ({', '.join(differing[:6])} differ); pass the base "
+            "config it used (e.g. --config.KEY=VALUE) or use another --workdir"
         )
 
 

@@ -129,7 +129,7 @@ def test_workdir_of_other_overrides_is_refused(tmp_path):
         json.dump(stored, f)
     ablate.check_base_config(workdir, config)
     config.objective.ela.loss = "lex_contrastive"
-    with pytest.raises(config_lib.ConfigError, match=r"another base config \(objective differ"):
+    with pytest.raises(config_lib.ConfigError, match=r"another base config \(objective.ela.loss differ"):
         ablate.check_base_config(workdir, config)
     with pytest.raises(config_lib.ConfigError, match="no key 'betta'"):
         ablate.entry_config(make_tiny_config(), ablate.Entry("typo", {"objective.ela.betta": 0.3}), 0)

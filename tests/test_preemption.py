@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
@@ -173,6 +175,30 @@ def test_config_resume_starts_from_another_runs_checkpoint(uninterrupted, tmp_pa
     expected, actual = read_metrics(source), read_metrics(workdir)
     assert [r["step"] for r in actual] == list(range(9, RESUME_STEPS + 1))
     assert [r["loss"] for r in actual] == [r["loss"] for r in expected[8:]]
+
+
+def test_a_workdir_is_not_resumed_under_another_experiments_config(uninterrupted, tmp_path):
+    """Resuming checkpoints under a changed objective would train one experiment on top of another and rewrite its
+    config.json: refused, naming the key. Memory and compute knobs and a longer run may change between restarts; an
+    explicit allow_config_change continues and keeps the old record."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = f.read()
+    other_loss = next(loss for loss in config_lib.ELA_LOSSES if loss != resume_config().objective.ela.loss)
+    changed = resume_config(**{"objective.ela.loss": other_loss, "optim.lr": 0.5})
+    with pytest.raises(config_lib.ConfigError, match=r"differs in objective\.ela\.loss, optim\.lr; use another"):
+        loop.train(changed, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == stored  # the record of what the checkpoints are stays as it was
+
+    knobs = {"model.remat": True, "data.num_threads": 1, "model.lexicon.chunk": 16, "eval.batch_size": 7}
+    loop.check_resumed_config(resume_config(**knobs, total_steps=2 * RESUME_STEPS), workdir, RESUME_STEPS, True)
+
+    changed.train.allow_config_change = True
+    loop.check_resumed_config(changed, workdir, RESUME_STEPS, True)
+    with open(os.path.join(workdir, f"config.before_step_{RESUME_STEPS}.json")) as f:
+        assert f.read() == stored
 
 
 def test_the_best_checkpoint_is_kept_by_its_evaluation_metric(tmp_path):

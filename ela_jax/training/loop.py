@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -13,6 +14,7 @@ import ml_collections
 import tqdm
 from jax.experimental import multihost_utils
 
+from ela_jax import config as config_lib
 from ela_jax import parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
@@ -109,6 +111,30 @@ class Evaluation:
         return {"step": int(step), "split": "test", **results}
 
 
+def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chief: bool) -> None:
+    """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
+    objective, model or data would be trained on top of them and the record rewritten. Refused unless
+    train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
+    path = os.path.join(workdir, "config.json")
+    if resumed_step is None or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    differing = config_lib.config_differences(stored, json.loads(config.to_json_best_effort()))
+    if not differing:
+        return
+    listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
+    if not config.train.allow_config_change:
+        raise config_lib.ConfigError(
+            f"{workdir} holds checkpoints (step {resumed_step}) of a run whose config.json differs in {listed}; use "
+            "another workdir, delete this one, or pass --config.train.allow_config_change=True to continue it under "
+            "the new config (the old config.json is kept)"
+        )
+    log.warning("continuing %s under a changed config (%s)", workdir, listed)
+    if is_chief:
+        shutil.copyfile(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
+
+
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
     """The state to start from and its step, in this order: the workdir's newest complete checkpoint (a preempted
     or killed run continues), `config.resume` (another run's checkpoint: state and data position), the pretrained
@@ -167,6 +193,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     experiment = Experiment.build(config, workdir)
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    checkpointer = experiment.checkpointer()
+    check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
@@ -183,7 +211,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         data_iterator = iter(
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
         )
-    checkpointer = experiment.checkpointer()
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
