@@ -287,6 +287,16 @@ def machine() -> dict:
     }
 
 
+# XLA:CPU without its Eigen thread pool and with one intra-op thread; read when JAX first initialises its backend.
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def single_thread_environment(environ) -> dict:
+    """A copy of `environ` that limits JAX (XLA:CPU) and torch (OpenMP) to one thread each, for a child process."""
+    flags = f"{environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA_FLAGS}".strip()
+    return {**environ, "XLA_FLAGS": flags, "OMP_NUM_THREADS": "1"}
+
+
 def interleaved_medians(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
     """Runs each runner once per round, in rotating order, `repeats` rounds: background load hits every runner alike.
     Returns each runner's list of timings (seconds)."""

@@ -56,16 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# XLA:CPU reads these when JAX first initialises its backend, so they are set before anything imports jax.
-SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
 def limit_threads(threads: int) -> None:
     """threads == 1: one core for each framework (the memory children inherit the environment)."""
     if threads != 1:
         return
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA_FLAGS}".strip()
-    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.update(common.single_thread_environment(os.environ))
     import torch
 
     torch.set_num_threads(1)
