@@ -58,6 +58,7 @@ GRIDS = {
         entry("pretrained_ramp", {**RAMP, **PRETRAINED}, description="the same, beta ramped"),
         entry("online_fixed", FIXED, description="expansion from the online text head (MLM-trained)"),
         entry("online_ramp", RAMP, description="the same, beta ramped"),
+        # Third seed for both: the best expansive rows after two seeds, level on the global score.
         entry("ema_fixed", {**FIXED, **EMA}, seeds=3, description="expansion from an EMA teacher of the text side"),
         entry("ema_ramp", {**RAMP, **EMA}, seeds=3, description="the same, beta ramped"),
         entry("ela_beta0_filip", {"objective.fine_weight": 1.0}, description="the demo + FILIP"),

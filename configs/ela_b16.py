@@ -40,9 +40,9 @@ def get_config(arg: str | None = None):
     config.model.scan_layers = True
 
     config.objective.ela_weight = 1.0
-    # lex_contrastive had the ablation's best mean RSUM (global and lexicon, 3 seeds; within seed noise of soft-CE,
-    # see configs/demo.py); with the sharded contrastive terms it scores each device's rows against all captions'
-    # targets.
+    # lex_contrastive had the ablation's best global mean RSUM and a lexicon mean within noise of the best (3 seeds;
+    # within seed noise of soft-CE, see configs/demo.py); with the sharded contrastive terms it scores each device's
+    # rows against all captions' targets.
     config.objective.ela.loss = "lex_contrastive"
     # No expansion source beat beta = 0 on the embedded world, whose objects are independent: a caption there cannot
     # predict the objects it leaves out. Real captions can (a "beach" implies sand and sea), which is the paper's
