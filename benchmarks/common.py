@@ -287,14 +287,15 @@ def machine() -> dict:
     }
 
 
-# XLA:CPU without its Eigen thread pool and with one intra-op thread; read when JAX first initialises its backend.
-SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def single_thread_environment(environ) -> dict:
-    """A copy of `environ` that limits JAX (XLA:CPU) and torch (OpenMP) to one thread each, for a child process."""
-    flags = f"{environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA_FLAGS}".strip()
-    return {**environ, "XLA_FLAGS": flags, "OMP_NUM_THREADS": "1"}
+def run_on_one_core() -> int:
+    """Confines this process, its threads and the children it starts to one CPU core (the lowest allowed) and tells
+    both frameworks to start one compute thread. Call it before JAX or torch is imported. Thread flags alone are not
+    enough: with XLA:CPU's Eigen pool off, a 1024^3 matmul still used both cores of this machine."""
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    return core
 
 
 def interleaved_medians(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

@@ -1,6 +1,6 @@
 """How each framework uses a second core: our attention layer and one ViT block (`ela_jax.models.layers`) against
 transformers' `ViTAttention` / `ViTLayer`, forward + backward at the demo image tower's shape (batch 128, 65
-tokens, width 96, 3 heads), once on one thread each and once with each framework's default threading. Each thread
+tokens, width 96, 3 heads), once pinned to one core each and once with each framework's default threading. Each
 setting runs in a child process of its own (XLA:CPU reads its thread flags once per process).
 
 Run: python benchmarks/thread_scaling.py [--repeats 7] [--calls 10] [--smoke]
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=10, help="calls per timed round")
     parser.add_argument("--smoke", action="store_true", help="batch 4, 1 round: checks the code path")
     parser.add_argument("--output", default="", help="JSON path")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("one_core", "default"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -101,13 +101,19 @@ def torch_runners(shape: dict, calls: int) -> dict:
 
 
 def child(args) -> None:
+    if args.child == "one_core":
+        common.run_on_one_core()
     shape = shapes(args.smoke)
     import torch
+
+    if args.child == "one_core":
+        torch.set_num_threads(1)
 
     runners = {**jax_runners(shape, args.calls), **torch_runners(shape, args.calls)}
     timings = common.interleaved_medians(runners, args.repeats)
     print(json.dumps({
         "torch_threads": torch.get_num_threads(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "median_ms": {name: 1e3 * statistics.median(values) for name, values in timings.items()},
         "min_ms": {name: 1e3 * min(values) for name, values in timings.items()},
     }))  # fmt: skip
@@ -120,12 +126,12 @@ def main(argv=None) -> dict:
     if args.child:
         child(args)
         return {}
-    settings = {"one thread each": common.single_thread_environment(os.environ), "default threads": dict(os.environ)}
-    command = [sys.executable, os.path.abspath(__file__), "--child", "--repeats", str(args.repeats)]
+    settings = {"one thread each": "one_core", "default threads": "default"}
+    command = [sys.executable, os.path.abspath(__file__), "--repeats", str(args.repeats)]
     command += ["--calls", str(args.calls)] + (["--smoke"] if args.smoke else [])
     results = {}
-    for setting, environment in settings.items():
-        done = subprocess.run(command, env=environment, capture_output=True, text=True)
+    for setting, mode in settings.items():
+        done = subprocess.run(command + ["--child", mode], capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{setting}: child failed:\n{done.stderr[-3000:]}")
         results[setting] = json.loads(done.stdout.strip().splitlines()[-1])

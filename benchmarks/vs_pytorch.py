@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         choices=(0, 1),
         default=0,
-        help="1: both frameworks on one core (torch.set_num_threads(1); XLA:CPU without its Eigen thread pool), "
-        "the per-core comparison; 0: each framework's default threading",
+        help="1: both frameworks on one core (the process pinned to one core, torch.set_num_threads(1), XLA:CPU "
+        "without its Eigen thread pool), the per-core comparison; 0: each framework's default threading",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny towers, 1 repeat: checks the code path")
     parser.add_argument("--output", default="", help="JSON path (default benchmarks/results/vs_pytorch.json)")
@@ -57,10 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def limit_threads(threads: int) -> None:
-    """threads == 1: one core for each framework (the memory children inherit the environment)."""
+    """threads == 1: one core for each framework (the memory children inherit the affinity and environment)."""
     if threads != 1:
         return
-    os.environ.update(common.single_thread_environment(os.environ))
+    common.run_on_one_core()
     import torch
 
     torch.set_num_threads(1)
@@ -229,6 +229,7 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "steps_per_repeat": args.steps,
         "threads": "one core per framework" if args.threads == 1 else "each framework's default",
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "torch_threads": torch_threads(),
         "memory_method": "resident-set high-water mark (VmHWM) of a child process running only one framework; "
