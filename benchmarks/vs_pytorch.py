@@ -57,13 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def limit_threads(threads: int) -> None:
-    """threads == 1: one core for each framework (the memory children inherit the affinity and environment)."""
-    if threads != 1:
-        return
-    common.run_on_one_core()
-    import torch
-
-    torch.set_num_threads(1)
+    """threads == 1: one core for each framework (the memory children inherit the affinity and environment). Torch
+    takes its thread count from OMP_NUM_THREADS when first imported, so the JAX memory child never imports it."""
+    if threads == 1:
+        common.run_on_one_core()
 
 
 def build_config(args, vocab: str):

@@ -28,8 +28,9 @@ def get_config(arg: str | None = None):
     # Lexicon-patch alignment on the caption words (beta = 0) in its in-batch contrastive form, as the ablation
     # (issue 8, README "Ablation") supports: over 3 seeds `lex_contrastive` had the grid's best global mean RSUM and
     # the second-best lexicon mean (59.4 / 51.1 against soft-CE's 55.7 / 47.6; lexlip_cosine 51.1 / 53.2 over 2
-    # seeds) and beat CLIP-only on every seed by at least 4.2 global RSUM (soft-CE: 1.2). Per seed the two forms swap places (global +12.6, +0.4, -1.9), so the
-    # margin between them is within seed noise; it is the best-supported choice, not a proven one. No expansion
+    # seeds) and beat CLIP-only on every seed by at least 4.2 global RSUM (soft-CE: 1.2). Per seed the two forms
+    # swap places (global +12.6, +0.4, -1.9), so the margin between them is within seed noise; it is the
+    # best-supported choice, not a proven one. No expansion
     # source (online head, EMA teacher, frozen pretrained MiniLM; beta fixed or ramped) beat beta = 0 on this world,
     # whose objects are drawn independently, so a caption's words cannot predict the objects it leaves out.
     # Weights measured on this world at 500 steps, seed 0 (soft-CE, global / lexicon RSUM): ela 1.0 + mlm 0.5 gave

@@ -161,12 +161,7 @@ COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "
 def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir trained from another base config (e.g. a changed configs/demo.py): the run spec records only
     the entry's overrides, the workdir's config.json all of it."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        stored = json.load(f)
-    differing = config_lib.config_differences(stored, json.loads(config.to_json_best_effort()), COMPARED_SECTIONS)
+    differing = config_lib.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
     if differing:
         raise config_lib.ConfigError(
             f"{workdir} was trained from another base config ({', '.join(differing[:6])} differ); pass the base "

@@ -6,6 +6,7 @@ config surface (DESIGN.md lists the ones scripts rely on). `validate` turns a ba
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -307,6 +308,16 @@ FREE_BETWEEN_RESTARTS = (
     "model.remat_policy",
     "model.lexicon.chunk",
 )
+
+
+def workdir_config_differences(workdir: str, config: ml_collections.ConfigDict, sections=EXPERIMENT_SECTIONS):
+    """`config_differences` between the config.json a run wrote in `workdir` and `config` ([] when there is none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        stored = json.load(f)
+    return config_differences(stored, json.loads(config.to_json_best_effort()), sections)
 
 
 def config_differences(stored: dict, wanted: dict, sections=EXPERIMENT_SECTIONS, free=FREE_BETWEEN_RESTARTS):

@@ -115,12 +115,7 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
     """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
-    path = os.path.join(workdir, "config.json")
-    if resumed_step is None or not os.path.isfile(path):
-        return
-    with open(path) as f:
-        stored = json.load(f)
-    differing = config_lib.config_differences(stored, json.loads(config.to_json_best_effort()))
+    differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
     if not differing:
         return
     listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
@@ -132,7 +127,9 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
         )
     log.warning("continuing %s under a changed config (%s)", workdir, listed)
     if is_chief:
-        shutil.copyfile(path, os.path.join(workdir, f"config.before_step_{resumed_step}.json"))
+        shutil.copyfile(
+            os.path.join(workdir, "config.json"), os.path.join(workdir, f"config.before_step_{resumed_step}.json")
+        )
 
 
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
