@@ -104,10 +104,7 @@ def child(args) -> None:
     if args.child == "one_core":
         common.run_on_one_core()
     shape = shapes(args.smoke)
-    import torch
-
-    if args.child == "one_core":
-        torch.set_num_threads(1)
+    import torch  # after run_on_one_core: it reads OMP_NUM_THREADS on import
 
     runners = {**jax_runners(shape, args.calls), **torch_runners(shape, args.calls)}
     timings = common.interleaved_medians(runners, args.repeats)
