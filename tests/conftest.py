@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import ela_jax  # noqa: F401  (first: its host-allocator settings must precede XLA:CPU's threads)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")

@@ -30,7 +30,19 @@ def trained(tmp_path_factory):
         }
     )
     workdir = str(tmp_path_factory.mktemp("trained"))
-    return config, workdir, loop.train(config, workdir)
+    release = loop.host_allocator.release_free_memory
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop.host_allocator, "release_free_memory", lambda: RELEASES.append(release()) or True)
+        return config, workdir, loop.train(config, workdir)
+
+
+RELEASES = []  # calls of host_allocator.release_free_memory during the `trained` run
+
+
+def test_the_loop_hands_back_what_compiling_freed_once(trained):
+    # No evaluation during this run (eval.every_steps = 0): the one release follows the first, compiling step.
+    assert trained[0].eval.every_steps == 0
+    assert len(RELEASES) == 1
 
 
 def test_held_out_recall_beats_chance_by_a_wide_margin(trained):

@@ -15,7 +15,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from ela_jax import config as config_lib
-from ela_jax import parallel, plots
+from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
 from ela_jax.evaluation.evaluator import evaluate_retrieval
@@ -240,6 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
+            if step == start_step + 1:
+                host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
             window_steps += 1
             progress.update(1)
@@ -261,6 +263,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
                 results = evaluation(state.params, step)
+                host_allocator.release_free_memory()
                 best.offer(step, state, results)
                 writer.write(
                     step,
