@@ -22,8 +22,8 @@ def l2_normalise(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def projection(features: int, name: str, dtype) -> nn.Dense:
-    return nn.Dense(
+def projection(features: int, name: str, dtype) -> layers.TokenDense:
+    return layers.TokenDense(
         features,
         use_bias=False,
         dtype=dtype,

@@ -40,7 +40,7 @@ class LexiconHead(nn.Module):
     dtype: layers.Dtype = jnp.float32
 
     def setup(self):
-        self.transform = nn.Dense(
+        self.transform = layers.TokenDense(
             self.width,
             dtype=self.dtype,
             kernel_init=layers.partitioned(layers.default_kernel_init, "embed", "mlp"),
@@ -72,7 +72,7 @@ class LexiconHead(nn.Module):
     def __call__(self, hidden: jax.Array, tied_embedding: jax.Array | None = None) -> jax.Array:
         """hidden [batch, len, width] -> vocabulary logits [batch, len, vocab] in float32 (dense)."""
         kernel = self._kernel(tied_embedding)
-        logits = jnp.einsum("blw,wv->blv", self._features(hidden), kernel.astype(self.dtype))
+        logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype))
         logits = logits.astype(jnp.float32) + self.decoder_bias
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
         return logits[..., : self.vocab_size]
@@ -125,7 +125,7 @@ def pool_vocab_logits(
     """
 
     def pool_chunk(chunk_kernel: jax.Array, chunk_bias: jax.Array) -> tuple[jax.Array, ...]:
-        logits = jnp.einsum("blw,wv->blv", features, chunk_kernel).astype(jnp.float32) + chunk_bias
+        logits = layers.token_matmul(features, chunk_kernel).astype(jnp.float32) + chunk_bias
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
         return tuple(pool_tokens(logits, token_mask, how) for how in pools)
 

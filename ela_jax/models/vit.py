@@ -29,7 +29,7 @@ class PatchEmbedding(nn.Module):
         rows, columns = pixels.shape[1] // size * size, pixels.shape[2] // size * size  # VALID drops the remainder
         grid = einops.rearrange(pixels[:, :rows, :columns], "b (h p) (w q) c -> b (h w) (p q c)", p=size, q=size)
         flat_kernel = kernel.reshape(size * size * channels, self.width).astype(self.dtype)
-        return jnp.einsum("bnk,kd->bnd", grid.astype(self.dtype), flat_kernel) + bias.astype(self.dtype)
+        return layers.token_matmul(grid.astype(self.dtype), flat_kernel) + bias.astype(self.dtype)
 
 
 class VisionTransformer(nn.Module):
