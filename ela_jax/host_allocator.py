@@ -6,15 +6,17 @@ glibc serves a worker thread from a per-thread arena, and an arena cannot hold a
 (HEAP_MAX_SIZE), so every step maps the block fresh and unmaps it again: ~27,000 minor page faults per block call
 and a 109 MiB `munmap`, measured with `strace` and `getrusage` on this project's 2-core CPU (issue 9). One arena
 (the main, brk-grown heap), no mmap for large blocks and no trimming of the heap's free top keep the block
-resident across steps: the same block call then faults ~30 times and runs about a quarter faster
-(`benchmarks/results/host_allocator.json`).
+resident across steps: the same block call then faults ~30 times and runs about a quarter faster on one core, and
+the demo train step about a fifth faster (README "Performance").
 
 The cost is that freed host memory stays in the process for reuse rather than returning to the OS (a caching
 allocator, as PyTorch's and tcmalloc's are), and all threads share one arena's lock. Compiling leaves hundreds of
 MiB of freed LLVM memory behind, so the training loop calls `release_free_memory` after its first step and after
-each evaluation: the demo step's peak RSS then matches glibc's defaults (1,387 vs 1,370 MiB; 1,780 without it). So `auto` applies the
-settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is installed, or `JAX_PLATFORMS=cpu`. On
-accelerator hosts, use tcmalloc if host allocation shows up in a profile (MaxText's TPU setup preloads it).
+each evaluation. The kept heap can still grow by a step's buffer when its free space is fragmented or two steps'
+buffers overlap (one run of the demo step jumped by ~420 MiB at steps 5 and 6 and then held steady, another did not
+grow), so peak RSS can exceed glibc's defaults by about one step's buffers (demo, two cores: 1,691 against 979 MiB). `auto` applies the settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is
+installed, or `JAX_PLATFORMS=cpu`. On accelerator hosts, use tcmalloc if host allocation shows up in a profile
+(MaxText's TPU setup preloads it).
 
 The settings must be in place before JAX's CPU client starts its threads (a thread keeps the arena it first
 allocated from), so `import ela_jax` applies them; importing ela_jax after JAX has run a computation leaves
