@@ -1,4 +1,4 @@
-"""ELA on the embedded shapes world, sized for a 2-core CPU (about 6 minutes of training).
+"""ELA on the embedded shapes world, sized for a 2-core CPU (about 5 minutes of training).
 
 Run: python -m ela_jax.train --config configs/demo.py --workdir /tmp/ela_demo
 """

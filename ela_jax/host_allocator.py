@@ -58,7 +58,7 @@ def xla_cpu_is_the_backend(environ=os.environ) -> bool:
     return not any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
-def _libc_mallopt():
+def glibc_mallopt():
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     try:
@@ -76,7 +76,7 @@ def configure(policy: str | None = None) -> dict:
         return _record(False, f"{POLICY_ENV}=off")
     if policy == "auto" and not xla_cpu_is_the_backend():
         return _record(False, "an accelerator backend is installed (auto applies only where XLA:CPU computes)")
-    mallopt = _libc_mallopt()
+    mallopt = glibc_mallopt()
     if mallopt is None:
         return _record(False, "not glibc on Linux")
     failed = [name for name, (parameter, value) in SETTINGS.items() if mallopt(parameter, value) != 1]
