@@ -14,8 +14,9 @@ allocator, as PyTorch's and tcmalloc's are), and all threads share one arena's l
 MiB of freed LLVM memory behind, so the training loop calls `release_free_memory` after its first step and after
 each evaluation. The kept heap can still grow by a step's buffer when its free space is fragmented or two steps'
 buffers overlap (one run of the demo step jumped by ~420 MiB at steps 5 and 6 and then held steady, another did not
-grow), so peak RSS can exceed glibc's defaults by about one step's buffers (demo, two cores: 1,691 against 979 MiB). `auto` applies the settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is
-installed, or `JAX_PLATFORMS=cpu`. On accelerator hosts, use tcmalloc if host allocation shows up in a profile
+grow), so peak RSS can exceed glibc's defaults by about one step's buffers (demo, two cores: 1,691 against 979
+MiB). `auto` applies the settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is installed, or
+`JAX_PLATFORMS=cpu`. On accelerator hosts, use tcmalloc if host allocation shows up in a profile
 (MaxText's TPU setup preloads it).
 
 The settings must be in place before JAX's CPU client starts its threads (a thread keeps the arena it first
