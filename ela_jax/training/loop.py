@@ -190,6 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     experiment = Experiment.build(config, workdir)
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:
