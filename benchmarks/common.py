@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 sys.path.insert(0, REPO)  # `configs` is importable from a checkout without installing
 
-import ela_jax  # noqa: E402, F401  (its host-allocator settings must precede XLA:CPU's threads: ela_jax.host_allocator)
+import ela_jax  # noqa: E402  (its host-allocator settings must precede XLA:CPU's threads: ela_jax.host_allocator)
 
 BERT_VOCAB_SIZE = 30522
 MAX_DISTINCT_PAIRS = 512
@@ -275,11 +275,9 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass  # no /proc/cpuinfo (not Linux) or no model name in it: keep platform's answer
-    from ela_jax import host_allocator
-
     device = jax.devices()[0]
     return {
-        "host_allocator": host_allocator.state(),
+        "host_allocator": ela_jax.host_allocator.state(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),

@@ -59,12 +59,13 @@ def xla_cpu_is_the_backend(environ=os.environ) -> bool:
     return not any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
-def glibc_mallopt():
+def glibc():
+    """The C library when it is glibc on Linux (the only one whose malloc these settings are for), else None."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
 
 
@@ -77,10 +78,10 @@ def configure(policy: str | None = None) -> dict:
         return _record(False, f"{POLICY_ENV}=off")
     if policy == "auto" and not xla_cpu_is_the_backend():
         return _record(False, "an accelerator backend is installed (auto applies only where XLA:CPU computes)")
-    mallopt = glibc_mallopt()
-    if mallopt is None:
+    libc = glibc()
+    if libc is None:
         return _record(False, "not glibc on Linux")
-    failed = [name for name, (parameter, value) in SETTINGS.items() if mallopt(parameter, value) != 1]
+    failed = [name for name, (parameter, value) in SETTINGS.items() if libc.mallopt(parameter, value) != 1]
     if failed:
         return _record(False, f"mallopt refused {failed}")
     return _record(True, f"policy {policy}")
@@ -92,7 +93,7 @@ def release_free_memory() -> bool:
     faults its pages in once more and then stays resident again. False where the settings are not applied."""
     if not _state["applied"]:
         return False
-    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    return bool(glibc().malloc_trim(0))
 
 
 def _record(applied: bool, reason: str) -> dict:

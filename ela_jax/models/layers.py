@@ -134,12 +134,10 @@ class TokenDense(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features))
-        if not self.use_bias:
-            inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
-            return token_matmul(inputs, kernel)
-        bias = self.param("bias", self.bias_init, (self.features,))
+        bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
         inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        return token_matmul(inputs, kernel) + bias
+        outputs = token_matmul(inputs, kernel)
+        return outputs if bias is None else outputs + bias
 
 
 class MLP(nn.Module):
