@@ -105,23 +105,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-        if parent not in node:
-            raise config_lib.ConfigError(f"override {key!r}: the config has no section {parent!r}")
-        node = node[parent]
-    if leaf not in node:
-        raise config_lib.ConfigError(f"override {key!r}: the config has no key {leaf!r}")
-    node[leaf] = value
-
-
 def entry_config(base: ml_collections.ConfigDict, entry: Entry, seed: int) -> ml_collections.ConfigDict:
     """The base config with the entry's overrides and `seed` (model init, data order, MLM masks)."""
     config = copy.deepcopy(base)
     for key, value in entry.overrides.items():
-        set_dotted(config, key, value)
+        config_lib.set_dotted(config, key, value)
     config.seed = seed
     return config
 

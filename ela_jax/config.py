@@ -62,9 +62,21 @@ def apply_overlays(config: ml_collections.ConfigDict, arg: str | None) -> ml_col
         if name not in MESH_PRESETS:
             raise ConfigError(f"unknown config overlay {name!r}; known: {sorted(MESH_PRESETS)}")
         for key, value in MESH_PRESETS[name].items():
-            section, leaf = key.split(".")
-            config[section][leaf] = value
+            set_dotted(config, key, value)
     return config
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """config[a][b][c] = value for key "a.b.c"; an unknown section or key is refused (a typo must not go unnoticed)."""
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        if parent not in node:
+            raise ConfigError(f"override {key!r}: the config has no section {parent!r}")
+        node = node[parent]
+    if leaf not in node:
+        raise ConfigError(f"override {key!r}: the config has no key {leaf!r}")
+    node[leaf] = value
 
 
 def tower_config(*, width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
