@@ -139,12 +139,13 @@ def main(argv=None) -> dict:
     matmul_size = 256 if args.smoke else args.matmul_size or (8192 if accelerator else 2048)
     # Measured first: the card's rate does not depend on the batch, and every partial report below needs it.
     peak = common.measured_matmul_rate(matmul_size, matmul_dtype)
+    matmul = {"size": matmul_size, "dtype": matmul_dtype, "flops_per_second": peak}
     name = f"train_step_{args.config}" + ("_bert" if args.vocab == "bert" else "") + ("_smoke" if args.smoke else "")
     written = {}
 
     def report(timed: list[dict], tried: list[dict]) -> None:
         if timed:
-            written["payload"] = payload(args, runner.config, machine, timed, tried, matmul_size, matmul_dtype, peak)
+            written["payload"] = payload(args, runner.config, machine, matmul, timed, tried)
             written["path"] = common.write_results(name, written["payload"], args.output or None)
 
     if args.search_batch:
@@ -172,7 +173,7 @@ def main(argv=None) -> dict:
     return result
 
 
-def payload(args, config, machine, timed, tried, matmul_size, matmul_dtype, peak) -> dict:
+def payload(args, config, machine: dict, matmul: dict, timed: list[dict], tried: list[dict]) -> dict:
     """The JSON of the run so far: the fastest timed batch (pairs/s) as the headline, every timed batch beside it."""
     best = max(timed, key=lambda timing: timing["pairs_per_second"])
     achieved = best["pairs_per_second"] * best["train_flops_per_pair"]
@@ -193,8 +194,8 @@ def payload(args, config, machine, timed, tried, matmul_size, matmul_dtype, peak
         "train_flops_note": "3 x forward FLOPs of everything the objective computes (towers, heads, lexicon heads, "
         "MLM pass); norms, activations and losses left out",
         "achieved_flops_per_second": achieved,
-        "matmul": {"size": matmul_size, "dtype": matmul_dtype, "flops_per_second": peak},
-        "fraction_of_matmul_rate": achieved / peak,
+        "matmul": matmul,
+        "fraction_of_matmul_rate": achieved / matmul["flops_per_second"],
         "device_memory": best["device_memory"],
         "overrides": args.set,
         "timed_batches": timed,

@@ -120,3 +120,11 @@ def test_a_kernel_inside_a_cuda_graph_is_named_by_its_fusion_not_the_command_buf
     assert profile_ops.hlo_op(event("loop_add_fusion_23", hlo_op="command_buffer_1")) == "loop_add_fusion_23"
     assert profile_ops.hlo_op(event("nvjet_sm90_x", hlo_op="custom-call.2")) == "custom-call.2"
     assert profile_ops.hlo_op(types.SimpleNamespace(name="fusion.4")) == "fusion.4"  # CPU events carry no stats
+
+
+def test_set_overrides_parse_python_literals_and_refuse_what_is_not_key_value():
+    assert train_step.parse_override("model.remat=False") == ("model.remat", False)
+    assert train_step.parse_override("model.lexicon.chunk=4096") == ("model.lexicon.chunk", 4096)
+    assert train_step.parse_override("objective.ela.loss=soft_ce") == ("objective.ela.loss", "soft_ce")
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        train_step.parse_override("model.remat")
