@@ -128,6 +128,9 @@ def model_config(
             "remat": False,  # rematerialise each transformer block in the backward pass
             "remat_policy": "full",  # what a remat block keeps: "full" (nothing), "dots", "dots_no_batch"
             "scan_layers": False,  # nn.scan over blocks: one compiled block, parameters stacked on a `layers` axis
+            # Attention over this many slices of the batch as separate ops: XLA:CPU runs them concurrently on the host's
+            # cores (see layers.MultiHeadAttention); 1 on accelerators.
+            "attention_batch_splits": 1,
             "init_temperature": 0.07,
             "min_temperature": 0.01,  # CLIP clips its logit scale at 100
         }
@@ -308,8 +311,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 # What a run's results depend on. A workdir whose config.json differs here holds another experiment: resuming it
 # under this config would mix the two and rewrite its record (training.loop refuses unless
-# train.allow_config_change). Compute and memory knobs (threads, remat, chunking, compute dtype; the mesh, eval, log
-# and checkpoint sections) may change between restarts, as after an out-of-memory error or on another machine.
+# train.allow_config_change). Compute and memory knobs (threads, remat, chunking, attention slices, compute dtype;
+# the mesh, eval, log and checkpoint sections) may change between restarts, as after an out-of-memory error or on
+# another machine.
 EXPERIMENT_SECTIONS = ("seed", "batch_size", "data", "tokenizer", "model", "objective", "optim")
 FREE_BETWEEN_RESTARTS = (
     "data.num_threads",
@@ -319,6 +323,7 @@ FREE_BETWEEN_RESTARTS = (
     "model.remat",
     "model.remat_policy",
     "model.lexicon.chunk",
+    "model.attention_batch_splits",
 )
 
 
@@ -481,6 +486,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _check_choice(config.model.dtype, DTYPES, "model.dtype")
     _check_choice(config.model.global_pool, ("cls", "mean"), "model.global_pool")
     _check_choice(config.model.remat_policy, ("full", "dots", "dots_no_batch"), "model.remat_policy")
+    splits = config.model.attention_batch_splits
+    if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
+        raise ConfigError(f"model.attention_batch_splits must be a positive integer, got {splits!r}")
     objective = config.objective
     _check_choice(objective.ela.loss, ELA_LOSSES, "objective.ela.loss")
     _check_choice(objective.ela.target_source, TARGET_SOURCES, "objective.ela.target_source")

@@ -171,6 +171,23 @@ def test_attention_matches_dense_general_plus_dot_product_attention(masked):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), ours[1], theirs[1])
 
 
+@pytest.mark.parametrize("batch_splits", [3, 4, 8])  # divides 6; shares 2 with it; more slices than rows
+def test_attention_in_batch_slices_computes_the_same_values_and_gradients(batch_splits):
+    from ela_jax.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (6, 7, 24))
+    key_mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [1], [2], [7], [5]]))
+    whole, sliced = layers.MultiHeadAttention(num_heads=3), layers.MultiHeadAttention(3, batch_splits=batch_splits)
+    params = whole.init(jax.random.key(1), x, key_mask)
+
+    def value_and_grads(attention):
+        loss = lambda p, x: jnp.sum(jnp.sin(attention.apply(p, x, key_mask)))  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    expected, got = value_and_grads(whole), value_and_grads(sliced)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), expected, got)
+
+
 def test_attention_projection_init_matches_dense_general():
     """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where they started before issue 9."""
     from ela_jax.models import layers

@@ -17,6 +17,7 @@ class BertEncoder(nn.Module):
     remat_policy: str = "full"
     scan: bool = False
     dtype: layers.Dtype = jnp.float32
+    attention_batch_splits: int = 1
 
     def setup(self):
         config = self.config
@@ -38,6 +39,7 @@ class BertEncoder(nn.Module):
             remat_policy=self.remat_policy,
             scan=self.scan,
             dtype=self.dtype,
+            attention_batch_splits=self.attention_batch_splits,
             name="encoder",
         )
 

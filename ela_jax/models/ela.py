@@ -39,7 +39,13 @@ class ELAModel(nn.Module):
         config = self.config
         dtype = jnp.dtype(config.dtype)
         padded_vocab = lexicon.padded_size(config.vocab_size, config.vocab_multiple)
-        stack = dict(remat=config.remat, remat_policy=config.remat_policy, scan=config.scan_layers, dtype=dtype)
+        stack = dict(
+            remat=config.remat,
+            remat_policy=config.remat_policy,
+            scan=config.scan_layers,
+            dtype=dtype,
+            attention_batch_splits=config.attention_batch_splits,
+        )
         self.image_tower = VisionTransformer(config.image, **stack)
         self.text_tower = BertEncoder(config.text, padded_vocab, **stack)
         lexicon_head = lambda tower, tied: lexicon.LexiconHead(  # noqa: E731

@@ -5,6 +5,7 @@ Every parameter is created with logical axis names; `ela_jax.parallel` maps them
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -82,8 +83,14 @@ class HeadMerge(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
+    """`batch_splits` > 1 computes the scores, softmax and weighted sum for that many slices of the batch as separate
+    ops (same results). XLA:CPU runs such independent ops concurrently on the host's cores, while one batched
+    attention over small heads keeps about one core busy (issue 9: the demo's attention forward + backward on two
+    cores, 56 -> 45 ms with 4 slices; level on one core). Keep 1 on accelerators."""
+
     num_heads: int
     dtype: Dtype = jnp.float32
+    batch_splits: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -91,12 +98,11 @@ class MultiHeadAttention(nn.Module):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         query, key, value = self.project_qkv(x, head_dim)  # [b, l, heads, kv]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        if key_mask is not None:
-            # jax.nn.dot_product_attention's fill value: finite, so a fully masked row stays uniform, not NaN.
-            scores = jnp.where(key_mask[:, None, None, :], scores, -0.7 * jnp.finfo(jnp.float32).max)
-        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        splits = math.gcd(self.batch_splits, x.shape[0])
+        if splits > 1:
+            attended = attend_in_slices(query, key, value, key_mask, splits)
+        else:
+            attended = attend(query, key, value, key_mask)
         attended = nn.with_logical_constraint(attended, ("act_batch", "act_len", "act_heads", None))
         return HeadMerge(dtype=self.dtype, name="output")(attended, width)
 
@@ -112,6 +118,24 @@ class MultiHeadAttention(nn.Module):
         qkv = token_matmul(x.astype(self.dtype), kernel.reshape(x.shape[-1], -1))
         query, key, value = jnp.unstack(qkv.reshape(*x.shape[:-1], 3, self.num_heads, head_dim) + bias, axis=-3)
         return query * jnp.asarray(1.0 / np.sqrt(head_dim), self.dtype), key, value
+
+
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """softmax(q kᵀ) v over [b, l, heads, kv] (the query already scaled); key_mask [b, l] (True = attend) or None."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if key_mask is not None:
+        # jax.nn.dot_product_attention's fill value: finite, so a fully masked row stays uniform, not NaN.
+        scores = jnp.where(key_mask[:, None, None, :], scores, -0.7 * jnp.finfo(jnp.float32).max)
+    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+
+
+def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
+    """`attend` on `splits` contiguous slices of the batch, concatenated back. Contiguous slices of a batch-sharded
+    array live on different devices, so on a mesh each would be resharded: keep splits at 1 there."""
+    masks = [None] * splits if key_mask is None else jnp.split(key_mask, splits)
+    parts = zip(*(jnp.split(t, splits) for t in (query, key, value)), masks)
+    return jnp.concatenate([attend(*part) for part in parts])
 
 
 def token_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -173,10 +197,13 @@ class TransformerBlock(nn.Module):
     layer_norm_eps: float
     gelu_approximate: bool
     dtype: Dtype = jnp.float32
+    attention_batch_splits: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-        attention = MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attention")
+        attention = MultiHeadAttention(
+            self.num_heads, dtype=self.dtype, batch_splits=self.attention_batch_splits, name="attention"
+        )
         mlp = MLP(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="mlp")
         attention_norm = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")
         mlp_norm = layer_norm(self.layer_norm_eps, self.dtype, "mlp_norm")
@@ -221,6 +248,7 @@ class TransformerStack(nn.Module):
     remat_policy: str = "full"
     scan: bool = False
     dtype: Dtype = jnp.float32
+    attention_batch_splits: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -231,6 +259,7 @@ class TransformerStack(nn.Module):
             layer_norm_eps=self.layer_norm_eps,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
+            attention_batch_splits=self.attention_batch_splits,
         )
         block_class = ScannedBlock if self.scan else TransformerBlock
         if self.remat:

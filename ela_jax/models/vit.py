@@ -38,6 +38,7 @@ class VisionTransformer(nn.Module):
     remat_policy: str = "full"
     scan: bool = False
     dtype: layers.Dtype = jnp.float32
+    attention_batch_splits: int = 1
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -67,6 +68,7 @@ class VisionTransformer(nn.Module):
             remat_policy=self.remat_policy,
             scan=self.scan,
             dtype=self.dtype,
+            attention_batch_splits=self.attention_batch_splits,
             name="encoder",
         )(hidden, None)
         return layers.layer_norm(config.layer_norm_eps, self.dtype, "final_norm")(hidden)
