@@ -45,14 +45,23 @@ class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
 
 
-# Mesh presets, applied as overlays: `--config configs/demo.py:fsdp_tp` (several: `:fsdp,other`).
+# Mesh presets, applied as overlays: `--config configs/demo.py:fsdp_tp` (several: `:fsdp,other`). Each splits the
+# batch over devices, so each computes attention over the whole batch: contiguous attention slices
+# (model.attention_batch_splits, a CPU knob) would live on different devices and be resharded.
+WHOLE_BATCH_ATTENTION = {"model.attention_batch_splits": 1}
 MESH_PRESETS = {
     # Pure data parallelism: parameters and optimizer state replicated, the batch split over every device.
-    "dp": {"mesh.data": -1, "mesh.fsdp": 1, "mesh.tensor": 1},
+    "dp": {"mesh.data": -1, "mesh.fsdp": 1, "mesh.tensor": 1, **WHOLE_BATCH_ATTENTION},
     # FSDP (ZeRO-3): the batch and every large kernel's `embed` axis split over every device.
-    "fsdp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1},
+    "fsdp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, **WHOLE_BATCH_ATTENTION},
     # FSDP x 2-way tensor parallelism (heads, MLP and vocabulary axes); the vocabulary is padded so it divides.
-    "fsdp_tp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 2, "model.vocab_multiple": 128},
+    "fsdp_tp": {
+        "mesh.data": 1,
+        "mesh.fsdp": -1,
+        "mesh.tensor": 2,
+        "model.vocab_multiple": 128,
+        **WHOLE_BATCH_ATTENTION,
+    },
 }
 
 

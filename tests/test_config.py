@@ -105,6 +105,14 @@ def test_mesh_presets_are_overlays_and_unknown_ones_are_named():
         config_lib.apply_overlays(config_lib.base_config(), "zero3")
 
 
+@pytest.mark.parametrize("preset", sorted(config_lib.MESH_PRESETS))
+def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
+    from configs import demo
+
+    assert demo.get_config().model.attention_batch_splits > 1  # the CPU demo slices it
+    assert config_lib.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+
+
 def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
     from ela_jax import experiment
 
