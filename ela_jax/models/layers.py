@@ -85,8 +85,9 @@ class HeadMerge(nn.Module):
 class MultiHeadAttention(nn.Module):
     """`batch_splits` > 1 computes the scores, softmax and weighted sum for that many slices of the batch as separate
     ops (same results). XLA:CPU runs such independent ops concurrently on the host's cores, while one batched
-    attention over small heads leaves the second core half idle (issue 9, 2 cores, 8 slices: the demo's attention forward +
-    backward 60.8 -> 55.0 ms, its whole train step 0.461 -> 0.428 s; level on one core). Keep 1 on accelerators."""
+    attention over small heads leaves the second core half idle (issue 9, 2 cores, 8 slices: the demo's attention
+    forward + backward 60.8 -> 55.0 ms, its whole train step 0.461 -> 0.428 s; level on one core). Keep 1 on
+    accelerators and on a batch-sharded mesh (the mesh presets do)."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
