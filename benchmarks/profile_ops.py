@@ -1,6 +1,7 @@
-"""Where the compiled train step spends its time, op by op: a jax.profiler trace of the jitted step, each XLA:CPU
-op's time (XLA:CPU's threads, or device time on an accelerator) attributed to the model code that produced it (the HLO `op_name` metadata) and to its kind (matmul,
-copy/transpose, reduction, element-wise fusion). Shares are what to read: absolute times depend on the load.
+"""Where the compiled train step spends its time, op by op: a jax.profiler trace of the jitted step, each op's time
+(summed over XLA:CPU's threads, or a GPU kernel's device time) attributed to the model code that produced it (the HLO
+`op_name` metadata) and to its kind (matmul, copy / transpose / slice, reduction, element-wise fusion). Shares are
+what to read: absolute times depend on the load.
 
 Run: python benchmarks/profile_ops.py [--config demo] [--vocab bert] [--steps 4] [--top 25]
 Writes benchmarks/results/profile_ops_<config>[_bert].json and prints the top model parts and op kinds.
