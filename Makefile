@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Ahead-of-time TPU compilation needs libtpu, which must stay out of .venv (with it, JAX looks for a TPU first).
+# .venv-tpu holds libtpu alone and reads everything else from .venv's site-packages through a .pth file.
+TPU_VENV := .venv-tpu
+TPU_STAMP := $(TPU_VENV)/.installed
+# The libtpu that jax[tpu] pins for the jax in requirements.txt.
+LIBTPU := libtpu==0.0.42.1
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup setup-tpu demo test test-all lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,18 +21,27 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+$(TPU_STAMP): $(STAMP)
+	test -x $(TPU_VENV)/bin/python || $$($(PY) -c "import sys; print(sys._base_executable)") -m venv $(TPU_VENV)
+	$(PY) -c "import site; print(f'import site; site.addsitedir({site.getsitepackages()[0]!r})')" \
+		> "$$($(TPU_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/ela_jax_main_venv.pth"
+	$(TPU_VENV)/bin/python -m pip install --quiet --no-deps $(LIBTPU)
+	touch $(TPU_STAMP)
+
+setup-tpu: $(TPU_STAMP)
+
 demo: setup
 	$(PY) -m ela_jax.demo --workdir runs/demo
 
-test: setup
+test: setup setup-tpu
 	$(PY) -m pytest -q tests
 
 # Also the checks marked slow (each has a faster twin in the default run).
-test-all: setup
+test-all: setup setup-tpu
 	$(PY) -m pytest -q -m "slow or not slow" tests
 
 lint: setup
 	$(PY) -m ruff format --check ela_jax configs tests benchmarks launch
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TPU_VENV) runs .pytest_cache

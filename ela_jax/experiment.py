@@ -32,9 +32,12 @@ class Experiment:
     mesh: Mesh
 
     @classmethod
-    def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
-        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
-        config_lib.validate(config, jax.device_count(), jax.process_count())
+    def build(cls, config: ml_collections.ConfigDict, workdir: str, devices=None) -> "Experiment":
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size. `devices`: the mesh's
+        (default: this job's), e.g. a TPU slice's compile-only devices for ahead-of-time compilation."""
+        devices = jax.devices() if devices is None else list(devices)
+        processes = len({device.process_index for device in devices})
+        config_lib.validate(config, len(devices), processes)
         os.makedirs(workdir, exist_ok=True)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
         vocab_size = config.model.vocab_size
@@ -45,10 +48,10 @@ class Experiment:
                 f"model.vocab_size {vocab_size} differs from the tokenizer's "
                 f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer"
             )
-        check_vocab_sharding(config)
+        check_vocab_sharding(config, len(devices))
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
-        mesh = parallel.create_mesh(config.mesh)
+        mesh = parallel.create_mesh(config.mesh, devices)
         return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
 
     def encoder(self, params, batch_size: int) -> Encoder:
@@ -86,9 +89,9 @@ class Experiment:
         return state
 
 
-def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:
+def check_vocab_sharding(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """The vocabulary axis shards over `mesh.tensor`: its padded size must divide evenly."""
-    tensor = config_lib.resolve_mesh_shape(config.mesh, jax.device_count())[2]
+    tensor = config_lib.resolve_mesh_shape(config.mesh, num_devices)[2]
     padded = lexicon.padded_size(config.model.vocab_size, config.model.vocab_multiple)
     if padded % tensor:
         raise config_lib.ConfigError(

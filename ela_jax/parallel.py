@@ -191,10 +191,26 @@ def process_zero_first(name: str, timeout_s: int = 3600):
         yield
 
 
-def create_mesh(mesh_config) -> Mesh:
-    shape = config_lib.resolve_mesh_shape(mesh_config, jax.device_count())
-    devices = mesh_utils.create_device_mesh(shape, allow_split_physical_axes=True)
-    return Mesh(devices, MESH_AXES)
+def create_mesh(mesh_config, devices=None) -> Mesh:
+    """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all of this job's). Devices of several TPU slices
+    are split over the slices on the outermost batch axis that divides, so only that axis crosses the slower
+    data-centre network."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = config_lib.resolve_mesh_shape(mesh_config, len(devices))
+    slices = len({getattr(device, "slice_index", 0) for device in devices})
+    if slices == 1:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES)
+    axis = next((i for i in range(2) if shape[i] % slices == 0), None)
+    if axis is None:
+        raise config_lib.ConfigError(
+            f"{slices} slices: neither mesh.data nor mesh.fsdp ({shape[0]}, {shape[1]}) is a multiple of the number "
+            "of slices; set mesh.data to it"
+        )
+    per_slice, across = list(shape), [1, 1, 1]
+    per_slice[axis], across[axis] = shape[axis] // slices, slices
+    grid = mesh_utils.create_hybrid_device_mesh(per_slice, across, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES)
 
 
 def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:

@@ -113,16 +113,15 @@ def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
     assert config_lib.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
 
 
-def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
+def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config):
     from ela_jax import experiment
 
-    monkeypatch.setattr(experiment.jax, "device_count", lambda: 2)
     config = tiny_config(**{"mesh.data": 1, "mesh.tensor": 2})
     config.model.vocab_size = 75
     with pytest.raises(config_lib.ConfigError, match="vocab_multiple=128"):
-        experiment.check_vocab_sharding(config)
+        experiment.check_vocab_sharding(config, num_devices=2)
     config.model.vocab_multiple = 128
-    experiment.check_vocab_sharding(config)
+    experiment.check_vocab_sharding(config, num_devices=2)
 
 
 @pytest.mark.parametrize("name", ["ela_b16", "ela_l14"])

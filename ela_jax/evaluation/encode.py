@@ -42,6 +42,17 @@ class Encoder:
         )
         return {key: outputs[key] for key in keep}
 
+    def lower(self, abstract_params, image_size: int, text_length: int, keep: tuple[str, ...] = RETURNED) -> dict:
+        """Both encoders lowered for one chunk, from shapes alone (params as ShapeDtypeStructs carrying their
+        shardings): what ahead-of-time compilation compiles."""
+        sharding = parallel.batch_sharding(self.mesh)
+        chunk = lambda shape, dtype: jax.ShapeDtypeStruct((self.batch_size, *shape), dtype, sharding=sharding)  # noqa: E731
+        with parallel.sharding_context(self.mesh, self.rules):
+            images = Encoder._images.lower(self, abstract_params, chunk((image_size, image_size, 3), np.uint8), keep)
+            token_ids, mask = chunk((text_length,), np.int32), chunk((text_length,), np.bool_)
+            texts = Encoder._texts.lower(self, abstract_params, token_ids, mask, keep)
+        return {"images": images, "texts": texts}
+
     @staticmethod
     def _keep(with_tokens: bool, with_fine: bool) -> tuple[str, ...]:
         extra = (HIDDEN if with_tokens else ()) + (FINE if with_fine else ())

@@ -1,0 +1,357 @@
+"""Ahead-of-time compilation for a TPU slice this machine does not have: the slice described by name, the real train
+step and evaluation encoder compiled against it by the TPU compiler (libtpu), and what the compiled program needs
+per chip (memory against HBM, FLOPs and bytes, a roofline step time, its collectives)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import topologies
+
+from ela_jax import config as config_lib
+from ela_jax import parallel
+from ela_jax.evaluation.encode import RETURNED, Encoder
+from ela_jax.experiment import Experiment
+from ela_jax.training.state import StateFactory
+
+GIB = 1024**3
+LIBTPU_MISSING = (
+    "ahead-of-time TPU compilation needs the libtpu package, which is not installed in this Python; run "
+    "`make setup-tpu` and use .venv-tpu/bin/python (or pip install libtpu==0.0.42.1 into a separate environment)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One TPU generation: how slice names count it and what one chip offers."""
+
+    name: str
+    topology_prefix: str  # what libtpu calls it in a topology name, e.g. "v5e:16x16"
+    cores_per_chip_in_name: int  # v4-8 and v5p-8 count TensorCores: 4 chips
+    dims: int  # 2-D or 3-D torus
+    chip_config: str
+    hbm_bytes: int
+    peak_bf16_flops: float
+    hbm_bytes_per_s: float
+
+
+# Per-chip figures from Google's public TPU system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p,
+# /v6e): peak bf16 FLOP/s, HBM capacity and HBM bandwidth.
+CHIPS = {
+    "v4": Chip("v4", "v4", 2, 3, "megacore", 32 * GIB, 275e12, 1200e9),
+    "v5e": Chip("v5e", "v5e", 1, 2, "default", 16 * GIB, 197e12, 819e9),
+    "v5p": Chip("v5p", "v5", 2, 3, "megacore", 95 * GIB, 459e12, 2765e9),
+    "v6e": Chip("v6e", "v6e", 1, 2, "default", 32 * GIB, 918e12, 1640e9),
+}
+SLICE_ALIASES = {"v5litepod": "v5e"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    name: str  # as the user wrote it, e.g. "v5e-256"
+    chip: Chip
+    shape: tuple[int, ...]  # chips along each torus axis
+    num_slices: int = 1
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.shape) * self.num_slices
+
+    @property
+    def topology_name(self) -> str:
+        return f"{self.chip.topology_prefix}:{'x'.join(map(str, self.shape))}"
+
+    @property
+    def wrap(self) -> tuple[bool, bool, bool]:
+        """Which torus axes wrap around: full 16-chip rows of a 2-D slice, every axis of a 3-D slice of 4^3 or more."""
+        if self.chip.dims == 2:
+            return (self.shape[0] == 16, self.shape[1] == 16, False)
+        return (min(self.shape) >= 4,) * 3
+
+
+def parse_slice(name: str, num_slices: int = 1) -> Slice:
+    """'v5e-256' (also v5litepod-N, v4-N, v5p-N, v6e-N; v4 and v5p count TensorCores, two per chip) -> the slice."""
+    match = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)", name)
+    if match is None:
+        raise config_lib.ConfigError(
+            f"unknown TPU slice {name!r}; use v4-N, v5e-N (v5litepod-N), v5p-N or v6e-N, e.g. v5e-256"
+        )
+    chip = CHIPS[SLICE_ALIASES.get(match.group(1), match.group(1))]
+    count, per_chip = int(match.group(2)), chip.cores_per_chip_in_name
+    chips = count // per_chip
+    if count % per_chip or chips < 1 or chips & (chips - 1) or (1 < chips < 4):
+        raise config_lib.ConfigError(
+            f"{name}: {chip.name} slices have a power-of-two number of chips, 1 or at least 4 ({per_chip * 4}, "
+            f"{per_chip * 8}, ... in the name), e.g. v5e-256 or v5p-128"
+        )
+    if num_slices < 1:
+        raise config_lib.ConfigError(f"--num_slices must be >= 1, got {num_slices}")
+    return Slice(name, chip, torus_shape(chips, chip.dims), num_slices)
+
+
+def torus_shape(chips: int, dims: int) -> tuple[int, ...]:
+    """The chip grid Cloud TPU gives a power-of-two slice: as square (cubic) as it goes, larger axes last
+    (v5e-128: 8x16, v5p-256: 4x4x8); the 4-chip 3-D slice is 2x2x1."""
+    bits = chips.bit_length() - 1
+    if dims == 3 and bits == 2:
+        return (2, 2, 1)
+    sizes = [bits // dims] * dims
+    for axis in range(bits % dims):
+        sizes[dims - 1 - axis] += 1
+    return tuple(2**s for s in sizes)
+
+
+def slice_devices(tpu: Slice) -> list:
+    """Compile-only devices of the slice (no TPU needed), from libtpu's topology description."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise LibtpuMissing(LIBTPU_MISSING)
+    # libtpu takes a machine-wide lock meant for processes sharing real chips; compile-only devices share none, so
+    # several compiles (a test beside a measurement) may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    one_host = (1, 1, 1) if math.prod(tpu.shape) == 1 else (2, 2, 1)
+    description = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=tpu.topology_name,
+        chip_config_name=tpu.chip.chip_config,
+        chips_per_host_bounds=one_host,
+        num_slices=tpu.num_slices,
+        wrap=tpu.wrap,
+    )
+    return list(description.devices)
+
+
+class LibtpuMissing(RuntimeError):
+    """This Python cannot compile for TPU."""
+
+
+def without_data_sources(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy whose data section names the built-in world: compiling reads no data (the step's inputs are shapes),
+    so the training and evaluation directories need not exist on this machine."""
+    config = config.copy_and_resolve_references()
+    config.data.name, config.data.eval_name, config.data.train = "world", "", ()
+    return config
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch the input pipeline feeds the step, as shapes sharded over the batch axes."""
+    sharding = parallel.batch_sharding(mesh)
+    rows, size, length = config.batch_size, config.data.image_size, config.tokenizer.max_length
+    shapes = {
+        "images": ((rows, size, size, 3), np.uint8),
+        "token_ids": ((rows, length), np.int32),
+        "mask": ((rows, length), np.bool_),
+    }
+    return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for key, (shape, dtype) in shapes.items()}
+
+
+def abstract_params(factory: StateFactory) -> dict:
+    return jax.tree.map(
+        lambda abstract, sharding: jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding),
+        factory.abstract_params,
+        factory.param_shardings,
+    )
+
+
+def lower_train_step(experiment: Experiment, factory: StateFactory):
+    """The train step the loop runs (global batch, donated state, the config's memory knobs), lowered for the mesh."""
+    step = experiment.train_step(factory)
+    with parallel.sharding_context(experiment.mesh, parallel.logical_rules(experiment.config.mesh)):
+        return step.lower(factory.abstract_with_shardings(), abstract_batch(experiment.config, experiment.mesh))
+
+
+def lower_encoders(experiment: Experiment, factory: StateFactory) -> dict:
+    """The evaluation encoders (images, captions) at eval.batch_size, lowered for the mesh."""
+    config = experiment.config
+    encoder = Encoder(
+        experiment.model, None, experiment.mesh, parallel.logical_rules(config.mesh), config.eval.batch_size
+    )
+    return encoder.lower(abstract_params(factory), config.data.image_size, config.tokenizer.max_length, RETURNED)
+
+
+class DoesNotFit(RuntimeError):
+    """The compiler ran out of a chip's HBM."""
+
+    def __init__(self, message: str, used: int | None, limit: int | None):
+        super().__init__(message)
+        self.used, self.limit = used, limit
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}
+
+
+def _bytes(text: str) -> int:
+    number, unit = re.fullmatch(r"([\d.]+)([KMGT]?)i?B?", text).groups()
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def compile_or_explain(lowered):
+    """The compiled program; DoesNotFit (with the compiler's used / available HBM when it says) on running out."""
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        message = str(error)
+        if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
+            raise
+        found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
+        used, limit = (_bytes(found.group(1)), _bytes(found.group(2))) if found else (None, None)
+        raise DoesNotFit(message.strip().splitlines()[0], used, limit) from None
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE = re.compile(r"=\s+(?P<shape>.+?)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_RESULT = re.compile(r"=\s+(?P<shape>.+?)\s+[a-z][\w-]*\(")
+_ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
+_PARAMETER = re.compile(r"=\s+(?P<shape>\S+)\s+parameter\((?P<index>\d+)\)")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4}
+DTYPE_BYTES.update({"s64": 8, "u64": 8, "f64": 8})
+
+
+def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(m["dtype"], tuple(int(d) for d in m["dims"].split(",") if d)) for m in _ARRAY.finditer(shape_text)]
+
+
+def _nbytes(dtype: str, dims: tuple[int, ...]) -> int:
+    return DTYPE_BYTES.get(dtype, 4) * math.prod(dims)
+
+
+def collectives(hlo_text: str, contrastive_batch: int) -> dict:
+    """Collectives in the compiled program text, by kind (each op once, also inside loops), those whose result is a
+    [B, B] matrix over the contrastive batch B (a gathered similarity matrix), and how many instructions of any kind
+    produce a [B, B] array on one chip."""
+    kinds: dict[str, dict] = {}
+    square = []
+    square_shape = f"[{contrastive_batch},{contrastive_batch}]"
+    square_values = 0
+    for line in hlo_text.splitlines():
+        result = _RESULT.search(line)
+        square_values += result is not None and square_shape in result["shape"]
+        found = _COLLECTIVE.search(line)
+        if found is None:
+            continue
+        arrays = _arrays(found["shape"])
+        kind = kinds.setdefault(found["op"], {"count": 0, "result_bytes": 0})
+        kind["count"] += 1
+        kind["result_bytes"] += sum(_nbytes(dtype, dims) for dtype, dims in arrays)
+        if any(dims[-2:] == (contrastive_batch, contrastive_batch) for _, dims in arrays):
+            square.append(f"{found['op']} {found['shape']}")
+    return {"by_kind": kinds, "batch_by_batch": square, "batch_by_batch_values": square_values}
+
+
+def entry_parameters(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, per-chip shape) of each argument of the compiled program's entry computation, in argument order."""
+    entry = hlo_text[hlo_text.index("\nENTRY ") :]
+    entry = entry[: entry.index("\n}")]
+    found = {int(m["index"]): _arrays(m["shape"])[0] for m in _PARAMETER.finditer(entry)}
+    return [found[i] for i in sorted(found)]
+
+
+def program_report(compiled, chip: Chip) -> dict:
+    """Per-chip memory of a compiled program against the chip's HBM, XLA's FLOP and byte counts, and the roofline
+    step time: the larger of FLOPs at peak bf16 rate and bytes at HBM bandwidth."""
+    memory = compiled.memory_analysis()
+    used = {
+        "argument_bytes": memory.argument_size_in_bytes,
+        "output_bytes": memory.output_size_in_bytes,
+        "aliased_bytes": memory.alias_size_in_bytes,  # donated arguments reused as outputs, counted once
+        "temporary_bytes": memory.temp_size_in_bytes,
+        "code_bytes": memory.generated_code_size_in_bytes,
+    }
+    peak = used["argument_bytes"] + used["output_bytes"] - used["aliased_bytes"] + used["temporary_bytes"]
+    peak += used["code_bytes"]
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    compute_s, memory_s = flops / chip.peak_bf16_flops, accessed / chip.hbm_bytes_per_s
+    return {
+        "memory_per_chip": {**used, "peak_bytes": peak, "hbm_bytes": chip.hbm_bytes},
+        "fits": peak <= chip.hbm_bytes,
+        "headroom_bytes": chip.hbm_bytes - peak,
+        "flops_per_chip": flops,
+        "bytes_accessed_per_chip": accessed,
+        "roofline": {
+            "compute_s": compute_s,
+            "memory_s": memory_s,
+            "step_s": max(compute_s, memory_s),
+            "bound": "compute" if compute_s >= memory_s else "memory",
+        },
+    }
+
+
+def parameter_report(hlo_text: str, experiment: Experiment, factory: StateFactory) -> dict:
+    """Each parameter's spec, global shape and the shape one chip holds in the compiled program, with totals."""
+    arguments = entry_parameters(hlo_text)
+    state_leaves = len(jax.tree.leaves(factory.abstract_state))
+    if len(arguments) != state_leaves + len(abstract_batch(experiment.config, experiment.mesh)):
+        return {"per_chip_bytes": None, "note": "the compiled program dropped unused arguments; shapes unmatched"}
+    report = parallel.sharding_report(experiment.mesh, factory.param_shardings, factory.abstract_params)
+    first = len(jax.tree.leaves(factory.abstract_state.step))  # TrainState's params follow its step counter
+    per_chip_bytes = global_bytes = 0
+    for (name, entry), abstract, (dtype, shape) in zip(
+        report["parameters"].items(), jax.tree.leaves(factory.abstract_params), arguments[first:]
+    ):
+        entry["per_chip_shape"] = list(shape)
+        per_chip_bytes += _nbytes(dtype, shape)
+        global_bytes += abstract.size * abstract.dtype.itemsize
+    return {"per_chip_bytes": per_chip_bytes, "global_bytes": global_bytes, **report}
+
+
+class SliceTarget:
+    """A config on a slice's compile-only devices: builds the experiment and compiles its programs."""
+
+    def __init__(self, config, tpu: Slice, workdir: str):
+        self.config, self.tpu, self.workdir = without_data_sources(config), tpu, workdir
+        self.devices = slice_devices(tpu)
+
+    def experiment(self, batch_size: int | None = None) -> Experiment:
+        config = self.config.copy_and_resolve_references()
+        if batch_size is not None:
+            config.batch_size = batch_size
+        return Experiment.build(config, self.workdir, devices=self.devices)
+
+    def batch_devices(self) -> int:
+        data, fsdp, _ = config_lib.resolve_mesh_shape(self.config.mesh, len(self.devices))
+        return data * fsdp
+
+    def train_step(self, batch_size: int | None = None) -> dict:
+        """The step's report at this global batch (the config's when None); when it runs out of memory, what the
+        compiler said."""
+        experiment = self.experiment(batch_size)
+        factory = experiment.state_factory()
+        started = time.perf_counter()
+        global_batch = experiment.config.batch_size
+        summary = {"global_batch": global_batch, "per_chip_batch": global_batch / self.batch_devices()}
+        try:
+            compiled = compile_or_explain(lower_train_step(experiment, factory))
+        except DoesNotFit as error:
+            hbm = error.limit or self.tpu.chip.hbm_bytes
+            memory = {"peak_bytes": error.used, "hbm_bytes": hbm}
+            return {**summary, "fits": False, "memory_per_chip": memory, "compiler": str(error)}
+        report = program_report(compiled, self.tpu.chip)
+        text = compiled.as_text()
+        microbatch = global_batch // experiment.config.train.microbatches
+        return {
+            **summary,
+            **report,
+            "compile_s": round(time.perf_counter() - started, 1),
+            "collectives": collectives(text, microbatch),
+            "parameters": parameter_report(text, experiment, factory),
+        }
+
+    def encoders(self) -> dict:
+        experiment = self.experiment()
+        lowered = lower_encoders(experiment, experiment.state_factory())
+        reports = {}
+        for name, program in lowered.items():
+            try:
+                reports[name] = program_report(compile_or_explain(program), self.tpu.chip)
+            except DoesNotFit as error:
+                reports[name] = {"fits": False, "compiler": str(error)}
+        return {"chunk": experiment.encoder(None, experiment.config.eval.batch_size).batch_size, **reports}

@@ -1,0 +1,30 @@
+"""Run by tests/test_aot.py in the libtpu environment (.venv-tpu): compiles the tiny config's train step for a
+2x2 TPU v5e slice under each mesh preset and prints one JSON line of the reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+from ela_jax import aot
+from ela_jax import config as config_lib
+from tests.conftest import make_tiny_config
+
+# No model dimension of the tiny config is 24, so a [24, 24] collective can only be a batch-by-batch matrix.
+BATCH = 24
+PRESETS = ("dp", "fsdp", "fsdp_tp")
+
+
+def main(topology: str) -> None:
+    tpu = aot.parse_slice(topology)
+    reports = {}
+    for preset in PRESETS:
+        config = config_lib.apply_overlays(make_tiny_config(batch_size=BATCH), preset)
+        target = aot.SliceTarget(config, tpu, tempfile.mkdtemp(prefix="ela_aot_"))
+        reports[preset] = target.train_step()
+    print(json.dumps(reports))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,123 @@
+"""Ahead-of-time TPU compilation: the real train step compiles for a TPU slice on this CPU machine (in .venv-tpu,
+which holds libtpu), and the compiled program holds per chip exactly the parameter shards each mesh preset's
+PartitionSpecs promise."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ela_jax import aot
+from ela_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_PYTHON = os.path.join(REPO, ".venv-tpu", "bin", "python")
+LARGE = 1024  # elements: the tiny model's kernels and embeddings; its biases, norms and scales are smaller
+
+
+@pytest.mark.parametrize(
+    "name, chip, shape",
+    [
+        ("v5e-4", "v5e", (2, 2)),
+        ("v5e-128", "v5e", (8, 16)),
+        ("v5litepod-256", "v5e", (16, 16)),
+        ("v6e-8", "v6e", (2, 4)),
+        ("v4-8", "v4", (2, 2, 1)),
+        ("v4-32", "v4", (2, 2, 4)),
+        ("v5p-128", "v5p", (4, 4, 4)),
+        ("v5p-256", "v5p", (4, 4, 8)),
+    ],
+)
+def test_slice_names_give_cloud_tpu_chip_grids(name, chip, shape):
+    tpu = aot.parse_slice(name)
+    assert (tpu.chip.name, tpu.shape) == (chip, shape)
+    assert tpu.chips == math.prod(shape)
+
+
+@pytest.mark.parametrize("name", ["v5e-3", "v5p-6", "v7-8", "v5e-2", "v5p-4"])
+def test_slice_names_that_do_not_exist_are_refused(name):
+    with pytest.raises(config_lib.ConfigError, match="v5e-256"):
+        aot.parse_slice(name)
+
+
+def test_collectives_are_counted_by_kind_and_batch_squares_found():
+    hlo = "\n".join(
+        [
+            "  %ag = f32[96,768]{1,0:T(8,128)} all-gather(f32[12,768]{1,0} %x), dimensions={0}",
+            "  %ars = (f32[64,64]{1,0}, bf16[96,96]{1,0}) all-reduce-start(%a, %b), to_apply=%add",
+            "  %ard = (f32[64,64]{1,0}, bf16[96,96]{1,0}) all-reduce-done(%ars)",
+            "  %rs = f32[12,768]{1,0} reduce-scatter(f32[96,768]{1,0} %g), dimensions={0}",
+            "  %dot = f32[96,96]{1,0} dot(%p, %q)",
+        ]
+    )
+    found = aot.collectives(hlo, contrastive_batch=96)
+    assert found["by_kind"] == {
+        "all-gather": {"count": 1, "result_bytes": 96 * 768 * 4},
+        "all-reduce": {"count": 1, "result_bytes": 64 * 64 * 4 + 96 * 96 * 2},
+        "reduce-scatter": {"count": 1, "result_bytes": 12 * 768 * 4},
+    }
+    assert len(found["batch_by_batch"]) == 1 and found["batch_by_batch"][0].startswith("all-reduce")
+    assert found["batch_by_batch_values"] == 3  # the all-reduce's start and done, and the dot
+
+
+def expected_per_chip_shape(parameter: dict, mesh: dict) -> list[int]:
+    """A dimension split over mesh axes holds 1 / (product of their sizes) of it on each chip."""
+    shape = []
+    for size, axes in zip(parameter["shape"], parameter["spec"] + [None] * len(parameter["shape"])):
+        axes = [] if axes is None else [axes] if isinstance(axes, str) else axes
+        shape.append(size // math.prod(mesh[axis] for axis in axes))
+    return shape
+
+
+@pytest.mark.integration
+def test_each_mesh_preset_compiles_for_a_tpu_slice_holding_the_promised_shards():
+    assert os.path.exists(TPU_PYTHON), "ahead-of-time compilation needs .venv-tpu; run `make setup-tpu`"
+    result = subprocess.run(
+        [TPU_PYTHON, "-m", "tests.aot_presets", "v5e-4"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    chips = 4
+    for preset, report in reports.items():
+        parameters = report["parameters"]
+        mesh = parameters["mesh"]
+        assert math.prod(mesh.values()) == chips and report["fits"], preset
+        for name, parameter in parameters["parameters"].items():
+            assert parameter["per_chip_shape"] == expected_per_chip_shape(parameter, mesh), (preset, name)
+        # The presets' promise: dp keeps every parameter whole, FSDP holds 1/n of each large one on every chip.
+        for name, parameter in parameters["parameters"].items():
+            size, per_chip = math.prod(parameter["shape"]), math.prod(parameter["per_chip_shape"])
+            if preset == "dp":
+                assert per_chip == size, name
+            elif size >= LARGE:
+                assert per_chip * mesh["fsdp"] <= size, (preset, name, parameter)
+        if preset == "dp":
+            assert parameters["per_chip_bytes"] == parameters["global_bytes"]
+        # The contrastive terms score each chip's rows against gathered embeddings, never a gathered [B, B] matrix.
+        assert report["collectives"]["batch_by_batch"] == [], (preset, report["collectives"]["batch_by_batch"])
+        assert report["collectives"]["batch_by_batch_values"] == 0, preset
+        assert "all-gather" in report["collectives"]["by_kind"] or preset == "dp"
+
+
+@pytest.mark.integration
+def test_without_libtpu_the_tool_says_how_to_install_it():
+    result = subprocess.run(
+        [sys.executable, "-m", "ela_jax.compile", "--config", "configs/demo.py", "--topology", "v5e-4"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == f"compile error: {aot.LIBTPU_MISSING}"
