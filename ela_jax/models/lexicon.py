@@ -51,9 +51,11 @@ class LexiconHead(nn.Module):
             "decoder_bias", layers.partitioned(nn.initializers.zeros, "vocab"), (self.padded_vocab_size,)
         )
         if not self.tied:
+            # Laid out as the tied decoder (the word embeddings transposed): width split over FSDP like every
+            # kernel's embed axis, so FSDP holds 1/n of it; vocabulary over tensor.
             self.decoder_kernel = self.param(
                 "decoder_kernel",
-                layers.partitioned(layers.default_kernel_init, "mlp", "vocab"),
+                layers.partitioned(layers.default_kernel_init, "embed", "vocab"),
                 (self.width, self.padded_vocab_size),
             )
 
