@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from ela_jax import parallel
 from ela_jax.cli import quiet_libraries
+from ela_jax.config import ConfigError
 
 
 def _workdir_from_argv(argv: list[str]) -> str | None:
@@ -75,7 +76,7 @@ def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
         sys.exit(f"usage: python -m {program} --workdir W [--step N] [--config.KEY=VALUE ...]")
     try:
         config = load_config(workdir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigError) as error:
         sys.exit(str(error))
     config_flags.DEFINE_config_dict("config", config, "The run's config (from W/config.json) with overrides.")
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
+from ela_jax.paths import require_local
+
 DOCUMENTS_FILE = "documents.jsonl"
 QUERIES_FILE = "queries.jsonl"
 ID_MAP_FILE = "id_map.json"
@@ -184,6 +186,7 @@ def export_workdir(
     import ela_jax
     from ela_jax.data.pipeline import retrieval_set
 
+    require_local(output_dir, "--output")
     model = ela_jax.load(workdir)
     dataset = retrieval_set(model.experiment.config.data, split)
     image_lexicon = model.encode_images(dataset.images)["lexicon"]  # [images, V]
