@@ -260,3 +260,20 @@ def test_compressed_index_path_is_close_to_the_matrix_lexicon_recall():
     assert metrics["rsum"] == pytest.approx(expected["rsum"], abs=10.0)
     for matrix, index in zip(matrix_ranks, index_ranks):
         assert np.mean(np.minimum(matrix, 10) == index) >= 0.9
+
+
+def test_evaluation_outputs_are_keyed_by_dataset():
+    """Training's data keeps W/eval/results.json; other datasets and zero-shot sets each get their own file."""
+    from ela_jax.evaluate import keyed_file, results_file
+
+    trained = make_tiny_config().data
+    assert results_file(trained, trained) == "results.json"
+    coco = make_tiny_config(**{"data.eval_name": "coco", "data.eval_manual_dir": "/data/coco/"}).data
+    folder = make_tiny_config(**{"data.eval_name": "folder", "data.eval_manual_dir": "/data/pets"}).data
+    assert (results_file(coco, trained), results_file(folder, trained)) == (
+        "results_coco.json",
+        "results_folder_pets.json",
+    )
+    names = {keyed_file("zeroshot", d) for d in ("world_colour", "world_shape", "tfds:cifar10")}
+    assert names == {"zeroshot_world_colour.json", "zeroshot_world_shape.json", "zeroshot_tfds_cifar10.json"}
+    assert keyed_file("zeroshot", "world_shape", "train") == "zeroshot_world_shape_train.json"
