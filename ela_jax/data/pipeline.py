@@ -4,12 +4,19 @@ tokenised, batched) and the evaluation set (every image with all of its captions
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import grain
 import numpy as np
 
-from ela_jax.data import world_tfds
+from ela_jax.data import sources, world_tfds
 from ela_jax.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+# Above this share of [UNK] among caption words the vocabulary does not fit the captions (the embedded world's
+# handful of words on real captions): the text tower and the lexicon would learn from almost nothing.
+UNKNOWN_SHARE_WARNING = 0.3
 
 
 def data_source(data_config, split: str):
@@ -24,6 +31,40 @@ def eval_source(data_config) -> tuple[str, str]:
     if data_config.eval_name:
         return data_config.eval_name, data_config.eval_manual_dir
     return data_config.name, data_config.manual_dir
+
+
+def has_test_split(data_config) -> bool:
+    """Whether the evaluation source has a test split: a folder source's test.jsonl / test.csv is optional."""
+    name, manual_dir = eval_source(data_config)
+    return name == "world" or not sources.missing_entries(name, manual_dir, "test")
+
+
+def unknown_share(tokenizer: Tokenizer, captions: list[str]) -> float:
+    """The share of [UNK] among the captions' tokens (special tokens and padding not counted)."""
+    token_ids, mask = tokenizer.encode(captions)
+    words = mask & ~np.isin(token_ids, [i for i in tokenizer.special_ids if i != tokenizer.unk_id])
+    return float((token_ids[words] == tokenizer.unk_id).sum() / max(1, words.sum()))
+
+
+def warn_on_unfit_data(tokenizer: Tokenizer, captions: list[str], num_examples: int | None, config) -> None:
+    """One warning line each when the vocabulary leaves most caption words [UNK] or when a global batch holds more
+    pairs than the training set has images (every batch then repeats images, whose copies become negatives)."""
+    share = unknown_share(tokenizer, captions)
+    if share > UNKNOWN_SHARE_WARNING:
+        log.warning(
+            "%.0f%% of the caption words in a sample of %s are [UNK] under tokenizer.vocab=%r; use a vocabulary that "
+            "covers the captions, e.g. tokenizer.vocab='bert-base-uncased'",
+            100 * share,
+            config.data.name,
+            config.tokenizer.vocab,
+        )
+    if num_examples is not None and config.batch_size > num_examples:
+        log.warning(
+            "batch_size %d exceeds the %d training images of %s: every batch repeats images; lower batch_size",
+            config.batch_size,
+            num_examples,
+            config.data.name,
+        )
 
 
 def _decode(caption) -> str:
@@ -59,6 +100,8 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
 
         return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
+    sample = [_decode(source[i]["captions"][0]) for i in range(min(64, len(source)))]
+    warn_on_unfit_data(tokenizer, sample, len(source), config)
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
     # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
