@@ -1,4 +1,4 @@
-"""Ablation grids for `python -m ela_jax.ablate` (issue 8): each entry is a name, dotted overrides of the base config
+"""Ablation grids for `python -m ela_jax.ablate`: each entry is a name, dotted overrides of the base config
 and a seed count (the key rows get 3, the rest 2). The base is configs/demo.py with the soft-CE loss form it had when
 the grid ran (ELA on caption words only, beta = 0); the demo now defaults to `lex_contrastive`, the grid's best row.
 
@@ -64,7 +64,7 @@ GRIDS = {
         entry("ela_beta0_filip", {"objective.fine_weight": 1.0}, description="the demo + FILIP"),
         entry("ela_beta0_noflops", {"objective.flops_weight": 0.0}, description="the demo without FLOPS"),
         entry("ela_bce", {"objective.ela.loss": "bce"}, description="beta 0, multi-label BCE"),
-        # Third seed: the clear best of the first seeds (see the README's ablation table).
+        # Third seed: the clear best of the first seeds (configs/README.md).
         entry(
             "ela_lex_contrastive",
             {"objective.ela.loss": "lex_contrastive"},
@@ -73,8 +73,8 @@ GRIDS = {
         ),
         entry("ela_lexlip_cosine", {"objective.ela.loss": "lexlip_cosine"}, description="LexLIP cos(a_I, a_T)"),
     ],
-    # A grid of its own: a run costs about 20 demo runs (|V| = 30522 lexicon heads and a 6-layer, 384-wide text tower;
-    # 3.8-3.9 pairs/s on one core of the project's CPU, about 4.5 hours per run).
+    # A grid of its own: a run costs about 20 demo runs (|V| = 30522 lexicon heads and a 6-layer, 384-wide text
+    # tower; configs/README.md has the measured cost).
     # The frozen pretrained source is the `pretrained_*` rows above: the world's vocabulary, one teacher forward pass
     # on top of a demo step.
     "minilm": [

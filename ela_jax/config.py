@@ -193,9 +193,9 @@ def base_config() -> ml_collections.ConfigDict:
             "image_std": (0.5, 0.5, 0.5),
             "num_threads": 2,
             "prefetch_buffer_size": 4,
-            # Real sources (README "Datasets"): "coco" / "flickr30k" (Karpathy splits), "folder" (captions.jsonl or
+            # Real sources (ela_jax/data/README.md): "coco" / "flickr30k" (Karpathy splits), "folder" (captions.jsonl or
             # .csv), "webdataset" (NNNNN.tar shards, training only); all are resized to data.image_size.
-            "manual_dir": "",  # the user's downloaded files (see README) or the folder of .tar shards
+            "manual_dir": "",  # the user's downloaded files (see ela_jax/data/README.md) or the folder of .tar shards
             "eval_name": "",  # evaluation source; empty: data.name (a webdataset run needs one, e.g. "coco")
             "eval_manual_dir": "",
             "max_skip_fraction": 0.05,  # a source skipping more of its records (bad images, no caption) stops

@@ -137,7 +137,7 @@ def test_logit_scale_is_clipped_at_the_minimum_temperature(tiny_model_and_params
     np.testing.assert_allclose(scales["global"], 1.0 / model.config.min_temperature, rtol=1e-5)
 
 
-# --- issue 9's faster layers compute what the library layers they replace compute (same parameters, same values)
+# --- the CPU-tuned layers compute what the library layers they replace compute (same parameters, same values)
 
 
 def _reference_attention(params, x, key_mask, num_heads):
@@ -189,7 +189,7 @@ def test_attention_in_batch_slices_computes_the_same_values_and_gradients(batch_
 
 
 def test_attention_projection_init_matches_dense_general():
-    """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where they started before issue 9."""
+    """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where the library layers start."""
     from ela_jax.models import layers
 
     x = jnp.ones((1, 2, 24))

@@ -61,7 +61,7 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     source = data_source(config.data, "train")
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
-    # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
+    # node keeps the stream identical to the one every recorded result was trained on.
     dataset = dataset[:]
     dataset = dataset.shuffle().repeat()  # reshuffled every epoch, deterministically
     dataset = dataset.random_map(PickCaption())
