@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from ela_jax.errors import ConfigError
+
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
@@ -39,10 +41,6 @@ DEFAULT_LOGICAL_RULES = (
     ("layers", None),
     ("project", "tensor"),
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says what to change."""
 
 
 # Mesh presets, applied as overlays: `--config configs/demo.py:fsdp_tp` (several: `:fsdp,other`). Each splits the

@@ -6,6 +6,8 @@ from __future__ import annotations
 import glob
 import os
 
+from ela_jax.errors import ConfigError
+
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
@@ -40,8 +42,6 @@ def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
 
 def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
     """Raises ConfigError (one line) when `manual_dir` cannot serve `split` of source `name`."""
-    from ela_jax.config import ConfigError
-
     if not manual_dir:
         raise ConfigError(f"data source {name!r} needs {key}: the folder holding {CONTENTS[name]}")
     if not os.path.isdir(manual_dir):
