@@ -12,3 +12,9 @@ class DistributedConfigError(ValueError):
 
 class TooManySkipsError(RuntimeError):
     """A source skipped more records than `data.max_skip_fraction` allows."""
+
+
+def check_choice(value, choices, key: str) -> None:
+    """Raises ConfigError unless `value` (the config key `key`) is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")

@@ -11,6 +11,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax import parallel
 from ela_jax.convert import from_pytorch
 from ela_jax.evaluation.encode import Encoder
@@ -33,7 +34,7 @@ class Experiment:
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
         """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
-        config_lib.validate(config, jax.device_count(), jax.process_count())
+        validation.validate(config, jax.device_count(), jax.process_count())
         os.makedirs(workdir, exist_ok=True)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
         vocab_size = config.model.vocab_size

@@ -14,6 +14,7 @@ import pytest
 
 from ela_jax import ablate
 from ela_jax import config as config_lib
+from ela_jax import validation
 from tests.conftest import make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +145,7 @@ def test_every_entry_of_the_shipped_grid_is_a_valid_demo_config():
     assert {"clip", "filip", "ela_beta0"} <= {entry.name for entry in entries}
     for entry in entries:
         config = ablate.entry_config(base, entry, seed=1)
-        config_lib.validate(config, jax.device_count())
+        validation.validate(config, jax.device_count())
         assert config.seed == 1
     with pytest.raises(KeyError, match="no_such_grid"):
         ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), "no_such_grid")

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
 from tests.conftest import train_command
 
@@ -16,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def validation_error(config, num_devices: int = 1) -> str:
     with pytest.raises(config_lib.ConfigError) as error:
-        config_lib.validate(config, num_devices)
+        validation.validate(config, num_devices)
     message = str(error.value)
     assert "\n" not in message
     return message
@@ -132,5 +133,5 @@ def test_accelerator_configs_validate_on_a_pod_sized_mesh(name):
 
     config = importlib.import_module(f"configs.{name}").get_config("fsdp")
     config.data.update(name="world", eval_name="", manual_dir="")
-    config_lib.validate(config, num_devices=256)
+    validation.validate(config, num_devices=256)
     assert config.model.image.image_size == config.data.image_size == 224
