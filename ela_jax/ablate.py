@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax.cli import quiet_libraries
+from ela_jax.training import restarts
 
 RESULTS_FILE = os.path.join("eval", "results.json")
 RUN_SPEC_FILE = "ablation_run.json"
@@ -149,7 +150,7 @@ COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "
 def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir trained from another base config (e.g. a changed configs/demo.py): the run spec records only
     the entry's overrides, the workdir's config.json all of it."""
-    differing = config_lib.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
+    differing = restarts.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
     if differing:
         raise config_lib.ConfigError(
             f"{workdir} was trained from another base config ({', '.join(differing[:6])} differ); pass the base "

@@ -6,9 +6,7 @@ config surface (DESIGN.md lists the ones scripts rely on); ela_jax.validation ch
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import ml_collections
 
@@ -283,7 +281,7 @@ def base_config() -> ml_collections.ConfigDict:
     # micro-batches, take the loss and its gradient on the full batch, re-encode each micro-batch to apply it).
     config.train = ml_collections.ConfigDict(
         # allow_config_change: resume a workdir whose config.json differs in what the results depend on (see
-        # EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
+        # training.restarts.EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
         {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False}
     )
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
@@ -314,55 +312,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
     config.lock()
     return config
-
-
-# What a run's results depend on. A workdir whose config.json differs here holds another experiment: resuming it
-# under this config would mix the two and rewrite its record (training.loop refuses unless
-# train.allow_config_change). Compute and memory knobs (threads, remat, chunking, attention slices, compute dtype;
-# the mesh, eval, log and checkpoint sections) may change between restarts, as after an out-of-memory error or on
-# another machine.
-EXPERIMENT_SECTIONS = ("seed", "batch_size", "data", "tokenizer", "model", "objective", "optim")
-FREE_BETWEEN_RESTARTS = (
-    "data.num_threads",
-    "data.prefetch_buffer_size",
-    "data.dir",
-    "model.dtype",
-    "model.remat",
-    "model.remat_policy",
-    "model.lexicon.chunk",
-    "model.attention_batch_splits",
-)
-
-
-def workdir_config_differences(workdir: str, config: ml_collections.ConfigDict, sections=EXPERIMENT_SECTIONS):
-    """`config_differences` between the config.json a run wrote in `workdir` and `config` ([] when there is none)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        stored = json.load(f)
-    return config_differences(stored, json.loads(config.to_json_best_effort()), sections)
-
-
-def config_differences(stored: dict, wanted: dict, sections=EXPERIMENT_SECTIONS, free=FREE_BETWEEN_RESTARTS):
-    """Dotted keys under `sections` where `stored` (a config.json) differs from `wanted` (the same JSON form). Keys the
-    stored config lacks are options added since it ran (at their defaults), not differences."""
-
-    def walk(old, new, path: str):
-        if path in free or (path == "model.vocab_size" and new == VOCAB_SIZE_FROM_TOKENIZER):
-            return []  # a vocabulary size still to be read from the (compared) tokenizer
-        if isinstance(old, dict) and isinstance(new, dict):
-            return [
-                key for name, value in old.items() for key in walk(value, new.get(name, _MISSING), f"{path}.{name}")
-            ]
-        return [] if old == new else [path]
-
-    return [
-        key for section in sections if section in stored for key in walk(stored[section], wanted.get(section), section)
-    ]
-
-
-_MISSING = object()  # a key the wanted config has no longer: always a difference
 
 
 def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:

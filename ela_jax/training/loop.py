@@ -21,6 +21,7 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
+from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.state import TrainState
 from ela_jax.training.step import Vocabulary, make_train_step
@@ -115,7 +116,7 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
     """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
-    differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
+    differing = [] if resumed_step is None else restarts.workdir_config_differences(workdir, config)
     if not differing:
         return
     listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
