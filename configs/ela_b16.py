@@ -12,11 +12,16 @@ Run:
     [--config.init.text_tower=/models/bert-base-uncased]
 """
 
-from ela_jax import config as common
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import mesh_presets  # noqa: E402
+from ela_jax import config as common  # noqa: E402
 
 
 def get_config(arg: str | None = None):
-    """`arg`: mesh presets to overlay, e.g. `configs/ela_b16.py:fsdp_tp` (see ela_jax.config.MESH_PRESETS)."""
+    """`arg`: mesh presets to overlay, e.g. `configs/ela_b16.py:fsdp_tp` (see configs/mesh_presets.py)."""
     config = common.base_config()
     config.total_steps = 100_000
     config.batch_size = 4096
@@ -64,4 +69,4 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 50
     config.eval.every_steps = 5_000
     config.eval.batch_size = 1_000
-    return common.apply_overlays(config, arg)
+    return mesh_presets.apply_overlays(config, arg)

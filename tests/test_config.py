@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
@@ -100,18 +101,18 @@ def test_written_config_round_trips(tiny_config, tmp_path):
 
 
 def test_mesh_presets_are_overlays_and_unknown_ones_are_named():
-    config = config_lib.apply_overlays(config_lib.base_config(), "fsdp_tp")
+    config = mesh_presets.apply_overlays(config_lib.base_config(), "fsdp_tp")
     assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.model.vocab_multiple) == (1, -1, 2, 128)
     with pytest.raises(config_lib.ConfigError, match="unknown config overlay 'zero3'.*fsdp_tp"):
-        config_lib.apply_overlays(config_lib.base_config(), "zero3")
+        mesh_presets.apply_overlays(config_lib.base_config(), "zero3")
 
 
-@pytest.mark.parametrize("preset", sorted(config_lib.MESH_PRESETS))
+@pytest.mark.parametrize("preset", sorted(mesh_presets.MESH_PRESETS))
 def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
     from configs import demo
 
     assert demo.get_config().model.attention_batch_splits > 1  # the CPU demo slices it
-    assert config_lib.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+    assert mesh_presets.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
 
 
 def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
