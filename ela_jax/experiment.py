@@ -21,6 +21,7 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.state import StateFactory
+from ela_jax.training.step import Vocabulary, jit_train_step
 
 
 @dataclasses.dataclass
@@ -61,6 +62,16 @@ class Experiment:
     def state_factory(self) -> StateFactory:
         words = [self.tokenizer.id_to_token(i) for i in range(self.tokenizer.vocab_size)]
         return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh, words)
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_tokenizer(self.tokenizer, self.config.objective.ela.stopwords)
+
+    def train_step(self, factory: StateFactory, donate: bool = True):
+        """The jitted, sharded train step on this experiment's mesh (see `training.step.jit_train_step`)."""
+        optimizer, schedule = self.optimizer()
+        return jit_train_step(
+            self.model, optimizer, schedule, self.config, self.vocabulary(), self.mesh, factory.shardings, donate
+        )
 
     def checkpointer(self) -> Checkpointer:
         return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)

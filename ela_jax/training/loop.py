@@ -24,7 +24,6 @@ from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.state import TrainState
-from ela_jax.training.step import Vocabulary, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     if is_chief:
         report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
@@ -213,13 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
-    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
-    train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
-        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.train_step(factory)
 
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
