@@ -15,6 +15,7 @@ import ml_collections
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
+TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
@@ -234,6 +235,9 @@ def base_config() -> ml_collections.ConfigDict:
                 "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
                 "top_k": 0,  # keep the top-k target entries; 0 keeps all
                 "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
+                # How a_T becomes the expansion distribution: "softmax" (softmax(a_T / tau_q) over every content
+                # word) or "sparse" (a_T / sum a_T, only the words the text side activated).
+                "target_form": "softmax",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",
@@ -416,6 +420,30 @@ def _validate_eval(eval_config) -> None:
         raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
 
 
+def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
+    """Refuses expanding from a text lexicon that nothing trains or initialises: its targets would be noise."""
+    objective, ela = config.objective, config.objective.ela
+    if objective.ela_weight <= 0 or ela.beta <= 0 or ela.loss == "lexlip_cosine":
+        return  # no expansion targets are built
+    source = f"objective.ela.beta={ela.beta} expands from objective.ela.target_source={ela.target_source!r}"
+    if ela.target_source in ("online", "ema") and objective.mlm_weight <= 0:
+        # The targets are stop-gradient, so only MLM trains the text lexicon head (and the EMA follows that head).
+        raise ConfigError(
+            f"{source}, but with objective.mlm_weight=0 nothing trains the text lexicon head; set "
+            "objective.mlm_weight > 0, or objective.ela.target_source='pretrained' with objective.ela.teacher_dir"
+        )
+    if ela.target_source == "frozen" and not config.init.text_tower:
+        raise ConfigError(
+            f"{source}, a copy of the text side at step 0, but init.text_tower is empty so that copy is random; set "
+            "init.text_tower to a BERT checkpoint with an MLM head, or use target_source 'ema' or 'pretrained'"
+        )
+    if ela.target_source == "pretrained" and not ela.teacher_dir:
+        raise ConfigError(
+            f"{source}, which needs objective.ela.teacher_dir, a Hugging Face BERT folder "
+            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
+        )
+
+
 def _validate_data(data) -> None:
     from ela_jax.data import sources  # light: no TFDS or grain import
 
@@ -502,6 +530,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _check_choice(objective.ela.loss, ELA_LOSSES, "objective.ela.loss")
     _check_choice(objective.ela.target_source, TARGET_SOURCES, "objective.ela.target_source")
     _check_choice(objective.ela.pool, PATCH_POOLS, "objective.ela.pool")
+    _check_choice(objective.ela.target_form, TARGET_FORMS, "objective.ela.target_form")
     for score in config.eval.scores:
         _check_choice(score, SCORES, "eval.scores")
     _check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
@@ -511,22 +540,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
     if not 0.0 <= objective.ela.beta <= 1.0:
         raise ConfigError(f"objective.ela.beta must lie in [0, 1], got {objective.ela.beta}")
-    if (
-        objective.ela.beta > 0
-        and objective.ela.target_source == "online"
-        and objective.mlm_weight == 0
-        and objective.ela.loss != "lexlip_cosine"
-        and not config.init.text_tower
-    ):
-        raise ConfigError(
-            "objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
-            "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
-        )
-    if objective.ela.target_source == "pretrained" and not objective.ela.teacher_dir:
-        raise ConfigError(
-            "objective.ela.target_source=pretrained needs objective.ela.teacher_dir, a Hugging Face BERT folder "
-            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
-        )
+    _validate_expansion_source(config)
     _validate_data(config.data)
     image = config.model.image
     if not config.init.image_tower and config.data.image_size != image.image_size:
