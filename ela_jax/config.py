@@ -15,6 +15,7 @@ from ela_jax.errors import ConfigError
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
+TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
@@ -200,6 +201,9 @@ def base_config() -> ml_collections.ConfigDict:
                 "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
                 "top_k": 0,  # keep the top-k target entries; 0 keeps all
                 "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
+                # How a_T becomes the expansion distribution: "softmax" (softmax(a_T / tau_q) over every content
+                # word) or "sparse" (a_T / sum a_T, only the words the text side activated).
+                "target_form": "softmax",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",

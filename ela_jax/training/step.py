@@ -34,12 +34,15 @@ class Vocabulary:
 
 @dataclasses.dataclass(frozen=True)
 class Needs:
-    """Which encoder outputs the configured objective reads (the rest is never computed)."""
+    """Which encoder outputs the configured objective reads (the rest is never computed), and which lexicon FLOPS
+    regularises: only a side some loss trains, or the regulariser alone would drive that side to zero."""
 
     image_lexicon: bool
     text_lexicon: bool
     tokens: bool
     expansion: bool
+    flops_image: bool
+    flops_text: bool
 
     @classmethod
     def from_config(cls, config) -> "Needs":
@@ -47,13 +50,17 @@ class Needs:
         use_ela = objective.ela_weight > 0
         expansion = use_ela and ela.beta > 0 and ela.loss != "lexlip_cosine"
         lexlip = use_ela and ela.loss == "lexlip_cosine"
+        flops = objective.flops_weight > 0
+        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM or by LexLIP's cosine
+        # (expansion targets are stop-gradient).
+        flops_text = flops and (objective.mlm_weight > 0 or lexlip)
         return cls(
-            image_lexicon=use_ela or objective.flops_weight > 0,
-            text_lexicon=lexlip
-            or (expansion and ela.target_source == "online")
-            or (objective.flops_weight > 0 and objective.mlm_weight > 0),
+            image_lexicon=use_ela,
+            text_lexicon=lexlip or (expansion and ela.target_source == "online") or flops_text,
             tokens=objective.fine_weight > 0,
             expansion=expansion,
+            flops_image=flops and use_ela,
+            flops_text=flops_text,
         )
 
 
@@ -158,9 +165,9 @@ class ObjectiveBuilder:
             )
         if objective.ela_weight > 0:
             terms["ela"] = self.ela_loss(reps, batch, step)
-        if objective.flops_weight > 0:
-            lexicons = [reps[key] for key in ("image_lexicon", "text_lexicon") if key in reps]
-            terms["flops"] = sum(objectives.flops_regulariser(lexicon) for lexicon in lexicons)
+        flops_sides = [side for side in ("image", "text") if getattr(self.needs, f"flops_{side}")]
+        if flops_sides:
+            terms["flops"] = sum(objectives.flops_regulariser(reps[f"{side}_lexicon"]) for side in flops_sides)
         if objective.mlm_weight > 0:
             selected = jnp.sum(mlm["selected"].astype(jnp.float32))
             terms["mlm"] = jnp.sum(reps["mlm_sums"]) / jnp.maximum(selected, 1.0)
@@ -197,7 +204,9 @@ class ObjectiveBuilder:
             beta = objectives.linear_warmup(ela.beta, step, ela.beta_warmup_steps)
         else:
             text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
-        targets = objectives.expanded_targets(bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k)
+        targets = objectives.expanded_targets(
+            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form
+        )
         image_vocab_logits = reps["image_pooled"]
         if ela.loss == "soft_ce":
             return objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
