@@ -63,11 +63,15 @@ class PreemptionWatch:
 
 
 class BadStepMonitor:
-    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged."""
+    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged.
+
+    `in_a_row` is the length of the bad run ending at the newest step it has judged: a state whose newest update
+    was skipped is not worth a periodic checkpoint (it would rotate good ones out)."""
 
     def __init__(self, max_bad_steps: int):
         self.max_bad_steps = max_bad_steps
         self.skipped = 0
+        self.in_a_row = 0
         self.pending = None
 
     def observe(self, step: int, metrics: dict, last_checkpoint) -> None:
@@ -81,15 +85,16 @@ class BadStepMonitor:
             self.pending = None
 
     def _check(self, step: int, metrics: dict, last_checkpoint) -> None:
-        in_a_row = int(metrics["bad_steps_in_a_row"])
+        self.in_a_row = in_a_row = int(metrics["bad_steps_in_a_row"])
         if in_a_row == 0:
             return
         self.skipped += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, in_a_row)
+        log.warning("step %d: non-finite loss, gradient or update, update skipped (%d in a row)", step, in_a_row)
         if in_a_row >= self.max_bad_steps:
+            good = "none" if last_checkpoint is None else f"step {last_checkpoint}"
             raise TrainingDiverged(
-                f"loss or gradients were non-finite for {in_a_row} steps in a row (steps {step - in_a_row + 1}-"
-                f"{step}); the last good checkpoint is step {last_checkpoint}. Lower optim.lr or check the data."
+                f"loss, gradients or updates were non-finite for {in_a_row} steps in a row (steps "
+                f"{step - in_a_row + 1}-{step}); the last good checkpoint is {good}. Lower optim.lr or check the data."
             )
 
 
@@ -257,8 +262,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
                 bad_steps.flush(last_checkpoint)  # never checkpoint past a run that must stop
-                checkpointer.save(step, state, data_iterator)
-                last_checkpoint = step
+                if bad_steps.in_a_row and not (preempted or step == config.total_steps):
+                    log.warning("step %d: checkpoint not saved, the step's update was skipped", step)
+                else:
+                    checkpointer.save(step, state, data_iterator)
+                    last_checkpoint = step
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
