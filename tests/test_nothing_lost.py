@@ -4,7 +4,11 @@ a kill."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,7 +19,10 @@ from ela_jax.experiment import Experiment
 from ela_jax.training import loop, optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.step import Vocabulary, make_train_step
-from tests.conftest import make_tiny_config, set_keys
+from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
+from tests.conftest import HOLD_LOCK, make_tiny_config, set_keys, train_command
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +77,40 @@ def test_a_run_that_diverges_before_any_checkpoint_names_none():
     with pytest.raises(loop.TrainingDiverged, match="last good checkpoint is none"):
         for step in (1, 2, 3):
             monitor.observe(step, {"bad_steps_in_a_row": step}, last_checkpoint=None)
+
+
+# ------------------------------------------------------------------------------ one run per workdir
+
+
+def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(tmp_path):
+    workdir = str(tmp_path)
+    with WorkdirLock(workdir, loop.RUN_LOCK_FILE):
+        with pytest.raises(WorkdirBusy, match=rf"in use by pid {os.getpid()} on {socket.gethostname()} since"):
+            loop.train(make_tiny_config(), workdir)
+        assert not os.path.exists(os.path.join(workdir, "config.json"))  # nothing of the holder's was touched
+        result = subprocess.run(
+            train_command(workdir, "--config.total_steps=1"), cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"workdir busy: {workdir} is in use by pid {os.getpid()} on {socket.gethostname()} since "
+        + result.stderr.split(" since ")[1].strip()
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_a_restart(tmp_path):
+    """The record a killed run leaves in the lock file is only a record: the kernel dropped its lock."""
+    workdir = str(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, workdir, loop.RUN_LOCK_FILE], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert holder.stdout.readline().strip() == "held"
+    assert not WorkdirLock(workdir, loop.RUN_LOCK_FILE).acquire()
+    holder.kill()
+    holder.wait()
+    lock = WorkdirLock(workdir, loop.RUN_LOCK_FILE)
+    assert lock.acquire()
+    with open(lock.path) as f:
+        assert json.load(f)["pid"] == os.getpid()
+    lock.release()

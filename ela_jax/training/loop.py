@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,11 @@ from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.state import TrainState
 from ela_jax.training.step import Vocabulary, make_train_step
+from ela_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -190,11 +194,18 @@ class BestCheckpoints:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results.
+    Raises WorkdirBusy at once when another run holds `workdir` (the chief process holds it for the whole run)."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
-    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
+        return _train(experiment, is_chief)
+
+
+def _train(experiment: Experiment, is_chief: bool) -> dict:
+    config, workdir = experiment.config, experiment.workdir
+    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
