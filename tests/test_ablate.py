@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 from ela_jax import ablate
 from ela_jax import config as config_lib
 from ela_jax import validation
-from tests.conftest import make_tiny_config
+from tests.conftest import HOLD_LOCK, make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,6 +150,9 @@ def test_every_entry_of_the_shipped_grid_is_a_valid_demo_config():
         ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), "no_such_grid")
 
 
+ENV = {**os.environ, "PYTHONPATH": REPO}
+
+
 def test_workers_share_a_grid_through_run_locks(tmp_path):
     root = str(tmp_path)
     entries = [ablate.Entry("done", {}, seeds=1), ablate.Entry("held", {}, seeds=1)]
@@ -173,14 +175,13 @@ def test_workers_share_a_grid_through_run_locks(tmp_path):
     assert ablate.claim_run(held)
     ablate.release_run(held)
 
-    # A lock left by a process that died on this host is taken over; one from another host is respected.
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock = os.path.join(held, ablate.LOCK_FILE)
-    with open(lock, "w") as f:
-        json.dump({"host": socket.gethostname(), "pid": int(finished.stdout)}, f)
-    assert ablate.claim_run(held)
-    with open(lock) as f:
-        assert json.load(f)["pid"] == os.getpid()
-    with open(lock, "w") as f:
-        json.dump({"host": "another-machine", "pid": int(finished.stdout)}, f)
+    # A live worker's lock is respected; once that worker dies its lock is gone, whatever its file still says.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, held, ablate.LOCK_FILE], stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    assert holder.stdout.readline().strip() == "held"
     assert not ablate.claim_run(held)
+    holder.kill()
+    holder.wait()
+    assert ablate.claim_run(held)
+    ablate.release_run(held)

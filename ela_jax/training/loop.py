@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,11 @@ from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.state import TrainState
+from ela_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -63,11 +67,15 @@ class PreemptionWatch:
 
 
 class BadStepMonitor:
-    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged."""
+    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged.
+
+    `in_a_row` is the length of the bad run ending at the newest step it has judged: a state whose newest update
+    was skipped is not worth a periodic checkpoint (it would rotate good ones out)."""
 
     def __init__(self, max_bad_steps: int):
         self.max_bad_steps = max_bad_steps
         self.skipped = 0
+        self.in_a_row = 0
         self.pending = None
 
     def observe(self, step: int, metrics: dict, last_checkpoint) -> None:
@@ -81,15 +89,16 @@ class BadStepMonitor:
             self.pending = None
 
     def _check(self, step: int, metrics: dict, last_checkpoint) -> None:
-        in_a_row = int(metrics["bad_steps_in_a_row"])
+        self.in_a_row = in_a_row = int(metrics["bad_steps_in_a_row"])
         if in_a_row == 0:
             return
         self.skipped += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, in_a_row)
+        log.warning("step %d: non-finite loss, gradient or update, update skipped (%d in a row)", step, in_a_row)
         if in_a_row >= self.max_bad_steps:
+            good = "none" if last_checkpoint is None else f"step {last_checkpoint}"
             raise TrainingDiverged(
-                f"loss or gradients were non-finite for {in_a_row} steps in a row (steps {step - in_a_row + 1}-"
-                f"{step}); the last good checkpoint is step {last_checkpoint}. Lower optim.lr or check the data."
+                f"loss, gradients or updates were non-finite for {in_a_row} steps in a row (steps "
+                f"{step - in_a_row + 1}-{step}); the last good checkpoint is {good}. Lower optim.lr or check the data."
             )
 
 
@@ -185,11 +194,18 @@ class BestCheckpoints:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results.
+    Raises WorkdirBusy at once when another run holds `workdir` (the chief process holds it for the whole run)."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
-    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
+        return _train(experiment, is_chief)
+
+
+def _train(experiment: Experiment, is_chief: bool) -> dict:
+    config, workdir = experiment.config, experiment.workdir
+    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
@@ -250,8 +266,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
                 bad_steps.flush(last_checkpoint)  # never checkpoint past a run that must stop
-                checkpointer.save(step, state, data_iterator)
-                last_checkpoint = step
+                if bad_steps.in_a_row and not (preempted or step == config.total_steps):
+                    log.warning("step %d: checkpoint not saved, the step's update was skipped", step)
+                else:
+                    checkpointer.save(step, state, data_iterator)
+                    last_checkpoint = step
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}

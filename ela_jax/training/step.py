@@ -298,8 +298,15 @@ def make_train_step(
         teacher = state.teacher
         if update_teacher:
             teacher = jax.tree.map(lambda t, p: ema_decay * t + (1.0 - ema_decay) * p, teacher, teacher_params(params))
-        # A non-finite loss or gradient skips the update (params, optimizer and teacher stay as they were).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A non-finite loss, gradient, update or result skips the update (params, optimizer and teacher stay as they
+        # were): a finite gradient can still give a non-finite update (optim.eps=0, a huge or NaN learning rate).
+        # Norms overflow float32 near 1e19, so an absurdly large update or parameter counts as non-finite too.
+        finite = (
+            jnp.isfinite(loss)
+            & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.global_norm(updates))
+            & jnp.isfinite(optax.global_norm(params))
+        )
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         bad_in_a_row = jnp.where(finite, 0, state.bad_steps_in_a_row + 1)
         new_state = TrainState(
