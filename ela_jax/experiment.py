@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -22,6 +23,8 @@ from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.state import StateFactory
 from ela_jax.training.step import Vocabulary, jit_train_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -49,8 +52,9 @@ class Experiment:
         check_vocab_sharding(config)
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
-        mesh = parallel.create_mesh(config.mesh)
-        return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
+        mesh_shape = config_lib.resolve_mesh_shape(config.mesh, jax.device_count())
+        model = ELAModel(model_config_for_mesh(config.model, mesh_shape))
+        return cls(config, workdir, tokenizer, model, parallel.create_mesh(config.mesh))
 
     def encoder(self, params, batch_size: int) -> Encoder:
         """Batched encoding with these params on this experiment's mesh and axis rules."""
@@ -85,6 +89,26 @@ class Experiment:
         state = checkpointer.restore(step, self.state_factory().abstract_with_shardings())
         checkpointer.close()
         return state
+
+
+def model_config_for_mesh(model_config: ml_collections.ConfigDict, mesh_shape) -> ml_collections.ConfigDict:
+    """`config.model` as it runs on a (data, fsdp, tensor) mesh: attention slices of a batch that is split over
+    devices (presets, hand-set mesh sizes or several processes alike) would live on different devices and be
+    resharded, so `attention_batch_splits`, a single-device CPU knob, is switched off there. A copy: the caller's
+    config keeps what it asked for."""
+    batch_parallel = mesh_shape[0] * mesh_shape[1]
+    splits = model_config.attention_batch_splits
+    if batch_parallel == 1 or splits == 1:
+        return model_config
+    log.warning(
+        "model.attention_batch_splits=%d switched off: the batch is split over %d devices (mesh data x fsdp), where "
+        "slicing attention only adds resharding",
+        splits,
+        batch_parallel,
+    )
+    effective = model_config.copy_and_resolve_references()
+    effective.attention_batch_splits = 1
+    return effective
 
 
 def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:

@@ -145,6 +145,28 @@ def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
     assert mesh_presets.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
 
 
+@pytest.mark.parametrize(
+    "mesh, devices, effective",
+    [
+        ({"mesh.data": -1}, 1, 8),  # one device: the CPU knob pays
+        ({"mesh.data": -1}, 2, 1),  # the default mesh on two devices or processes (launch.local --processes 2)
+        ({"mesh.data": 1, "mesh.fsdp": 2}, 2, 1),  # a hand-set FSDP mesh
+        ({"mesh.data": 1, "mesh.tensor": 2}, 2, 8),  # tensor parallelism alone leaves the batch whole
+    ],
+)
+def test_attention_batch_splits_switch_off_on_a_batch_sharded_mesh(tiny_config, monkeypatch, tmp_path, caplog, mesh,
+                                                                    devices, effective):  # fmt: skip
+    from ela_jax import experiment
+
+    monkeypatch.setattr(experiment.jax, "device_count", lambda: devices)
+    monkeypatch.setattr(experiment.parallel, "create_mesh", lambda mesh_config: None)  # this process has one device
+    config = tiny_config(**mesh, **{"model.attention_batch_splits": 8, "model.vocab_multiple": 128})
+    built = experiment.Experiment.build(config, str(tmp_path))
+    assert built.model.config.attention_batch_splits == effective
+    assert config.model.attention_batch_splits == 8  # the caller's config (and config.json) keep what was asked
+    assert ("attention_batch_splits=8 switched off" in caplog.text) == (effective == 1)
+
+
 def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
     from ela_jax import experiment
 

@@ -12,7 +12,6 @@ import time
 
 import jax
 import ml_collections
-import tqdm
 from jax.experimental import multihost_utils
 
 from ela_jax import config as config_lib
@@ -23,7 +22,8 @@ from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
-from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.metrics import MetricWriter, eval_scalars
+from ela_jax.training.progress import Progress
 from ela_jax.training.state import TrainState
 from ela_jax.training.workdir_lock import WorkdirLock
 
@@ -220,6 +220,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
+    progress = Progress(config.total_steps, is_chief, config.log.progress)
+    progress.phase(f"preparing data ({config.data.name}) and the train state in {workdir}")
     with parallel.process_zero_first("prepare the training data"):  # one writer in a shared data directory
         data_iterator = iter(
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
@@ -236,31 +238,26 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
-    progress = tqdm.tqdm(
-        initial=start_step,
-        total=config.total_steps,
-        desc="train",
-        unit="step",
-        disable=not (is_chief and config.log.progress),
-        dynamic_ncols=True,
-    )
+    progress.start(start_step)
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+            if step == start_step + 1:
+                progress.phase(f"compiling the train step (from step {step})")
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
             window_steps += 1
-            progress.update(1)
+            progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+                progress.logged(step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
@@ -271,22 +268,16 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 else:
                     checkpointer.save(step, state, data_iterator)
                     last_checkpoint = step
+                    progress.phase(f"checkpoint saved: step {step} in {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+                progress.phase(f"evaluating at step {step}")
                 results = evaluation(state.params, step)
                 host_allocator.release_free_memory()
                 best.offer(step, state, results)
-                writer.write(
-                    step,
-                    {
-                        f"eval/{score}/{k}": v
-                        for score, m in results["scores"].items()
-                        for k, v in m.items()
-                        if "recall@" in k or k == "rsum"
-                    },
-                )
+                writer.write(step, eval_scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
         progress.close()
@@ -295,10 +286,13 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
         writer.close()
 
     # --- final report
+    progress.phase(f"evaluating at step {config.total_steps}")
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results)
     best.close()
+    MetricWriter.tensorboard_only(workdir, config.total_steps, eval_scalars(results), enabled=is_chief)
     if is_chief:
         write_json(os.path.join(workdir, "eval", "results.json"), results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
+    progress.phase(f"done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {workdir}")
     return results
