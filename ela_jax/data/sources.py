@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 
+WORLDS = ("shapes", "scenes")  # data.world: the embedded world data.name="world" generates
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
