@@ -12,6 +12,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax import parallel
 from ela_jax.paths import require_local
 from ela_jax.convert import from_pytorch
@@ -22,6 +23,7 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.state import StateFactory
+from ela_jax.training.step import Vocabulary, jit_train_step
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,9 @@ class Experiment:
     def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
         """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
         require_local(workdir, "the workdir")
-        config_lib.validate(config, jax.device_count(), jax.process_count())
+        validation.validate(config, jax.device_count(), jax.process_count())
         os.makedirs(workdir, exist_ok=True)
-        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
             config.model.vocab_size = tokenizer.vocab_size
@@ -66,6 +68,16 @@ class Experiment:
     def state_factory(self) -> StateFactory:
         words = [self.tokenizer.id_to_token(i) for i in range(self.tokenizer.vocab_size)]
         return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh, words)
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_tokenizer(self.tokenizer, self.config.objective.ela.stopwords)
+
+    def train_step(self, factory: StateFactory, donate: bool = True):
+        """The jitted, sharded train step on this experiment's mesh (see `training.step.jit_train_step`)."""
+        optimizer, schedule = self.optimizer()
+        return jit_train_step(
+            self.model, optimizer, schedule, self.config, self.vocabulary(), self.mesh, factory.shardings, donate
+        )
 
     def checkpointer(self) -> Checkpointer:
         return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)

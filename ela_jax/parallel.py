@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
 from ela_jax import host_allocator
+from ela_jax.errors import DistributedConfigError
 
 # The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
 # computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
@@ -33,10 +34,6 @@ BATCH_AXES = ("data", "fsdp")
 # jobs sharing a node differ); a JobSet's headless service needs a fixed one.
 SLURM_PORT_RANGE_START, SLURM_PORT_RANGE_SIZE = 61440, 4096
 JOBSET_DEFAULT_PORT = 8476
-
-
-class DistributedConfigError(ValueError):
-    """The environment describes a multi-process job incompletely."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
-from ela_jax.data import captions_tfds, pipeline, records, tokenizer, webdataset
+from ela_jax import validation
+from ela_jax.data import batching, captions_tfds, pipeline, records, tokenizer, webdataset
 from ela_jax.evaluation import retrieval
 from ela_jax.training import loop
 from tests import data_fixtures as fixtures
@@ -95,7 +96,7 @@ def test_a_folder_trains_without_a_test_split_and_is_then_not_evaluated(tmp_path
     fixtures.write_file(str(tmp_path / "a.jpg"), fixtures.jpeg_bytes(1))
     fixtures.write_jsonl(str(tmp_path / "captions.jsonl"), [{"image": "a.jpg", "caption": "photo 1"}])
     config = real_config("folder", str(tmp_path))
-    config_lib.validate(config, num_devices=1)
+    validation.validate(config, num_devices=1)
     assert not pipeline.has_test_split(config.data)
     evaluation = loop.Evaluation(types.SimpleNamespace(config=config))
     assert evaluation(params=None, step=7) == {"step": 7, "split": "test", "scores": {}}
@@ -118,7 +119,7 @@ def test_real_captions_under_the_world_vocabulary_and_a_batch_beyond_the_data_ea
     assert "of the caption words in a sample of folder are [UNK] under tokenizer.vocab='world'" in caplog.text
     assert "batch_size 4 exceeds the 2 training images of folder" in caplog.text
     bert = tokenizer.from_config(real_config("folder", "", **{"tokenizer.vocab": "bert-base-uncased"}).tokenizer, "")
-    assert pipeline.unknown_share(world, REAL_CAPTIONS) > 0.5 and pipeline.unknown_share(bert, REAL_CAPTIONS) == 0.0
+    assert batching.unknown_share(world, REAL_CAPTIONS) > 0.5 and batching.unknown_share(bert, REAL_CAPTIONS) == 0.0
 
 
 def test_evaluation_sees_every_caption_of_every_image(coco, tmp_path):
@@ -292,5 +293,5 @@ def test_data_config_errors_are_one_line(tmp_path, overrides, message):
 
     config = make_tiny_config(**{key: resolve(value) for key, value in overrides.items()})
     with pytest.raises(config_lib.ConfigError, match=message) as error:
-        config_lib.validate(config, num_devices=1)
+        validation.validate(config, num_devices=1)
     assert "\n" not in str(error.value)

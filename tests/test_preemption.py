@@ -19,7 +19,6 @@ from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
-from ela_jax.training.step import Vocabulary, make_train_step
 from tests.conftest import make_tiny_config, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny_config, tmp_path):
     config = tiny_config(batch_size=8)
     experiment = Experiment.build(config, str(tmp_path))
-    optimizer, schedule = experiment.optimizer()
-    state = experiment.state_factory().create(0)
-    step = jax.jit(
-        make_train_step(
-            experiment.model, optimizer, schedule, config, Vocabulary.from_tokenizer(experiment.tokenizer, True)
-        )
-    )
+    factory = experiment.state_factory()
+    state = factory.create(0)
+    step = experiment.train_step(factory)
     rng = np.random.default_rng(0)
     good = {
         "images": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),

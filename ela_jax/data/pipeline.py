@@ -3,20 +3,12 @@ tokenised, batched) and the evaluation set (every image with all of its captions
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-
 import grain
 import numpy as np
 
-from ela_jax.data import sources, world_tfds
+from ela_jax.data import real_pipeline, sources, world_tfds
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch, warn_on_unfit_data
 from ela_jax.data.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
-
-# Above this share of [UNK] among caption words the vocabulary does not fit the captions (the embedded world's
-# handful of words on real captions): the text tower and the lexicon would learn from almost nothing.
-UNKNOWN_SHARE_WARNING = 0.3
 
 
 def data_source(data_config, split: str):
@@ -39,34 +31,6 @@ def has_test_split(data_config) -> bool:
     return name == "world" or not sources.missing_entries(name, manual_dir, "test")
 
 
-def unknown_share(tokenizer: Tokenizer, captions: list[str]) -> float:
-    """The share of [UNK] among the captions' tokens (special tokens and padding not counted)."""
-    token_ids, mask = tokenizer.encode(captions)
-    words = mask & ~np.isin(token_ids, [i for i in tokenizer.special_ids if i != tokenizer.unk_id])
-    return float((token_ids[words] == tokenizer.unk_id).sum() / max(1, words.sum()))
-
-
-def warn_on_unfit_data(tokenizer: Tokenizer, captions: list[str], num_examples: int | None, config) -> None:
-    """One warning line each when the vocabulary leaves most caption words [UNK] or when a global batch holds more
-    pairs than the training set has images (every batch then repeats images, whose copies become negatives)."""
-    share = unknown_share(tokenizer, captions)
-    if share > UNKNOWN_SHARE_WARNING:
-        log.warning(
-            "%.0f%% of the caption words in a sample of %s are [UNK] under tokenizer.vocab=%r; use a vocabulary that "
-            "covers the captions, e.g. tokenizer.vocab='bert-base-uncased'",
-            100 * share,
-            config.data.name,
-            config.tokenizer.vocab,
-        )
-    if num_examples is not None and config.batch_size > num_examples:
-        log.warning(
-            "batch_size %d exceeds the %d training images of %s: every batch repeats images; lower batch_size",
-            config.batch_size,
-            num_examples,
-            config.data.name,
-        )
-
-
 def _decode(caption) -> str:
     return caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else str(caption)
 
@@ -79,15 +43,6 @@ class PickCaption(grain.transforms.RandomMap):
         return {"image": element["image"], "caption": _decode(captions[rng.integers(len(captions))])}
 
 
-@dataclasses.dataclass
-class TokeniseBatch(grain.transforms.Map):
-    tokenizer: Tokenizer
-
-    def map(self, batch: dict) -> dict:
-        token_ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]])
-        return {"images": batch["image"], "token_ids": token_ids, "mask": mask}
-
-
 def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_count: int) -> grain.IterDataset:
     """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}.
 
@@ -96,15 +51,13 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     the number of hosts. Real sources (`real_pipeline`) shard records per host instead.
     """
     if config.data.name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
     sample = [_decode(source[i]["captions"][0]) for i in range(min(64, len(source)))]
     warn_on_unfit_data(tokenizer, sample, len(source), config)
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
-    # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
+    # node keeps the stream identical to the one every recorded result was trained on.
     dataset = dataset[:]
     dataset = dataset.shuffle().repeat()  # reshuffled every epoch, deterministically
     dataset = dataset.random_map(PickCaption())
@@ -116,20 +69,9 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     )
 
 
-@dataclasses.dataclass
-class RetrievalSet:
-    """Images [N, H, W, 3] uint8 and all captions, with caption_image[c] the index of caption c's image."""
-
-    images: np.ndarray
-    captions: list[str]
-    caption_image: np.ndarray
-
-
 def retrieval_set(data_config, split: str = "test") -> RetrievalSet:
     name, manual_dir = eval_source(data_config)
     if name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.retrieval_set(name, manual_dir, data_config, split)
     source = data_source(data_config, split)
     images, captions, caption_image = [], [], []
