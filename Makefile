@@ -10,9 +10,9 @@ TPU_STAMP := $(TPU_VENV)/.installed
 # The libtpu that jax[tpu] pins for the jax in requirements.txt.
 LIBTPU := libtpu==0.0.42.1
 
-.PHONY: setup setup-tpu demo test test-all lint clean
+.PHONY: setup setup-tpu demo test test-unit test-all lint clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -35,6 +35,10 @@ demo: setup
 
 test: setup setup-tpu
 	$(PY) -m pytest -q tests
+
+# The fast inner loop: everything `make test` runs except tests that train, spawn processes or convert real checkpoints.
+test-unit: setup
+	$(PY) -m pytest -q -m "not slow and not integration" tests
 
 # Also the checks marked slow (each has a faster twin in the default run).
 test-all: setup setup-tpu

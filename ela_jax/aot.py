@@ -18,6 +18,7 @@ from jax.experimental import topologies
 
 from ela_jax import config as config_lib
 from ela_jax import parallel
+from ela_jax.errors import ConfigError
 from ela_jax.evaluation.encode import RETURNED, Encoder
 from ela_jax.experiment import Experiment
 from ela_jax.training.state import StateFactory
@@ -81,19 +82,17 @@ def parse_slice(name: str, num_slices: int = 1) -> Slice:
     """'v5e-256' (also v5litepod-N, v4-N, v5p-N, v6e-N; v4 and v5p count TensorCores, two per chip) -> the slice."""
     match = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)", name)
     if match is None:
-        raise config_lib.ConfigError(
-            f"unknown TPU slice {name!r}; use v4-N, v5e-N (v5litepod-N), v5p-N or v6e-N, e.g. v5e-256"
-        )
+        raise ConfigError(f"unknown TPU slice {name!r}; use v4-N, v5e-N (v5litepod-N), v5p-N or v6e-N, e.g. v5e-256")
     chip = CHIPS[SLICE_ALIASES.get(match.group(1), match.group(1))]
     count, per_chip = int(match.group(2)), chip.cores_per_chip_in_name
     chips = count // per_chip
     if count % per_chip or chips < 1 or chips & (chips - 1) or (1 < chips < 4):
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"{name}: {chip.name} slices have a power-of-two number of chips, 1 or at least 4 ({per_chip * 4}, "
             f"{per_chip * 8}, ... in the name), e.g. v5e-256 or v5p-128"
         )
     if num_slices < 1:
-        raise config_lib.ConfigError(f"--num_slices must be >= 1, got {num_slices}")
+        raise ConfigError(f"--num_slices must be >= 1, got {num_slices}")
     return Slice(name, chip, torus_shape(chips, chip.dims), num_slices)
 
 

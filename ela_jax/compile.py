@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from ela_jax import aot
 from ela_jax import config as config_lib
 from ela_jax.cli import quiet_libraries
+from ela_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: v4-N, v5e-N (v5litepod-N), v5p-N or v6e-N.")
@@ -131,7 +132,7 @@ def main(argv) -> None:
         if _EVAL.value:
             report["eval_encoders"] = target.encoders()
             write(report)
-    except (config_lib.ConfigError, aot.LibtpuMissing) as error:
+    except (ConfigError, aot.LibtpuMissing) as error:
         sys.exit(f"compile error: {error}")
     print(json.dumps(report, indent=1))
     step = report.get("train_step") or report.get("largest_fitting")

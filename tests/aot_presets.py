@@ -7,8 +7,8 @@ import json
 import sys
 import tempfile
 
+from configs import mesh_presets
 from ela_jax import aot
-from ela_jax import config as config_lib
 from tests.conftest import make_tiny_config
 
 # No model dimension of the tiny config is 24, so a [24, 24] collective can only be a batch-by-batch matrix.
@@ -20,7 +20,7 @@ def main(topology: str) -> None:
     tpu = aot.parse_slice(topology)
     reports = {}
     for preset in PRESETS:
-        config = config_lib.apply_overlays(make_tiny_config(batch_size=BATCH), preset)
+        config = mesh_presets.apply_overlays(make_tiny_config(batch_size=BATCH), preset)
         target = aot.SliceTarget(config, tpu, tempfile.mkdtemp(prefix="ela_aot_"))
         reports[preset] = target.train_step()
     print(json.dumps(reports))

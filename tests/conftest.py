@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-import ela_jax  # noqa: F401  (first: its host-allocator settings must precede XLA:CPU's threads)
+from ela_jax import host_allocator
+
+host_allocator.configure()  # first: the settings must precede XLA:CPU's threads (ela_jax.host_allocator)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -90,6 +92,16 @@ def set_keys(config, overrides: dict):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+# A process that takes a workdir lock (argv: workdir, lock file name), says "held", and keeps it until killed.
+HOLD_LOCK = """
+import sys, time
+from ela_jax.training.workdir_lock import WorkdirLock
+assert WorkdirLock(sys.argv[1], sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def train_command(workdir: str, *overrides: str) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from ela_jax import aot
-from ela_jax import config as config_lib
+from ela_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_PYTHON = os.path.join(REPO, ".venv-tpu", "bin", "python")
@@ -41,7 +41,7 @@ def test_slice_names_give_cloud_tpu_chip_grids(name, chip, shape):
 
 @pytest.mark.parametrize("name", ["v5e-3", "v5p-6", "v7-8", "v5e-2", "v5p-4"])
 def test_slice_names_that_do_not_exist_are_refused(name):
-    with pytest.raises(config_lib.ConfigError, match="v5e-256"):
+    with pytest.raises(ConfigError, match="v5e-256"):
         aot.parse_slice(name)
 
 
