@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import types
 
 import pytest
 
@@ -158,10 +159,11 @@ def test_attention_batch_splits_switch_off_on_a_batch_sharded_mesh(tiny_config, 
                                                                     devices, effective):  # fmt: skip
     from ela_jax import experiment
 
-    monkeypatch.setattr(experiment.jax, "device_count", lambda: devices)
-    monkeypatch.setattr(experiment.parallel, "create_mesh", lambda mesh_config: None)  # this process has one device
+    monkeypatch.setattr(experiment.parallel, "create_mesh", lambda mesh_config, devices: None)  # they are not real
     config = tiny_config(**mesh, **{"model.attention_batch_splits": 8, "model.vocab_multiple": 128})
-    built = experiment.Experiment.build(config, str(tmp_path))
+    built = experiment.Experiment.build(
+        config, str(tmp_path), devices=[types.SimpleNamespace(process_index=0)] * devices
+    )
     assert built.model.config.attention_batch_splits == effective
     assert config.model.attention_batch_splits == 8  # the caller's config (and config.json) keep what was asked
     assert ("attention_batch_splits=8 switched off" in caplog.text) == (effective == 1)
