@@ -68,12 +68,14 @@ def search_batch(target: aot.SliceTarget, report: dict, write, tolerance: float 
 
 
 def next_size(fits: tuple, fails: tuple, hbm: int) -> int:
-    """A size strictly between the two: where memory, linear in the size, reaches `hbm`; the middle if unknown."""
+    """A size strictly between the two: where memory, linear in the size, reaches `hbm` (the middle if unknown),
+    kept out of the gap's outer quarters so that the gap shrinks by a quarter or more whatever the memory does."""
     (low, low_bytes), (high, high_bytes) = fits, fails
     size = (low + high) // 2
     if high_bytes is not None and high_bytes > low_bytes:
         size = low + int((hbm - low_bytes) * (high - low) / (high_bytes - low_bytes))
-    return min(max(size, low + 1), high - 1)
+    margin = max(1, (high - low) // 4)
+    return min(max(size, low + margin), high - margin)
 
 
 def advice(result: dict, config) -> str:

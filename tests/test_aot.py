@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from ela_jax import aot
+from ela_jax import compile as compile_cli
+from ela_jax import config as config_lib
 from ela_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,3 +124,63 @@ def test_without_libtpu_the_tool_says_how_to_install_it():
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"compile error: {aot.LIBTPU_MISSING}"
+
+
+class Lowered:
+    def __init__(self, error: str):
+        self.error = error
+
+    def compile(self):
+        raise jax.errors.JaxRuntimeError(self.error)
+
+
+def test_running_out_of_hbm_is_read_from_the_compiler_message():
+    message = (
+        "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 21.95G of "
+        "15.48G hbm. Exceeded hbm capacity by 6.47G.\n\nTotal hbm usage >= 22.47G:"
+    )
+    with pytest.raises(aot.DoesNotFit) as caught:
+        aot.compile_or_explain(Lowered(message))
+    assert (caught.value.used, caught.value.limit) == (int(21.95 * aot.GIB), int(15.48 * aot.GIB))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):  # other errors are not taken for OOM
+        aot.compile_or_explain(Lowered("INVALID_ARGUMENT: a sharding XLA cannot partition"))
+
+
+class FakeTarget:
+    """Compiles nothing: a step needs 1 GiB + 0.1 GiB per example on a chip, of 4 GiB (up to 30 per chip fit)."""
+
+    def __init__(self, batch_size: int):
+        self.config = config_lib.base_config()
+        self.config.batch_size = batch_size
+        self.tried: list[int] = []
+
+    def batch_devices(self) -> int:
+        return 8
+
+    def train_step(self, batch_size: int) -> dict:
+        self.tried.append(batch_size // 8)
+        used = int((1 + 0.1 * (batch_size // 8)) * aot.GIB)
+        fits = used <= 4 * aot.GIB
+        return {
+            "global_batch": batch_size,
+            "fits": fits,
+            "memory_per_chip": {"peak_bytes": used, "hbm_bytes": 4 * aot.GIB},
+        }
+
+
+@pytest.mark.parametrize("start", [4 * 8, 64 * 8])
+def test_batch_search_doubles_then_closes_in_on_the_largest_fitting_batch(start):
+    target = FakeTarget(start)
+    report = compile_cli.search_batch(target, {}, write=lambda report: None)
+    assert report["largest_fitting"]["global_batch"] == 30 * 8
+    assert 31 in target.tried and len(target.tried) == len(set(target.tried)) <= 7, target.tried
+
+
+def test_advice_names_what_to_change():
+    config = config_lib.base_config()
+    result = {"global_batch": 4096, "memory_per_chip": {"peak_bytes": 18 * aot.GIB, "hbm_bytes": 16 * aot.GIB}}
+    line = compile_cli.advice(result, config)
+    assert "\n" not in line and "2.00 GiB over" in line
+    for knob in ("batch_size", "model.remat", "model.lexicon.chunk", "fsdp"):
+        assert knob in line
