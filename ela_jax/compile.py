@@ -8,6 +8,7 @@ fits: doubling from the config's, then bisecting."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -120,7 +121,7 @@ def main(argv) -> None:
             "topology": tpu.name,
             "num_slices": tpu.num_slices,
             "chips": tpu.chips,
-            "chip": {k: v for k, v in vars(tpu.chip).items()},
+            "chip": dataclasses.asdict(tpu.chip),
             "mesh": dict(zip(("data", "fsdp", "tensor"), config_lib.resolve_mesh_shape(config.mesh, tpu.chips))),
             "remat": config.model.remat,
             "remat_policy": config.model.remat_policy,
