@@ -63,6 +63,15 @@ def test_a_scene_word_predicts_the_objects_its_captions_leave_out():
     assert own.min() > 0.35 and other.max() < 0.08, (own.min(), other.max())
 
 
+def test_captions_mostly_leave_background_objects_out():
+    named, present = np.zeros(len(scenes.OBJECT_NAMES)), np.zeros(len(scenes.OBJECT_NAMES))
+    for example in examples("train", 600):
+        present[list(example.present)] += 1
+        named[list(example.named)] += 1
+    rate = named / present
+    assert rate[scenes.OBJECT_SALIENT].min() > 0.6 and rate[~scenes.OBJECT_SALIENT].max() < 0.3, rate
+
+
 def test_glyphs_are_distinct_and_differ_within_a_scene():
     assert len(set(scenes.GLYPHS)) == len(scenes.OBJECT_NAMES)
     for scene in range(len(scenes.SCENE_NAMES)):
