@@ -109,7 +109,7 @@ GRIDS = {
         entry("ela_beta0_filip", {"objective.fine_weight": 1.0}, description="the demo + FILIP"),
         entry("ela_beta0_noflops", {"objective.flops_weight": 0.0}, description="the demo without FLOPS"),
         entry("ela_bce", {"objective.ela.loss": "bce"}, description="beta 0, multi-label BCE"),
-        # Third seed: the clear best of the first seeds (see the README's ablation table).
+        # Third seed: the clear best of the first seeds (configs/README.md).
         entry(
             "ela_lex_contrastive",
             {"objective.ela.loss": "lex_contrastive"},
@@ -118,8 +118,8 @@ GRIDS = {
         ),
         entry("ela_lexlip_cosine", {"objective.ela.loss": "lexlip_cosine"}, description="LexLIP cos(a_I, a_T)"),
     ],
-    # A grid of its own: a run costs about 20 demo runs (|V| = 30522 lexicon heads and a 6-layer, 384-wide text tower;
-    # 3.8-3.9 pairs/s on one core of the project's CPU, about 4.5 hours per run).
+    # A grid of its own: a run costs about 20 demo runs (|V| = 30522 lexicon heads and a 6-layer, 384-wide text
+    # tower; configs/README.md has the measured cost).
     # The frozen pretrained source is the `pretrained_*` rows above: the world's vocabulary, one teacher forward pass
     # on top of a demo step.
     "minilm": [

@@ -7,11 +7,16 @@ caption's scene word predicts them. Held-out results include `unnamed_objects` (
 Run: python -m ela_jax.train --config configs/scenes.py --workdir /tmp/ela_scenes
 """
 
-from ela_jax import config as common
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import mesh_presets  # noqa: E402
+from ela_jax import config as common  # noqa: E402
 
 
 def get_config(arg: str | None = None):
-    """`arg`: mesh presets to overlay, e.g. `configs/scenes.py:dp` (see ela_jax.config.MESH_PRESETS)."""
+    """`arg`: mesh presets to overlay, e.g. `configs/scenes.py:dp` (see configs/mesh_presets.py)."""
     config = common.base_config()
     config.total_steps = 300
     config.batch_size = 64
@@ -48,4 +53,4 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 20
     config.eval.every_steps = 0  # only at the end
     config.eval.scores = ("global", "lexicon")
-    return common.apply_overlays(config, arg)
+    return mesh_presets.apply_overlays(config, arg)

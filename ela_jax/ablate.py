@@ -11,13 +11,12 @@ one from its latest checkpoint, so a killed grid loses at most one checkpoint in
 every finished run, so partial results are always on disk.
 
 Several workers may share one grid (two processes pinned to a core each, or one per machine on a shared disk): a
-worker claims a run with an exclusive lock file in its workdir and the others skip it. A lock left by a dead process
-on the same host is taken over; one from another host stays until it is deleted.
+worker claims a run with an exclusive lock (flock) on a file in its workdir and the others skip it. The kernel drops a
+lock when its process dies, so a killed worker's runs are free again at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -34,6 +33,8 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax.cli import quiet_libraries
+from ela_jax.training import restarts
+from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
 
 RESULTS_FILE = os.path.join("eval", "results.json")
 RUN_SPEC_FILE = "ablation_run.json"
@@ -173,7 +174,7 @@ COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "
 def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir trained from another base config (e.g. a changed configs/demo.py): the run spec records only
     the entry's overrides, the workdir's config.json all of it."""
-    differing = config_lib.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
+    differing = restarts.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
     if differing:
         raise config_lib.ConfigError(
             f"{workdir} was trained from another base config ({', '.join(differing[:6])} differ); pass the base "
@@ -191,43 +192,23 @@ def is_finished(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: an existence check
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
+_HELD_LOCKS: dict[str, WorkdirLock] = {}
 
 
 def claim_run(workdir: str) -> bool:
-    """Creates workdir's lock file exclusively; False while another live worker holds it."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_FILE)
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = json.load(f)
-            except (OSError, ValueError):
-                return False  # being written by its owner right now
-            if holder.get("host") != owner["host"] or _process_alive(int(holder.get("pid", -1))):
-                return False
-            os.remove(path)  # its process died on this host: the run is free to resume
-            continue
-        with os.fdopen(descriptor, "w") as f:
-            json.dump(owner, f)
-        return True
-    return False
+    """Locks workdir's lock file for this process; False while another live worker holds it (a dead worker's lock
+    is gone with its process)."""
+    lock = WorkdirLock(workdir, LOCK_FILE)
+    if not lock.acquire():
+        return False
+    _HELD_LOCKS[workdir] = lock
+    return True
 
 
 def release_run(workdir: str) -> None:
-    with contextlib.suppress(FileNotFoundError):  # already gone: the run is released either way
-        os.remove(os.path.join(workdir, LOCK_FILE))
+    lock = _HELD_LOCKS.pop(workdir, None)
+    if lock is not None:
+        lock.release()
 
 
 def schedule(entries: list[Entry], seeds: list[int]) -> list[tuple[Entry, int]]:
@@ -248,7 +229,13 @@ def train_run(base: ml_collections.ConfigDict, entry: Entry, seed: int, workdir:
         config = entry_config(base, entry, seed)
         write_run_spec(workdir, spec)
         results = loop.train(config, workdir)
-    except (config_lib.ConfigError, loop.TrainingDiverged, FileNotFoundError, jax.errors.JaxRuntimeError) as error:
+    except (
+        config_lib.ConfigError,
+        loop.TrainingDiverged,
+        WorkdirBusy,
+        FileNotFoundError,
+        jax.errors.JaxRuntimeError,
+    ) as error:
         return "failed", str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "preempted_at_step" in results:
         return "preempted", str(results["preempted_at_step"])
