@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.data import pipeline, scenes, tokenizer, world_tfds
+from ela_jax.errors import ConfigError
 
 
 def examples(split: str, count: int, seed: int = 0) -> list[scenes.SceneExample]:
@@ -139,5 +140,5 @@ def test_world_vocabulary_follows_data_world(tmp_path):
 
 def test_an_unknown_world_is_a_config_error():
     config = scenes_config(**{"data.world": "forest"})
-    with pytest.raises(config_lib.ConfigError, match="data.world"):
-        config_lib.validate(config, num_devices=1)
+    with pytest.raises(ConfigError, match="data.world"):
+        validation.validate(config, num_devices=1)
