@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.data import pipeline, scenes, tokenizer, world_tfds
 
 
@@ -131,4 +132,4 @@ def test_world_vocabulary_follows_data_world(tmp_path):
 def test_an_unknown_world_is_a_config_error():
     config = scenes_config(**{"data.world": "forest"})
     with pytest.raises(config_lib.ConfigError, match="data.world"):
-        config_lib.validate(config, num_devices=1)
+        validation.validate(config, num_devices=1)
