@@ -17,6 +17,7 @@ ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
+LEXICON_IMPLS = ("dense", "chunked", "argmax", "pallas")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -129,6 +130,11 @@ def model_config(
                 # Words per chunk when pooling the [batch, tokens, vocab] logits (never materialised whole then);
                 # 0 computes them densely. 2048 cuts the head's peak memory about 15x at |V| = 30522.
                 "chunk": 0,
+                # How the lexicon (max-pooled logits) is computed: "dense" or "chunked" (every pool, the backward
+                # recomputes each chunk's logits), "argmax" (keeps each word's winning token; the backward reads
+                # features and kernel there, no logits recomputed), "pallas" (argmax with a fused kernel; GPU/TPU).
+                "impl": "chunked",
+                "pallas_interpret": False,  # impl "pallas" in Pallas's interpret mode: slow, for CPU tests only
             },
             # Input of the global heads: "cls" (BERT/ViT convention, right for pretrained towers) or "mean" over
             # real tokens, which towers trained from scratch learn much faster: at init a post-LN CLS state is
@@ -332,6 +338,8 @@ FREE_BETWEEN_RESTARTS = (
     "model.remat",
     "model.remat_policy",
     "model.lexicon.chunk",
+    "model.lexicon.impl",
+    "model.lexicon.pallas_interpret",
     "model.attention_batch_splits",
 )
 
@@ -394,6 +402,12 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
 def _check_choice(value, choices, key: str) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def _validate_lexicon(lexicon_config) -> None:
+    if lexicon_config.chunk < 0:
+        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {lexicon_config.chunk}")
+    _check_choice(lexicon_config.impl, LEXICON_IMPLS, "model.lexicon.impl")
 
 
 def _validate_eval(eval_config) -> None:
@@ -570,8 +584,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         )
     if config.model.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
-    if config.model.lexicon.chunk < 0:
-        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
+    _validate_lexicon(config.model.lexicon)
     _validate_checkpointing(config)
     if config.train.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")

@@ -38,10 +38,12 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-@pytest.fixture(scope="module")
-def jitted_step(tmp_path_factory):
-    """The train step jitted as `ela_jax/training/loop.py` does, a state factory, and batches from the real pipeline."""
-    config = make_tiny_config(**{"batch_size": 16})
+@pytest.fixture(scope="module", params=["chunked", "argmax", "pallas"])
+def jitted_step(tmp_path_factory, request):
+    """The train step jitted as `ela_jax/training/loop.py` does, a state factory, and batches from the real pipeline;
+    once per lexicon impl (Pallas in interpret mode on CPU)."""
+    lexicon = {"model.lexicon.impl": request.param, "model.lexicon.chunk": 16, "model.lexicon.pallas_interpret": True}
+    config = make_tiny_config(**{"batch_size": 16, **lexicon})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
     optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()

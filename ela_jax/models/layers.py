@@ -100,7 +100,10 @@ class MultiHeadAttention(nn.Module):
         head_dim = width // self.num_heads
         query, key, value = self.project_qkv(x, head_dim)  # [b, l, heads, kv]
         splits = math.gcd(self.batch_splits, x.shape[0])
-        if splits > 1:
+        implementation = fused_attention_implementation(query.dtype, head_dim)
+        if implementation is not None:
+            attended = fused_attend(query, key, value, key_mask, implementation)
+        elif splits > 1:
             attended = attend_in_slices(query, key, value, key_mask, splits)
         else:
             attended = attend(query, key, value, key_mask)
@@ -129,6 +132,19 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, key_mask: jax.Arr
         scores = jnp.where(key_mask[:, None, None, :], scores, -0.7 * jnp.finfo(jnp.float32).max)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+
+
+def fused_attention_implementation(dtype, head_dim: int) -> str | None:
+    """'cudnn' (cuDNN's fused flash attention) on a GPU for the half-precision dtypes and head sizes it supports; None
+    elsewhere, where the written-out `attend` runs (XLA has no fused attention on CPU or TPU to pick instead)."""
+    supported = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if supported and jax.default_backend() == "gpu" else None
+
+
+def fused_attend(query, key, value, key_mask: jax.Array | None, implementation: str) -> jax.Array:
+    """`attend` through jax.nn.dot_product_attention with the given implementation ('cudnn', or 'xla' in tests)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation=implementation)
 
 
 def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
