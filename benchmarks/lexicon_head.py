@@ -6,8 +6,13 @@ Peak memory is XLA's own plan for the compiled gradient (temporaries + arguments
 the same compiled function on this machine, the settings timed in rotating order so that background load hits each
 alike. Writes benchmarks/results/lexicon_head_argmax.json (or --output).
 
+With --step_config (e.g. demo), it times the whole jitted train step at |V| = 30522 instead, one step per setting
+(model.lexicon.impl and chunk), interleaved, with XLA's planned peak memory of each compiled step; it writes
+benchmarks/results/lexicon_step_argmax.json.
+
 Run: python benchmarks/lexicon_head.py [--batch 64] [--patches 196] [--vocab 30522] [--width 768]
          [--settings chunked:2048,argmax:2048,dense:0] [--untimed dense:0] [--repeats 3]
+     python benchmarks/lexicon_head.py --step_config demo --settings chunked:2048,argmax:2048 --untimed "" [--steps 2]
 """
 
 from __future__ import annotations
@@ -70,8 +75,12 @@ def main() -> None:
     parser.add_argument("--settings", default="chunked:2048,argmax:2048,dense:0", help="impl:chunk, comma separated")
     parser.add_argument("--untimed", default="dense:0", help="settings whose memory plan only is measured")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; 0: memory plans only")
+    parser.add_argument("--step_config", default="", help="configs/<name>.py: time its whole train step instead")
+    parser.add_argument("--steps", type=int, default=2, help="train steps per timed round (--step_config)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    if args.step_config:
+        return compare_steps(args)
 
     rng = np.random.default_rng(0)
     inputs = (
@@ -104,6 +113,56 @@ def main() -> None:
             [s, f"{r['peak_bytes'] / 2**20:.0f}", f"{r['temp_bytes'] / 2**20:.0f}", r["seconds_median"] or "-"]
             for s, r in runs.items()
         ],
+    )
+    print(payload["targets"])
+    print(f"wrote {path}")
+
+
+def step_runner(config_name: str, setting: str) -> dict:
+    """The config's jitted train step at |V| = 30522 with model.lexicon.impl:chunk = `setting`, and its memory plan."""
+    impl, _, chunk = setting.partition(":")
+    config = common.benchmark_config(config_name, "bert", smoke=False)
+    config.model.lexicon.impl, config.model.lexicon.chunk = impl, int(chunk or 0)
+    config.log.progress = False
+    runner = common.JaxStep(config)
+    batch = runner.device_batch(runner.host_batch())
+    memory = runner.jitted.lower(runner.state, batch).compile().memory_analysis()
+    peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    runner.run(batch, 1)  # compiles (the memory plan above was a separate compile) and warms up
+    return {
+        "setting": setting,
+        "impl": impl,
+        "chunk": int(chunk or 0),
+        "peak_bytes": int(peak),
+        "temp_bytes": int(memory.temp_size_in_bytes),
+        "runner": runner,
+        "batch": batch,
+    }
+
+
+def compare_steps(args) -> None:
+    runs = {setting: step_runner(args.step_config, setting) for setting in args.settings.split(",")}
+    timers = {s: lambda r=run: r["runner"].run(r["batch"], args.steps) / args.steps for s, run in runs.items()}
+    timings = common.interleaved_medians(timers, args.repeats)
+    for setting, run in runs.items():
+        config = run.pop("runner").config
+        del run["batch"]
+        run["step_seconds"] = timings[setting]
+        run["step_seconds_median"] = statistics.median(timings[setting])
+    payload = {
+        "benchmark": "lexicon_step",
+        "config": args.step_config,
+        "vocab_size": config.model.vocab_size,
+        "batch_size": config.batch_size,
+        "steps_per_round": args.steps,
+        "runs": list(runs.values()),
+        "targets": targets({s: {**r, "seconds_median": r["step_seconds_median"]} for s, r in runs.items()}),
+        "machine": common.machine(),
+    }
+    path = common.write_results("lexicon_step_argmax", payload, args.output)
+    common.print_table(
+        ["setting", "peak MiB", "step s"],
+        [[s, f"{r['peak_bytes'] / 2**20:.0f}", r["step_seconds_median"]] for s, r in runs.items()],
     )
     print(payload["targets"])
     print(f"wrote {path}")

@@ -57,7 +57,7 @@ def pallas_max_argmax(
     features = _pad_axis(_pad_axis(features, 1, block_tokens), 2, block_width)
     kernel = _pad_axis(_pad_axis(kernel, 0, block_width), 1, block_vocab)
     bias = _pad_axis(bias.astype(jnp.float32), 0, block_vocab)[None, :]  # [1, V']
-    mask = _pad_axis(token_mask.astype(jnp.int32), 1, block_tokens)[:, None, :]  # [b, 1, len']
+    mask = _pad_axis(token_mask.astype(jnp.int32), 1, block_tokens)[:, :, None]  # [b, len', 1]
     _, tokens, width = features.shape
     padded_vocab = kernel.shape[1]
 
@@ -75,7 +75,7 @@ def pallas_max_argmax(
             logits = jax.lax.fori_loop(
                 0, width // block_width, width_tile, jnp.zeros((block_tokens, block_vocab), jnp.float32)
             )
-            real = mask_ref[0, :, rows].reshape(block_tokens, 1) > 0
+            real = mask_ref[0, rows, :] > 0  # [block_tokens, 1]
             logits = jnp.where(real, logits + bias_ref[...], LOWEST)
             tile_best = jnp.max(logits, axis=0, keepdims=True)
             index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 0) + tile * block_tokens
@@ -95,7 +95,7 @@ def pallas_max_argmax(
             pl.BlockSpec((1, tokens, width), lambda b, v: (b, 0, 0)),
             pl.BlockSpec((width, block_vocab), lambda b, v: (0, v)),
             pl.BlockSpec((1, block_vocab), lambda b, v: (0, v)),
-            pl.BlockSpec((1, 1, tokens), lambda b, v: (b, 0, 0)),
+            pl.BlockSpec((1, tokens, 1), lambda b, v: (b, 0, 0)),
         ],
         out_specs=[
             pl.BlockSpec((1, 1, block_vocab), lambda b, v: (b, 0, v)),
