@@ -19,6 +19,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
+from ela_jax.errors import DistributedConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -28,10 +29,6 @@ BATCH_AXES = ("data", "fsdp")
 # jobs sharing a node differ); a JobSet's headless service needs a fixed one.
 SLURM_PORT_RANGE_START, SLURM_PORT_RANGE_SIZE = 61440, 4096
 JOBSET_DEFAULT_PORT = 8476
-
-
-class DistributedConfigError(ValueError):
-    """The environment describes a multi-process job incompletely."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.data import captions_tfds, pipeline, records, tokenizer, webdataset
 from ela_jax.evaluation import retrieval
 from tests import data_fixtures as fixtures
@@ -267,5 +268,5 @@ def test_data_config_errors_are_one_line(tmp_path, overrides, message):
 
     config = make_tiny_config(**{key: resolve(value) for key, value in overrides.items()})
     with pytest.raises(config_lib.ConfigError, match=message) as error:
-        config_lib.validate(config, num_devices=1)
+        validation.validate(config, num_devices=1)
     assert "\n" not in str(error.value)

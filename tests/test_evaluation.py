@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.evaluation import retrieval, scores, search
 from tests.conftest import make_tiny_config
 from tests.test_retrieval_metrics import dense_ranks, random_protocol
@@ -210,11 +211,11 @@ def test_eval_config_validation_names_the_bad_key():
     }
     for key, (value, message) in cases.items():
         with pytest.raises(config_lib.ConfigError, match=message):
-            config_lib.validate(make_tiny_config(**{key: value}), num_devices=1)
+            validation.validate(make_tiny_config(**{key: value}), num_devices=1)
     zero_weights = {"eval.hybrid_weights.global": 0.0, "eval.hybrid_weights.lexicon": 0.0}
     with pytest.raises(config_lib.ConfigError, match="hybrid_weights"):
-        config_lib.validate(make_tiny_config(**zero_weights), num_devices=1)
-    config_lib.validate(make_tiny_config(**{"eval.scores": config_lib.SCORES}), num_devices=1)
+        validation.validate(make_tiny_config(**zero_weights), num_devices=1)
+    validation.validate(make_tiny_config(**{"eval.scores": config_lib.SCORES}), num_devices=1)
 
 
 def test_compressed_index_path_is_close_to_the_matrix_lexicon_recall():

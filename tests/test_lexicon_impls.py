@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ela_jax.config import ConfigError
+from ela_jax.errors import ConfigError
 from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel
 from tests.test_scale import model_inputs, tiny_model

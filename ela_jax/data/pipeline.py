@@ -3,12 +3,12 @@ tokenised, batched) and the evaluation set (every image with all of its captions
 
 from __future__ import annotations
 
-import dataclasses
 
 import grain
 import numpy as np
 
-from ela_jax.data import world_tfds
+from ela_jax.data import real_pipeline, world_tfds
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch
 from ela_jax.data.tokenizer import Tokenizer
 
 
@@ -38,15 +38,6 @@ class PickCaption(grain.transforms.RandomMap):
         return {"image": element["image"], "caption": _decode(captions[rng.integers(len(captions))])}
 
 
-@dataclasses.dataclass
-class TokeniseBatch(grain.transforms.Map):
-    tokenizer: Tokenizer
-
-    def map(self, batch: dict) -> dict:
-        token_ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]])
-        return {"images": batch["image"], "token_ids": token_ids, "mask": mask}
-
-
 def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_count: int) -> grain.IterDataset:
     """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}.
 
@@ -55,13 +46,11 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     the number of hosts. Real sources (`real_pipeline`) shard records per host instead.
     """
     if config.data.name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
-    # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
+    # node keeps the stream identical to the one every recorded result was trained on.
     dataset = dataset[:]
     dataset = dataset.shuffle().repeat()  # reshuffled every epoch, deterministically
     dataset = dataset.random_map(PickCaption())
@@ -73,20 +62,9 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     )
 
 
-@dataclasses.dataclass
-class RetrievalSet:
-    """Images [N, H, W, 3] uint8 and all captions, with caption_image[c] the index of caption c's image."""
-
-    images: np.ndarray
-    captions: list[str]
-    caption_image: np.ndarray
-
-
 def retrieval_set(data_config, split: str = "test") -> RetrievalSet:
     name, manual_dir = eval_source(data_config)
     if name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.retrieval_set(name, manual_dir, data_config, split)
     source = data_source(data_config, split)
     images, captions, caption_image = [], [], []

@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 
 from ela_jax.data import captions_tfds, images, records, sources, webdataset
-from ela_jax.data.pipeline import RetrievalSet, TokeniseBatch
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch
 from ela_jax.data.tokenizer import Tokenizer
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from ela_jax.config import ConfigError
+from ela_jax.errors import ConfigError
 
 COMPILED_BACKENDS = ("gpu", "tpu")
 LOWEST = float(jnp.finfo(jnp.float32).min)
