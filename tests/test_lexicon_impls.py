@@ -52,6 +52,18 @@ def test_max_pool_impls_equal_the_dense_pool_in_values_and_gradients(impl, chunk
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_accelerator_backward_takes_several_rows_per_scan_step(monkeypatch):
+    """Off the CPU the argmax backward gathers several batch rows per step (same gradients)."""
+    features, kernel, bias, mask, weights = head_inputs()
+    grad = jax.grad(max_objective, argnums=(0, 1, 2), has_aux=True)
+    expected = grad(features, kernel, bias, mask, weights, "dense", 0)[0]
+    monkeypatch.setattr(lexicon.jax, "default_backend", lambda: "gpu")
+    assert lexicon._rows_per_step(4, 8, 8) == 4 and lexicon._rows_per_step(4, 2**20, 2**8) == 1
+    actual = grad(features, kernel, bias, mask, weights, "argmax", 8)[0]
+    for name, want, got in zip(("features", "kernel", "bias"), expected, actual):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("impl, chunk", IMPLS)
 def test_ties_go_to_the_lowest_token_index(impl, chunk):
     """Token 3 repeats token 1 and tokens 2 and 4 are zeros (logit = bias), so every word's max is a tie: the whole

@@ -21,6 +21,7 @@ from ela_jax.models import layers
 from ela_jax.models.lexicon_kernel import pallas_max_argmax
 
 TOKEN_POOLS = ("max", "mean", "logsumexp")
+ROWS_BUDGET_BYTES = 2**28  # the argmax backward's gathered rows per scan step on an accelerator
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -242,11 +243,11 @@ def _max_pool_backward(chunk, fused, interpret, residuals, grad):
     grad = jnp.where(real, grad, 0.0)
     vocab = kernel.shape[1]
     num_chunks = -(-vocab // chunk) if 0 < chunk < vocab else 1
-    groups = _batch_shards(features.shape[0])
+    rows = _rows_per_step(features.shape[0], -(-vocab // num_chunks), features.shape[2])
 
     def chunk_gradients(grad_features, chunk_args):
         chunk_kernel, chunk_grad, chunk_winner = chunk_args
-        grad_kernel, grad_rows = _winner_gradients(features, chunk_kernel, chunk_grad, chunk_winner, groups)
+        grad_kernel, grad_rows = _winner_gradients(features, chunk_kernel, chunk_grad, chunk_winner, rows)
         return grad_features + grad_rows, grad_kernel
 
     chunks = tuple(to_strided_chunks(x, num_chunks) for x in (kernel, grad, winner))
@@ -258,30 +259,39 @@ def _max_pool_backward(chunk, fused, interpret, residuals, grad):
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
-def _winner_gradients(features, kernel, grad, winner, groups: int) -> tuple[jax.Array, jax.Array]:
-    """features [b, len, w], kernel [w, c], grad and winner [b, c] -> (grad kernel [w, c], grad features [b, len, w]).
-
-    A scan over batch rows, `groups` rows (one per batch shard) at a time: XLA:CPU runs a row's gather and segment sum
-    as tight loops, while the same ops batched over rows (or as one-hot matmuls) run several times slower; taking one
-    row per shard keeps a batch-sharded scan local to each device.
-    """
+def _winner_gradients(features, kernel, grad, winner, rows: int) -> tuple[jax.Array, jax.Array]:
+    """features [b, len, w], kernel [w, c], grad and winner [b, c] -> (grad kernel [w, c], grad features [b, len, w]):
+    a scan over the batch, `rows` rows (a multiple of the batch shards, see `_rows_per_step`) per step."""
     batch, tokens, width = features.shape
     columns = kernel.T.astype(jnp.float32)  # [c, w]
 
-    def by_group(x):  # [b, ...] -> [b / groups, groups, ...], row g * (b / groups) + i at [i, g]
-        return x.reshape(groups, batch // groups, *x.shape[1:]).swapaxes(0, 1)
+    def by_step(x):  # [b, ...] -> [b / rows, rows, ...], row r * (b / rows) + i at [i, r]: each shard's rows stay local
+        return x.reshape(rows, batch // rows, *x.shape[1:]).swapaxes(0, 1)
 
-    def row_gradients(grad_kernel, rows):
-        row_features, row_grad, row_winner = rows  # [groups, len, w], [groups, c], [groups, c]
-        won = jnp.take_along_axis(row_features, row_winner[..., None], axis=1).astype(jnp.float32)  # [groups, c, w]
+    def step_gradients(grad_kernel, step_rows):
+        row_features, row_grad, row_winner = step_rows  # [rows, len, w], [rows, c], [rows, c]
+        won = jnp.take_along_axis(row_features, row_winner[..., None], axis=1).astype(jnp.float32)  # [rows, c, w]
         grad_kernel = grad_kernel + jnp.sum(row_grad[..., None] * won, axis=0)
         segment_sum = lambda g, w: jax.ops.segment_sum(g[:, None] * columns, w, tokens)  # noqa: E731
         return grad_kernel, jax.vmap(segment_sum)(row_grad, row_winner)
 
     grad_kernel, grad_rows = jax.lax.scan(
-        row_gradients, jnp.zeros(columns.shape, jnp.float32), (by_group(features), by_group(grad), by_group(winner))
+        step_gradients, jnp.zeros(columns.shape, jnp.float32), (by_step(features), by_step(grad), by_step(winner))
     )
     return grad_kernel.T, grad_rows.swapaxes(0, 1).reshape(batch, tokens, width)
+
+
+def _rows_per_step(batch: int, chunk_words: int, width: int) -> int:
+    """Batch rows per step of the backward scan. XLA:CPU runs one row's gather and segment sum as tight loops, but the
+    same ops batched over rows (or as one-hot matmuls) several times slower: one row per batch shard there. An
+    accelerator wants few, wide steps instead: as many rows as keep the gathered [rows, chunk, width] float32 block
+    within ROWS_BUDGET_BYTES."""
+    rows = _batch_shards(batch)
+    if jax.default_backend() == "cpu":
+        return rows
+    while batch % (2 * rows) == 0 and 2 * rows * chunk_words * width * 4 <= ROWS_BUDGET_BYTES:
+        rows *= 2
+    return rows
 
 
 def _batch_shards(batch: int) -> int:
