@@ -135,3 +135,15 @@ def test_impls_on_a_mesh_that_splits_the_vocabulary():
     for impl, entry in report.items():
         assert entry["max_error"] < 1e-5, (impl, entry)
         assert entry["kernel_grad_spec"] == [None, "tensor"], (impl, entry)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_pallas_kernel_lowers_for_accelerators(monkeypatch, platform):
+    """The compiled kernel's lowering (Triton on GPU, Mosaic on TPU) at the B/16 head's width, from this CPU."""
+    from ela_jax.models import lexicon_kernel
+
+    monkeypatch.setattr(lexicon_kernel.jax, "default_backend", lambda: "gpu" if platform == "cuda" else platform)
+    shapes = [((2, 196, 768), jnp.bfloat16), ((768, 300), jnp.bfloat16), ((300,), jnp.float32), ((2, 196), bool)]
+    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    fused = jax.jit(lambda *a: lexicon_kernel.pallas_max_argmax(*a, interpret=False))
+    assert fused.trace(*args).lower(lowering_platforms=(platform,)).as_text()

@@ -7,11 +7,10 @@ Compiled on GPU (Triton) and TPU (Mosaic); on CPU it runs only in Pallas's inter
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from ela_jax.errors import ConfigError
 
@@ -35,7 +34,6 @@ def _pad_axis(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
     return jnp.pad(x, padding, constant_values=value)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "block_tokens", "block_vocab", "block_width"))
 def pallas_max_argmax(
     features: jax.Array,
     kernel: jax.Array,
@@ -106,5 +104,8 @@ def pallas_max_argmax(
             jax.ShapeDtypeStruct((batch, 1, padded_vocab), jnp.int32),
         ],
         interpret=interpret,
+        # Triton on GPU: Mosaic GPU (JAX's default there) stages whole blocks in shared memory, and a batch row's
+        # features do not fit.
+        compiler_params=pl_triton.CompilerParams() if jax.default_backend() == "gpu" and not interpret else None,
     )(features, kernel, bias, mask)
     return best[:, 0, :vocab], winner[:, 0, :vocab]
