@@ -37,7 +37,8 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-@pytest.fixture(scope="module", params=["chunked", "argmax", "pallas"])
+# "pallas" runs the argmax custom VJP too (with the fused forward), so the pure-XLA "argmax" is left to the slow run.
+@pytest.fixture(scope="module", params=["chunked", pytest.param("argmax", marks=pytest.mark.slow), "pallas"])
 def jitted_step(tmp_path_factory, request):
     """The train step the loop runs (`Experiment.train_step`), a state factory, and batches from the real pipeline;
     once per lexicon impl (Pallas in interpret mode on CPU)."""

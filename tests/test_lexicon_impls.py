@@ -105,8 +105,8 @@ def test_model_lexicons_equal_the_dense_model_with_a_padded_vocabulary(impl):
         return loss, (image["lexicon"], text["lexicon"])
 
     grad = jax.value_and_grad(lexicons, has_aux=True)
-    (_, expected), expected_grads = grad(params, dense)
-    (_, actual), actual_grads = grad(params, other)
+    (_, expected), expected_grads = jax.jit(lambda p: grad(p, dense))(params)
+    (_, actual), actual_grads = jax.jit(lambda p: grad(p, other))(params)
     for want, got in zip(expected, actual):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     flat_expected = jax.tree_util.tree_leaves_with_path(expected_grads)
@@ -122,6 +122,7 @@ def test_pallas_refuses_a_backend_it_cannot_compile_for():
         lexicon.pool_vocab_logits(features, kernel, bias, mask, ("max",), 0, "pallas", interpret=False)
 
 
+@pytest.mark.integration
 def test_impls_on_a_mesh_that_splits_the_vocabulary():
     """fsdp_tp on 8 fake CPU devices (batch over fsdp, vocabulary over tensor): every impl equals the single-device
     dense pool, and the kernel gradient comes back split over `tensor` like the kernel."""
