@@ -167,7 +167,7 @@ def _chunked_pools(features, kernel, bias, token_mask, pools, chunk) -> dict[str
 
 def _logits(features: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """[b, len, w] x [w, V] + [V] -> float32 [b, len, V], accumulated in float32."""
-    logits = layers.token_matmul(features, kernel).astype(jnp.float32) + bias
+    logits = layers.token_matmul(features, kernel, preferred_element_type=jnp.float32) + bias
     return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
 
 
