@@ -76,7 +76,7 @@ def test_expansion_from_a_text_head_that_nothing_trains_is_refused(tiny_config, 
     assert "nothing trains the text lexicon head" in message and "set objective.mlm_weight > 0" in message
     assert "init.text_tower" not in message, "an initialised head that nothing trains is no way out"
     # The same config validates with MLM training the head.
-    config_lib.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
+    validation.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
 
 
 def test_expansion_from_a_frozen_copy_of_a_random_text_side_is_refused(tiny_config):
@@ -93,7 +93,7 @@ def test_untrained_expansion_sources_are_accepted_when_nothing_expands(tiny_conf
     for source in ("online", "ema", "frozen", "pretrained"):
         for overrides in ({"objective.ela.beta": 0.0}, {"objective.ela.loss": "lexlip_cosine"}):
             config = tiny_config(**{"objective.mlm_weight": 0.0, "objective.ela.target_source": source, **overrides})
-            config_lib.validate(config, 1)
+            validation.validate(config, 1)
 
 
 def test_target_form_is_a_choice_defaulting_to_softmax(tiny_config):

@@ -112,9 +112,18 @@ class Evaluation:
         self.encoder = None
         config = experiment.config
         self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
+        self.available = pipeline.has_test_split(experiment.config.data)
+        if not self.available:
+            log.warning(
+                "%s holds no test.jsonl / test.csv: this run is not evaluated (eval/results.json lists no scores); "
+                "add one or set data.eval_name",
+                experiment.config.data.manual_dir,
+            )
 
     def __call__(self, params, step: int) -> dict:
         config = self.experiment.config
+        if not self.available:
+            return {"step": int(step), "split": "test", "scores": {}}
         if self.dataset is None:
             self.dataset = pipeline.retrieval_set(config.data, "test")
             self.encoder = self.experiment.encoder(params, config.eval.batch_size)
@@ -188,7 +197,7 @@ class BestCheckpoints:
             )
 
     def offer(self, step: int, state, results: dict) -> None:
-        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+        if self.checkpointer is None or not results["scores"] or step in (self.checkpointer.manager.all_steps() or ()):
             return
         value = float(results["scores"][self.score][self.metric])
         self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
