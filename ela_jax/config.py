@@ -206,7 +206,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "stopwords": True,
                 # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
                 # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
-                # the model's vocabulary with its tied word embeddings (ela_jax/models/teacher.py).
+                # the model's vocabulary with its tied word embeddings (ela_jax/training/teacher.py).
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",

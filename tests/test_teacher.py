@@ -17,7 +17,7 @@ from ela_jax import validation
 from ela_jax.data import tokenizer as tokenizer_lib
 from ela_jax.data import world
 from ela_jax.experiment import Experiment
-from ela_jax.models import teacher as teacher_lib
+from ela_jax.training import teacher as teacher_lib
 from ela_jax.training import loop
 from tests.conftest import make_tiny_config
 
