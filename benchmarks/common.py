@@ -121,7 +121,7 @@ class JaxStep:
 
         self.workdir = workdir or tempfile.mkdtemp(prefix="ela_bench_")
         self.experiment = Experiment.build(config, self.workdir)
-        self.config = config
+        self.config = config = self.experiment.config
         mesh = self.experiment.mesh
         optimizer, schedule = self.experiment.optimizer()
         factory = self.experiment.state_factory()

@@ -4,7 +4,7 @@ from ela_jax import host_allocator
 
 __version__ = "0.1.0"
 
-# Before JAX starts XLA:CPU's threads: see ela_jax.host_allocator (about a fifth off the demo's CPU train step).
+# Before JAX starts XLA:CPU's threads (see ela_jax.host_allocator).
 host_allocator.configure()
 
 

@@ -40,6 +40,7 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
     mesh_presets.apply_overlays(config, "" if preset == "single" else preset)
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
+    config = experiment.config
     optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     state = factory.create(config.seed)

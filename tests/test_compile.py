@@ -43,6 +43,7 @@ def jitted_step(tmp_path_factory):
     """The train step jitted as `ela_jax/training/loop.py` does, a state factory, and batches from the real pipeline."""
     config = make_tiny_config(**{"batch_size": 16})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
+    config = experiment.config
     optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)

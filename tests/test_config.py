@@ -76,6 +76,15 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
         Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
 
 
+def test_building_an_experiment_leaves_the_callers_config_untouched(tiny_config, tmp_path):
+    config = tiny_config()
+    before = config.to_json_best_effort()
+    experiment = Experiment.build(config, str(tmp_path))
+    assert config.to_json_best_effort() == before
+    assert config.model.vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER
+    assert experiment.config.model.vocab_size == experiment.tokenizer.vocab_size
+
+
 def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
 

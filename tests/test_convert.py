@@ -260,6 +260,7 @@ def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
         }
     )
     experiment = Experiment.build(config, str(tmp_path))
+    config = experiment.config
     assert (config.model.text.width, config.model.text.depth, config.model.text.num_heads) == (384, 6, 12)
     zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(experiment))
     params = from_pytorch.load_pretrained_towers(config, zeros)
@@ -285,6 +286,7 @@ def test_image_tower_import_takes_architecture_pixels_and_weights(random_export,
     config = small_config(**{"init.image_tower": os.path.join(output, "image")})
     config.model.image.update(depth=1, gelu_approximate=False, layer_norm_eps=1e-12)  # overwritten by the import
     importer = Experiment.build(config, str(tmp_path))
+    config = importer.config
     image = config.model.image
     assert (image.depth, image.gelu_approximate, image.layer_norm_eps) == (2, True, 1e-6)
     assert image.pixel_mean == pytest.approx((0.48, 0.46, 0.41))

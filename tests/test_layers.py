@@ -111,7 +111,9 @@ def test_library_never_imports_tests_or_benchmarks():
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            offenders += [f"{module} imports {n}" for n in names if n.split(".")[0] in ("tests", "benchmarks", "common")]
+            offenders += [
+                f"{module} imports {n}" for n in names if n.split(".")[0] in ("tests", "benchmarks", "common")
+            ]
     assert offenders == []
 
 

@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny_config, tmp_path):
     config = tiny_config(batch_size=8)
     experiment = Experiment.build(config, str(tmp_path))
+    config = experiment.config
     optimizer, schedule = experiment.optimizer()
     state = experiment.state_factory().create(0)
     step = jax.jit(

@@ -89,6 +89,7 @@ def test_training_keeps_the_teacher_frozen_and_resume_restores_it(tmp_path):
     results = loop.train(config, workdir)
     assert np.isfinite(results["scores"]["global"]["rsum"])
     experiment = Experiment.build(config, workdir)
+    config = experiment.config
     restored = experiment.restore_state()  # the newest checkpoint, as a restarted job resumes
     assert int(restored.step) == 2
     teacher = teacher_lib.PretrainedTeacher.from_config(config)

@@ -189,6 +189,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
+    config = experiment.config  # with the vocabulary size and pretrained architectures resolved
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
