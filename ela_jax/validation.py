@@ -50,6 +50,30 @@ def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.resume={config.resume!r} does not exist; give a training workdir or checkpoint")
 
 
+def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
+    """Refuses expanding from a text lexicon that nothing trains or initialises: its targets would be noise."""
+    objective, ela = config.objective, config.objective.ela
+    if objective.ela_weight <= 0 or ela.beta <= 0 or ela.loss == "lexlip_cosine":
+        return  # no expansion targets are built
+    source = f"objective.ela.beta={ela.beta} expands from objective.ela.target_source={ela.target_source!r}"
+    if ela.target_source in ("online", "ema") and objective.mlm_weight <= 0:
+        # The targets are stop-gradient, so only MLM trains the text lexicon head (and the EMA follows that head).
+        raise ConfigError(
+            f"{source}, but with objective.mlm_weight=0 nothing trains the text lexicon head; set "
+            "objective.mlm_weight > 0, or objective.ela.target_source='pretrained' with objective.ela.teacher_dir"
+        )
+    if ela.target_source == "frozen" and not config.init.text_tower:
+        raise ConfigError(
+            f"{source}, a copy of the text side at step 0, but init.text_tower is empty so that copy is random; set "
+            "init.text_tower to a BERT checkpoint with an MLM head, or use target_source 'ema' or 'pretrained'"
+        )
+    if ela.target_source == "pretrained" and not ela.teacher_dir:
+        raise ConfigError(
+            f"{source}, which needs objective.ela.teacher_dir, a Hugging Face BERT folder "
+            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
+        )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
     mesh_shape = config_lib.resolve_mesh_shape(config.mesh, num_devices)
@@ -73,6 +97,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     check_choice(objective.ela.loss, config_lib.ELA_LOSSES, "objective.ela.loss")
     check_choice(objective.ela.target_source, config_lib.TARGET_SOURCES, "objective.ela.target_source")
     check_choice(objective.ela.pool, config_lib.PATCH_POOLS, "objective.ela.pool")
+    check_choice(objective.ela.target_form, config_lib.TARGET_FORMS, "objective.ela.target_form")
     for score in config.eval.scores:
         check_choice(score, config_lib.SCORES, "eval.scores")
     check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
@@ -82,22 +107,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
     if not 0.0 <= objective.ela.beta <= 1.0:
         raise ConfigError(f"objective.ela.beta must lie in [0, 1], got {objective.ela.beta}")
-    if (
-        objective.ela.beta > 0
-        and objective.ela.target_source == "online"
-        and objective.mlm_weight == 0
-        and objective.ela.loss != "lexlip_cosine"
-        and not config.init.text_tower
-    ):
-        raise ConfigError(
-            "objective.ela.beta > 0 expands from the online text lexicon head, but nothing trains it; "
-            "set objective.mlm_weight > 0, init.text_tower, or objective.ela.target_source=ema/frozen"
-        )
-    if objective.ela.target_source == "pretrained" and not objective.ela.teacher_dir:
-        raise ConfigError(
-            "objective.ela.target_source=pretrained needs objective.ela.teacher_dir, a Hugging Face BERT folder "
-            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
-        )
+    _validate_expansion_source(config)
     sources.validate_section(config.data)
     image = config.model.image
     if not config.init.image_tower and config.data.image_size != image.image_size:

@@ -92,6 +92,16 @@ def set_keys(config, overrides: dict):
     return config
 
 
+# A process that takes a workdir lock (argv: workdir, lock file name), says "held", and keeps it until killed.
+HOLD_LOCK = """
+import sys, time
+from ela_jax.training.workdir_lock import WorkdirLock
+assert WorkdirLock(sys.argv[1], sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
 def train_command(workdir: str, *overrides: str) -> list[str]:
     """The training CLI on the demo config, as a user types it."""
     return [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", workdir, *overrides]

@@ -41,16 +41,9 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
     config = experiment.config
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     state = factory.create(config.seed)
-    vocabulary = step_lib.Vocabulary.from_tokenizer(experiment.tokenizer, True)
-    train_step = step_lib.make_train_step(experiment.model, optimizer, schedule, config, vocabulary, experiment.mesh)
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(factory.shardings, parallel.batch_sharding(experiment.mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(experiment.mesh)),
-    )
+    step_fn = experiment.train_step(factory)
     history = []
     for batch in fixed_batches(experiment.tokenizer.vocab_size, steps):
         with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):

@@ -323,6 +323,15 @@ def test_pickled_checkpoint_is_refused_unopened(tmp_path):
     assert not sentinel.exists()
 
 
+def test_frozen_expansion_from_a_checkpoint_without_mlm_head_is_refused():
+    """MiniLM is a BertModel: a frozen copy of its text side would hold a random lexicon head for good."""
+    overrides = {"tokenizer.vocab": "bert-base-uncased", "init.text_tower": minilm_dir(), "objective.ela.beta": 0.3}
+    config = small_config(**overrides, **{"objective.ela.target_source": "frozen"})
+    config.model.text.depth = 6
+    with pytest.raises(ConfigError, match="target_source='frozen'.*has no MLM head"):
+        from_pytorch.load_pretrained_towers(config, {})
+
+
 def _bert_dir_with(tmp_path, **changes) -> str:
     directory = tmp_path / "bert"
     directory.mkdir()

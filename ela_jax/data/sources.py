@@ -8,6 +8,7 @@ import os
 
 from ela_jax.errors import ConfigError, check_choice
 
+WORLDS = ("shapes", "scenes")  # data.world: the embedded world data.name="world" generates
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
@@ -72,6 +73,7 @@ def parse_mixture_entry(entry: str) -> tuple[str, str, float]:
 def validate_section(data) -> None:
     """Raises ConfigError when the `data` section names an unknown source, lacks its files or has an impossible value."""
     check_choice(data.name, DATA_NAMES, "data.name")
+    check_choice(data.world, WORLDS, "data.world")
     if data.name == "mixture":
         _validate_mixture(data.train)
     elif data.train:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,22 +12,25 @@ import time
 
 import jax
 import ml_collections
-import tqdm
 from jax.experimental import multihost_utils
 
 from ela_jax import config as config_lib
 from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
+from ela_jax.evaluation import unnamed
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
-from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.metrics import MetricWriter, eval_scalars
+from ela_jax.training.progress import Progress
 from ela_jax.training.state import TrainState
-from ela_jax.training.step import Vocabulary, make_train_step
+from ela_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -64,11 +68,15 @@ class PreemptionWatch:
 
 
 class BadStepMonitor:
-    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged."""
+    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged.
+
+    `in_a_row` is the length of the bad run ending at the newest step it has judged: a state whose newest update
+    was skipped is not worth a periodic checkpoint (it would rotate good ones out)."""
 
     def __init__(self, max_bad_steps: int):
         self.max_bad_steps = max_bad_steps
         self.skipped = 0
+        self.in_a_row = 0
         self.pending = None
 
     def observe(self, step: int, metrics: dict, last_checkpoint) -> None:
@@ -82,15 +90,16 @@ class BadStepMonitor:
             self.pending = None
 
     def _check(self, step: int, metrics: dict, last_checkpoint) -> None:
-        in_a_row = int(metrics["bad_steps_in_a_row"])
+        self.in_a_row = in_a_row = int(metrics["bad_steps_in_a_row"])
         if in_a_row == 0:
             return
         self.skipped += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, in_a_row)
+        log.warning("step %d: non-finite loss, gradient or update, update skipped (%d in a row)", step, in_a_row)
         if in_a_row >= self.max_bad_steps:
+            good = "none" if last_checkpoint is None else f"step {last_checkpoint}"
             raise TrainingDiverged(
-                f"loss or gradients were non-finite for {in_a_row} steps in a row (steps {step - in_a_row + 1}-"
-                f"{step}); the last good checkpoint is step {last_checkpoint}. Lower optim.lr or check the data."
+                f"loss, gradients or updates were non-finite for {in_a_row} steps in a row (steps "
+                f"{step - in_a_row + 1}-{step}); the last good checkpoint is {good}. Lower optim.lr or check the data."
             )
 
 
@@ -101,6 +110,8 @@ class Evaluation:
         self.experiment = experiment
         self.dataset = None
         self.encoder = None
+        config = experiment.config
+        self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
 
     def __call__(self, params, step: int) -> dict:
         config = self.experiment.config
@@ -109,6 +120,8 @@ class Evaluation:
             self.encoder = self.experiment.encoder(params, config.eval.batch_size)
         self.encoder.params = params
         results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
+        if self.unnamed is not None:
+            results["unnamed_objects"] = self.unnamed(self.encoder, self.experiment.tokenizer)
         return {"step": int(step), "split": "test", **results}
 
 
@@ -186,12 +199,18 @@ class BestCheckpoints:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results.
+    Raises WorkdirBusy at once when another run holds `workdir` (the chief process holds it for the whole run)."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
-    config = experiment.config  # with the vocabulary size and pretrained architectures resolved
-    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
+        return _train(experiment, is_chief)
+
+
+def _train(experiment: Experiment, is_chief: bool) -> dict:
+    config, workdir = experiment.config, experiment.workdir
+    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
@@ -200,13 +219,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     if is_chief:
         report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
+    progress = Progress(config.total_steps, is_chief, config.log.progress)
+    progress.phase(f"preparing data ({config.data.name}) and the train state in {workdir}")
     with parallel.process_zero_first("prepare the training data"):  # one writer in a shared data directory
         data_iterator = iter(
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
@@ -214,13 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
-    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
-    train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
-        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.train_step(factory)
 
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
@@ -229,54 +243,46 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
-    progress = tqdm.tqdm(
-        initial=start_step,
-        total=config.total_steps,
-        desc="train",
-        unit="step",
-        disable=not (is_chief and config.log.progress),
-        dynamic_ncols=True,
-    )
+    progress.start(start_step)
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+            if step == start_step + 1:
+                progress.phase(f"compiling the train step (from step {step})")
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
             window_steps += 1
-            progress.update(1)
+            progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+                progress.logged(step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
                 bad_steps.flush(last_checkpoint)  # never checkpoint past a run that must stop
-                checkpointer.save(step, state, data_iterator)
-                last_checkpoint = step
+                if bad_steps.in_a_row and not (preempted or step == config.total_steps):
+                    log.warning("step %d: checkpoint not saved, the step's update was skipped", step)
+                else:
+                    checkpointer.save(step, state, data_iterator)
+                    last_checkpoint = step
+                    progress.phase(f"checkpoint saved: step {step} in {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+                progress.phase(f"evaluating at step {step}")
                 results = evaluation(state.params, step)
                 host_allocator.release_free_memory()
                 best.offer(step, state, results)
-                writer.write(
-                    step,
-                    {
-                        f"eval/{score}/{k}": v
-                        for score, m in results["scores"].items()
-                        for k, v in m.items()
-                        if "recall@" in k or k == "rsum"
-                    },
-                )
+                writer.write(step, eval_scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
         progress.close()
@@ -285,10 +291,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
 
     # --- final report
+    progress.phase(f"evaluating at step {config.total_steps}")
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results)
     best.close()
+    MetricWriter.tensorboard_only(workdir, config.total_steps, eval_scalars(results), enabled=is_chief)
     if is_chief:
         write_json(os.path.join(workdir, "eval", "results.json"), results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
+    progress.phase(f"done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {workdir}")
     return results

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh
 
 from ela_jax import parallel
+from ela_jax.objectives import needs_teacher
 from ela_jax.models.ela import TEXT_PARAM_GROUPS, ELAModel, copy_text_lexicon_to_image
 from ela_jax.training.teacher import PretrainedTeacher
 
@@ -26,11 +27,6 @@ class TrainState:
     # Updates skipped for a non-finite loss or gradient: in a row now, and the longest such run so far.
     bad_steps_in_a_row: jax.Array
     longest_bad_run: jax.Array
-
-
-def needs_teacher(config) -> bool:
-    ela = config.objective.ela
-    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen", "pretrained")
 
 
 def example_inputs(config) -> tuple[jax.Array, jax.Array, jax.Array]:
