@@ -20,7 +20,7 @@ from ela_jax import objectives, parallel
 from ela_jax.experiment import Experiment
 from ela_jax.training import step as step_lib
 from ela_jax.training.contrastive import Contrastive
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 BATCH = 16
 

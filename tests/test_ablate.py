@@ -15,7 +15,7 @@ import pytest
 from ela_jax import ablate
 from ela_jax import config as config_lib
 from ela_jax import validation
-from tests.conftest import HOLD_LOCK, make_tiny_config
+from tests.helpers import HOLD_LOCK, make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from jax._src import dispatch
 from ela_jax import parallel
 from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 class CompileCounter:

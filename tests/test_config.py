@@ -11,7 +11,7 @@ from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
-from tests.conftest import train_command
+from tests.helpers import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

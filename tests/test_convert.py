@@ -29,7 +29,7 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
 from ela_jax.training.state import example_inputs
-from tests.conftest import make_tiny_config, set_keys
+from tests.helpers import make_tiny_config, set_keys
 
 TOLERANCE = 1e-4
 TEXTS = [

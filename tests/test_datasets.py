@@ -13,7 +13,7 @@ from ela_jax import validation
 from ela_jax.data import captions_tfds, pipeline, records, tokenizer, webdataset
 from ela_jax.evaluation import retrieval
 from tests import data_fixtures as fixtures
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 def real_config(name: str, manual_dir: str, **overrides):

@@ -16,7 +16,7 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluator, retrieval, zeroshot
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from ela_jax.data import world
 from ela_jax.experiment import Experiment
 from ela_jax.training import teacher as teacher_lib
 from ela_jax.training import loop
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 MINILM = ela_minilm.minilm_dir()
 WORDS = list(tokenizer_lib.SPECIAL_TOKENS) + list(world.vocabulary_words())

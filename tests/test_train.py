@@ -11,7 +11,7 @@ import pytest
 import ela_jax
 from ela_jax.training import loop
 from ela_jax.training.metrics import read_metrics
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 @pytest.fixture(scope="module")
