@@ -119,6 +119,7 @@ def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     result = run_training_cli(tmp_path, "--config.objective.no_such_key=1")
     assert result.returncode != 0
@@ -126,6 +127,7 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0

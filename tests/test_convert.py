@@ -174,12 +174,14 @@ def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
         assert scale == pytest.approx(np.exp(min(params[f"{name}_log_scale"], max_log_scale)), rel=1e-6)
 
 
+@pytest.mark.integration  # trains, then converts
 @pytest.mark.slow  # trains (about a minute of compilation); the random-weight test checks the same contract
 def test_elatorch_matches_ela_jax_load_after_training(trained_export):
     workdir, output = trained_export
     assert_same_encodings(ela_jax.load(workdir), ELATorch.from_pretrained(output), random_images(5, 16, seed=1), TEXTS)
 
 
+@pytest.mark.integration  # spawns a process
 def test_elatorch_imports_no_jax():
     code = (
         "import sys, ela_jax.torch_model; "
@@ -239,6 +241,7 @@ def test_jax_to_pytorch_to_jax_is_bit_identical(random_export):
     )
 
 
+@pytest.mark.integration  # trains, then converts
 @pytest.mark.slow  # trains; the random-weight round trip covers every parameter too
 def test_jax_to_pytorch_to_jax_is_bit_identical_after_training(trained_export):
     workdir, output = trained_export
@@ -249,6 +252,7 @@ def test_jax_to_pytorch_to_jax_is_bit_identical_after_training(trained_export):
     )
 
 
+@pytest.mark.integration  # converts the real MiniLM checkpoint
 def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
     """Architecture from MiniLM's config.json, weights into the params; MiniLM has no MLM head, so that is kept."""
     config = small_config(

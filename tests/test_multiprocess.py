@@ -18,6 +18,8 @@ from ela_jax.training.metrics import read_metrics
 from launch import local
 from tests.helpers import make_tiny_config
 
+pytestmark = pytest.mark.integration  # every test spawns processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The shared tiny model (tests/helpers.py), logging every step and saving once; a config file for the training CLI.

@@ -21,6 +21,8 @@ from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
 from tests.helpers import make_tiny_config, train_command
 
+pytestmark = pytest.mark.integration  # every test trains or spawns processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

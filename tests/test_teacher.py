@@ -54,6 +54,7 @@ def test_pretrained_source_needs_a_checkpoint_directory():
         validation.validate(teacher_config(**{"objective.ela.teacher_dir": ""}), num_devices=1)
 
 
+@pytest.mark.integration  # loads the real MiniLM checkpoint
 def test_teacher_equals_the_pytorch_checkpoint_on_single_piece_words():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -83,6 +84,7 @@ def test_teacher_equals_the_pytorch_checkpoint_on_single_piece_words():
     assert {"big", "large"} & set(top)  # the expansion reaches synonyms the caption does not use
 
 
+@pytest.mark.integration  # trains
 def test_training_keeps_the_teacher_frozen_and_resume_restores_it(tmp_path):
     config = teacher_config(total_steps=2, **{"checkpoint.every_steps": 1, "log.every_steps": 1})
     workdir = str(tmp_path / "run")

@@ -13,6 +13,8 @@ from ela_jax.training import loop
 from ela_jax.training.metrics import read_metrics
 from tests.helpers import make_tiny_config
 
+pytestmark = pytest.mark.integration  # trains
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
