@@ -19,6 +19,7 @@ TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
+EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -284,6 +285,16 @@ def base_config() -> ml_collections.ConfigDict:
                 "templates": (),  # empty: the dataset's default prompt templates, each with one "{}"
                 "scores": ("global", "lexicon"),
             },
+        }
+    )
+    # Evaluators (ela_jax.evaluation.evaluators): name -> {"type": one of EVALUATOR_TYPES, "during_training"}. The
+    # loop runs those with during_training every eval.every_steps and after the last step, each writing
+    # W/eval/<its output> at the end (retrieval: results.json, zeroshot: zeroshot.json, set by eval.zeroshot);
+    # `python -m ela_jax.evaluate` runs the retrieval evaluator, `python -m ela_jax.zeroshot` the zero-shot one.
+    config.evals = ml_collections.ConfigDict(
+        {
+            "retrieval": {"type": "retrieval", "during_training": True},
+            "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})

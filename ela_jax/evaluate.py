@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.cli import quiet_libraries
+from ela_jax.evaluation import evaluators
+from ela_jax.experiment import Experiment, load_config
 
 
 def _workdir_from_argv(argv: list[str]) -> str | None:
@@ -31,33 +35,26 @@ def experiment_from_flags():
     cannot run exits with one line."""
     quiet_libraries()
     parallel.initialize_distributed()
-    from ela_jax import config as config_lib
-    from ela_jax.experiment import Experiment
-
     try:
         return Experiment.build(flags.FLAGS.config, flags.FLAGS.workdir)
     except config_lib.ConfigError as error:
         sys.exit(f"config error: {error}")
 
 
-def write_on_chief(path: str, results: dict) -> None:
-    """Every process computes the results; process 0 alone writes them."""
-    import jax
-
-    from ela_jax.training.loop import write_json
-
+def run_evaluator(experiment, evaluator) -> dict:
+    """Runs `evaluator` on the checkpoint `--step` names (latest when unset); process 0 alone writes
+    W/eval/<its output> (every process computes the results)."""
+    state = experiment.restore_state(flags.FLAGS.step)
+    results = evaluator(experiment.encoder(state.params, experiment.config.eval.batch_size), int(state.step))
     if jax.process_index() == 0:
-        write_json(path, results)
+        evaluators.write_json(os.path.join(experiment.workdir, "eval", evaluator.output), results)
+    return results
 
 
 def main(argv) -> None:
     del argv
     experiment = experiment_from_flags()
-    from ela_jax.training.loop import Evaluation
-
-    state = experiment.restore_state(flags.FLAGS.step)
-    results = Evaluation(experiment)(state.params, int(state.step))
-    write_on_chief(os.path.join(experiment.workdir, "eval", "results.json"), results)
+    results = run_evaluator(experiment, evaluators.build("retrieval", experiment.config, experiment.tokenizer))
     for score, metrics in results["scores"].items():
         print(
             f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
@@ -68,8 +65,6 @@ def main(argv) -> None:
 
 
 def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
-    from ela_jax.experiment import load_config
-
     workdir = _workdir_from_argv(argv)
     if workdir is None:
         sys.exit(f"usage: python -m {program} --workdir W [--step N] [--config.KEY=VALUE ...]")

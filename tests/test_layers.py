@@ -159,3 +159,21 @@ def test_test_files_import_helpers_not_each_other():
         if name.startswith(("tests.test_", "tests.conftest"))
     ]
     assert offenders == []
+
+
+def imported_closure(module: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, stack = set(), [module]
+    while stack:
+        for target in graph.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_evaluation_commands_import_no_trainer_code():
+    """`python -m ela_jax.evaluate` / `zeroshot` run the evaluators without the training loop."""
+    graph = import_graph()
+    for command in ("ela_jax.evaluate", "ela_jax.zeroshot"):
+        assert "ela_jax.training.loop" not in imported_closure(command, graph), command
+    assert "ela_jax.training.loop" in imported_closure("ela_jax.train", graph)  # the scan does see the loop

@@ -7,6 +7,7 @@ import io
 import os
 import struct
 
+from ela_jax.evaluation import evaluators
 from ela_jax.training import metrics as metrics_lib
 from ela_jax.training.progress import Progress
 
@@ -89,7 +90,7 @@ def test_the_final_evaluation_reaches_tensorboard_only(tmp_path):
     writer.write(5, {"loss": 1.0})
     writer.close()
     results = {"scores": {"global": {"rsum": 250.0, "image_retrieval_recall@1": 40.0, "mean_rank": 3.0}}}
-    metrics_lib.MetricWriter.tensorboard_only(workdir, 5, metrics_lib.eval_scalars(results))
+    metrics_lib.MetricWriter.tensorboard_only(workdir, 5, evaluators.eval_scalars(results))
     scalars = {(v.tag, e.step): v.simple_value for e in read_events(workdir) for v in e.summary.value}
     assert scalars == {
         ("loss", 5): 1.0,
