@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax.cli import quiet_libraries
+from ela_jax.paths import require_local
 from ela_jax.training import restarts
 from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
 
@@ -252,6 +253,7 @@ def run_grid(
 ) -> GridReport:
     """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N> (of the entries named in `only`,
     when given), rewriting the table of the whole grid after each run."""
+    require_local(root, "the grid's root")
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
     for entry, seed in schedule([entry for entry in entries if only is None or entry.name in only], seeds):
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")

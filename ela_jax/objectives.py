@@ -11,7 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ela_jax import host_allocator
 from ela_jax.config import TARGET_FORMS
+
+# The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
+# computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
+host_allocator.configure()
 
 
 def info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:

@@ -19,7 +19,12 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
+from ela_jax import host_allocator
 from ela_jax.errors import DistributedConfigError
+
+# The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
+# computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
+host_allocator.configure()
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

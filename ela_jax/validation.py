@@ -18,6 +18,13 @@ def _validate_eval(eval_config) -> None:
         raise ConfigError(f"eval.hybrid_weights must be >= 0 with at least one > 0, got {hybrid_weights}")
     check_choice(eval_config.hybrid_normalise, ("std", "none"), "eval.hybrid_normalise")
     check_choice(eval_config.retriever, config_lib.RETRIEVERS, "eval.retriever")
+    seismic = eval_config.seismic
+    for key in ("centroid_fraction", "summary_energy", "heap_factor"):
+        if not 0.0 < seismic[key] <= 1.0:
+            raise ConfigError(f"eval.seismic.{key} must lie in (0, 1], got {seismic[key]}")
+    for key in ("n_postings", "query_cut", "num_threads"):
+        if seismic[key] < 1:
+            raise ConfigError(f"eval.seismic.{key} must be >= 1, got {seismic[key]}")
     zeroshot = eval_config.zeroshot
     if zeroshot.dataset not in ("world_colour", "world_shape") and not zeroshot.dataset.startswith("tfds:"):
         raise ConfigError(

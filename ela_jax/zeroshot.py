@@ -1,4 +1,4 @@
-"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot.json
+"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot_<dataset>.json
 
 Zero-shot classification with a checkpoint of W, configured by `eval.zeroshot`, e.g.
 `--config.eval.zeroshot.dataset=world_shape` or `--config.eval.zeroshot.dataset=tfds:cifar10 --config.data.dir=D`.

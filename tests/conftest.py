@@ -7,8 +7,10 @@ import os
 
 import pytest
 
-import ela_jax  # noqa: F401  (first: its host-allocator settings must precede XLA:CPU's threads)
-from tests.helpers import make_tiny_config
+from ela_jax import host_allocator
+
+host_allocator.configure()  # first: the settings must precede XLA:CPU's threads (ela_jax.host_allocator)
+from tests.helpers import make_tiny_config  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -3,6 +3,9 @@ references. Fixtures stay in conftest.py, which pytest loads and no module impor
 
 from __future__ import annotations
 
+import glob
+import os
+import struct
 import sys
 
 import numpy as np
@@ -98,3 +101,19 @@ def random_protocol(seed: int, num_images: int = 13, num_captions: int = 47):
     caption_image = np.concatenate([np.arange(num_images), rng.integers(0, num_images, num_captions - num_images)])
     caption_image = rng.permutation(caption_image)  # every image has a caption; captions interleaved
     return rng, caption_image
+
+
+def read_events(workdir: str) -> list:
+    """Every event of workdir/tensorboard, file by file in creation order (TFRecord framing, tensorboardX's proto)."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")), key=os.path.getmtime):
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+    return events

@@ -48,7 +48,7 @@ def test_zero_shot_runs_during_training_when_the_config_asks(tmp_path):
         }
     )
     results = loop.train(config, workdir)
-    with open(os.path.join(workdir, "eval", "zeroshot.json")) as f:
+    with open(os.path.join(workdir, "eval", "zeroshot_world_colour.json")) as f:
         zeroshot = json.load(f)
     assert zeroshot["step"] == 4 and zeroshot["num_examples"] == 16
     assert set(zeroshot["scores"]) == set(config.eval.zeroshot.scores)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import struct
 
 from ela_jax.evaluation import evaluators
 from ela_jax.training import metrics as metrics_lib
 from ela_jax.training.progress import Progress
+from tests.helpers import read_events
 
 
 class Terminal(io.StringIO):
@@ -51,22 +49,6 @@ def test_only_the_chief_prints():
     progress = Progress(10, enabled=False, bar=True, stream=stream)
     progress.phase("compiling")
     assert stream.getvalue() == ""
-
-
-def read_events(workdir: str) -> list:
-    """Every event of workdir/tensorboard, file by file in creation order (TFRecord framing, tensorboardX's proto)."""
-    from tensorboardX.proto import event_pb2
-
-    events = []
-    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")), key=os.path.getmtime):
-        with open(path, "rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
-            offset += 12 + length + 4
-    return events
 
 
 def test_a_resumed_writer_hides_the_events_past_its_checkpoint(tmp_path):

@@ -29,6 +29,7 @@ from ela_jax.convert.hf_export import (
     write_tokenizer,
 )
 from ela_jax.experiment import Experiment, load_config
+from ela_jax.paths import require_local
 
 __all__ = [
     "ELA_CONFIG_FILE",
@@ -50,6 +51,7 @@ __all__ = [
 
 def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
     """Exports checkpoint `step` (latest when None) of `workdir`; returns the step exported."""
+    require_local(output_dir, "--output")
     experiment = Experiment.build(load_config(workdir), workdir)
     if step is None:
         checkpointer = experiment.checkpointer()

@@ -86,8 +86,8 @@ def validate_section(data) -> None:
         check_choice(data.eval_name, EVAL_NAMES, "data.eval_name")
         if data.eval_name != "world":
             check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
-    elif data.name in ("coco", "flickr30k", "folder"):  # evaluation reads the training source's test split
-        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")
+    elif data.name in ("coco", "flickr30k"):  # evaluation reads the training source's test split (a folder's is
+        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")  # optional: then no evaluation)
     elif data.name in ("webdataset", "mixture"):
         raise ConfigError(
             f"data.name={data.name} has no test split to evaluate on; set data.eval_name (coco, flickr30k, folder) "

@@ -64,6 +64,7 @@ class Tokenizer:
         self.pad_id = self.token_to_id("[PAD]")
         self._tokenizer.enable_padding(length=max_length, pad_id=self.pad_id, pad_token="[PAD]")
         self.mask_id = self.token_to_id("[MASK]")
+        self.unk_id = self.token_to_id("[UNK]")
         self.special_ids = tuple(self.token_to_id(token) for token in SPECIAL_TOKENS)
 
     @property

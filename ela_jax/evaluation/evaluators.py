@@ -7,14 +7,19 @@ W/eval/<its output>; `scalars` picks what the metric log and TensorBoard plot.""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from typing import Protocol
 
-from ela_jax.data.pipeline import retrieval_set
+from ela_jax.data import pipeline
 from ela_jax.data.tokenizer import Tokenizer
 from ela_jax.evaluation import unnamed, zeroshot
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.evaluation.evaluator import evaluate_retrieval
+
+
+log = logging.getLogger(__name__)
 
 
 class Evaluator(Protocol):
@@ -45,10 +50,19 @@ class RetrievalEvaluator:
         self.config, self.tokenizer = config, tokenizer
         self.dataset = None  # read at the first call: the loop prepares its training data first
         self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
+        self.available = pipeline.has_test_split(config.data)
+        if not self.available:
+            log.warning(
+                "%s holds no test.jsonl / test.csv: this run is not evaluated (eval/results.json lists no scores); "
+                "add one or set data.eval_name",
+                config.data.manual_dir,
+            )
 
     def __call__(self, encoder: Encoder, step: int) -> dict:
+        if not self.available:
+            return {"step": int(step), "split": "test", "scores": {}}
         if self.dataset is None:
-            self.dataset = retrieval_set(self.config.data, "test")
+            self.dataset = pipeline.retrieval_set(self.config.data, "test")
         results = evaluate_retrieval(encoder, self.tokenizer, self.dataset, self.config.eval)
         if self.unnamed is not None:
             results["unnamed_objects"] = self.unnamed(encoder, self.tokenizer)
@@ -59,14 +73,13 @@ class RetrievalEvaluator:
 
 
 class ZeroShotEvaluator:
-    """Zero-shot classification configured by `eval.zeroshot` -> eval/zeroshot.json. The labelled set is read when
+    """Zero-shot classification configured by `eval.zeroshot` -> eval/zeroshot_<dataset>.json. The labelled set is read when
     the evaluator is built, so a missing dataset stops a run before it trains (FileNotFoundError / ValueError)."""
-
-    output = "zeroshot.json"
 
     def __init__(self, config, tokenizer: Tokenizer):
         self.config, self.tokenizer = config, tokenizer
         settings = config.eval.zeroshot
+        self.output = keyed_file("zeroshot", settings.dataset, settings.split)
         self.dataset = zeroshot.labelled_set(settings, config.data, config.model.image.image_size)
         self.templates = tuple(settings.templates) or zeroshot.default_templates(settings.dataset)
 
@@ -95,6 +108,13 @@ def build(evaluator_type: str, config, tokenizer: Tokenizer) -> Evaluator:
 def during_training(config, tokenizer: Tokenizer) -> dict[str, Evaluator]:
     """The evaluators of `config.evals` that the training loop runs, by name."""
     return {name: build(entry.type, config, tokenizer) for name, entry in config.evals.items() if entry.during_training}
+
+
+def keyed_file(prefix: str, dataset: str, split: str = "test") -> str:
+    """`<prefix>_<dataset>[_<split>].json`: one file per dataset (and non-test split), so evaluations on several
+    datasets sit side by side instead of overwriting each other."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset).strip("_")
+    return f"{prefix}_{slug}.json" if split == "test" else f"{prefix}_{slug}_{split}.json"
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -1,5 +1,5 @@
-"""Command line: a training workdir's held-out split as sparse JSONL (ela_jax.retrieval.sparse_vectors writes the
-files; this entry point loads the workdir's model).
+"""Command line: a training workdir's held-out split as sparse JSONL for Anserini / Seismic
+(ela_jax.retrieval.sparse_vectors writes the files; this entry point loads the workdir's model).
 
 Run: python -m ela_jax.retrieval.export --workdir W --output O [--split test] [--top_k K] [--threshold T]
      [--quantize SCALE]
@@ -13,12 +13,16 @@ import os
 import ela_jax
 from ela_jax.cli import quiet_libraries
 from ela_jax.data.pipeline import retrieval_set
+from ela_jax.paths import require_local
 from ela_jax.retrieval.sparse_vectors import (
+    ANSERINI_SCALE,
     DOCUMENTS_FILE,
     ID_MAP_FILE,
+    QRELS_FILE,
     QUERIES_FILE,
     STATS_FILE,
     export_vectors,
+    log,
     prune_and_quantize,
     quantize,
     read_jsonl,
@@ -28,11 +32,14 @@ from ela_jax.retrieval.sparse_vectors import (
 )
 
 __all__ = [
+    "ANSERINI_SCALE",
     "DOCUMENTS_FILE",
     "ID_MAP_FILE",
+    "QRELS_FILE",
     "QUERIES_FILE",
     "STATS_FILE",
     "export_vectors",
+    "log",
     "prune_and_quantize",
     "quantize",
     "read_jsonl",
@@ -54,6 +61,13 @@ def export_workdir(
 ) -> dict:
     """Encodes `split` of the workdir's dataset with its latest checkpoint: images become documents (id = image index),
     captions queries (id = caption index, mapped to their image in id_map.json)."""
+    require_local(output_dir, "--output")
+    if quantize_scale is None:
+        log.warning(
+            "writing float weights: Anserini's JsonVectorCollection reads weights as integers, so weights below 1 "
+            "index nothing there; pass --quantize %g for Anserini (Seismic reads floats)",
+            ANSERINI_SCALE,
+        )
     model = ela_jax.load(workdir)
     dataset = retrieval_set(model.experiment.config.data, split)
     image_lexicon = model.encode_images(dataset.images)["lexicon"]  # [images, V]
@@ -81,6 +95,7 @@ def export_workdir(
         vocabulary,
         id_map,
         settings,
+        relevant=dataset.caption_image,
     )
 
 
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         metavar="SCALE",
-        help="write integer weights round(weight * SCALE), as Anserini wants (default: floats)",
+        help=f"write integer weights round(weight * SCALE), as Anserini needs: use {ANSERINI_SCALE:g} (default: floats)",
     )
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"vocabulary coverage {stats['vocabulary_coverage']:.3f}; wrote {DOCUMENTS_FILE}, {QUERIES_FILE}, "
-        f"{ID_MAP_FILE}, {STATS_FILE} to {args.output}"
+        f"{QRELS_FILE}, {ID_MAP_FILE}, {STATS_FILE} to {args.output}"
     )
 
 

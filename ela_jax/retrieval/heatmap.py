@@ -15,9 +15,23 @@ import numpy as np
 import ela_jax
 from ela_jax.cli import quiet_libraries
 from ela_jax.data.pipeline import retrieval_set
-from ela_jax.retrieval.patch_maps import WordMap, encode_patches, lexicon_patch_maps, plot_heatmap
+from ela_jax.paths import require_local
+from ela_jax.retrieval.patch_maps import (
+    CAPTION_COLOUR,
+    EXPANDED_COLOUR,
+    PANEL_COLUMNS,
+    PANEL_INCHES,
+    WordMap,
+    encode_patches,
+    lexicon_patch_maps,
+    plot_heatmap,
+)
 
 __all__ = [
+    "CAPTION_COLOUR",
+    "EXPANDED_COLOUR",
+    "PANEL_COLUMNS",
+    "PANEL_INCHES",
     "WordMap",
     "encode_patches",
     "lexicon_patch_maps",
@@ -29,6 +43,7 @@ __all__ = [
 
 def write_heatmaps(workdir: str, output_dir: str, count: int = 4, split: str = "test", num_words: int = 8) -> list[str]:
     """Heatmaps of the first `count` images of `split`, each with its first caption; returns the PNG paths."""
+    require_local(output_dir, "--output")
     loaded = ela_jax.load(workdir)
     dataset = retrieval_set(loaded.experiment.config.data, split)
     if count > len(dataset.images):

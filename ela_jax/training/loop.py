@@ -188,7 +188,7 @@ class BestCheckpoints:
             )
 
     def offer(self, step: int, state, results: dict) -> None:
-        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+        if self.checkpointer is None or not results["scores"] or step in (self.checkpointer.manager.all_steps() or ()):
             return
         value = float(results["scores"][self.score][self.metric])
         self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
