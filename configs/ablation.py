@@ -55,8 +55,8 @@ MINILM = {
 # The scenes grid: each expansion source x target form x beta schedule, against CLIP-only and beta = 0. The
 # configs/scenes.py base trains MLM (weight 0.1), so the online head and its EMA are trained sources; the frozen copy
 # of an untrained text side ("frozen") is no source at all and is left out. The ramp spans the first half of its
-# 300 steps.
-SCENES_RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 150}
+# 250 steps.
+SCENES_RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 125}
 SOURCES = {"online": {"objective.ela.target_source": "online"}, "ema": EMA, "pretrained": PRETRAINED}
 TARGET_FORMS = ("softmax", "sparse")
 SCHEDULES = {"fixed": FIXED, "ramp": SCENES_RAMP}

@@ -1,5 +1,5 @@
-"""ELA on the embedded scenes world (ela_jax/data/scenes.py), sized so one run, training and final evaluation, takes
-about a minute on a 2-core CPU: the unit of the expansion ablation (configs/ablation.py, grid `scenes`).
+"""ELA on the embedded scenes world (ela_jax/data/scenes.py), sized so that a 2-core CPU trains and evaluates one run
+in a minute or two: the unit of the expansion ablation (configs/ablation.py, grid `scenes`, 42 runs).
 
 The scenes world is the one where expansion can matter: every image holds objects no caption names, and the
 caption's scene word predicts them. Held-out results include `unnamed_objects` (ela_jax/evaluation/unnamed.py).
@@ -18,7 +18,7 @@ from ela_jax import config as common  # noqa: E402
 def get_config(arg: str | None = None):
     """`arg`: mesh presets to overlay, e.g. `configs/scenes.py:dp` (see configs/mesh_presets.py)."""
     config = common.base_config()
-    config.total_steps = 300
+    config.total_steps = 250
     config.batch_size = 64
 
     config.data.name = "world"

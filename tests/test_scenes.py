@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.data import pipeline, scenes, tokenizer, world_tfds
+from ela_jax.errors import ConfigError
 
 
 def examples(split: str, count: int, seed: int = 0) -> list[scenes.SceneExample]:
@@ -62,6 +62,15 @@ def test_a_scene_word_predicts_the_objects_its_captions_leave_out():
     own = rate[scene_of_object, np.arange(len(scenes.OBJECT_NAMES))]
     other = np.where(np.arange(len(scenes.SCENE_NAMES))[:, None] != scene_of_object[None, :], rate, 0.0)
     assert own.min() > 0.35 and other.max() < 0.08, (own.min(), other.max())
+
+
+def test_captions_mostly_leave_background_objects_out():
+    named, present = np.zeros(len(scenes.OBJECT_NAMES)), np.zeros(len(scenes.OBJECT_NAMES))
+    for example in examples("train", 600):
+        present[list(example.present)] += 1
+        named[list(example.named)] += 1
+    rate = named / present
+    assert rate[scenes.OBJECT_SALIENT].min() > 0.6 and rate[~scenes.OBJECT_SALIENT].max() < 0.3, rate
 
 
 def test_glyphs_are_distinct_and_differ_within_a_scene():
@@ -131,5 +140,5 @@ def test_world_vocabulary_follows_data_world(tmp_path):
 
 def test_an_unknown_world_is_a_config_error():
     config = scenes_config(**{"data.world": "forest"})
-    with pytest.raises(config_lib.ConfigError, match="data.world"):
+    with pytest.raises(ConfigError, match="data.world"):
         validation.validate(config, num_devices=1)

@@ -1,9 +1,10 @@
 """The scenes world: an embedded image-caption world where a caption's words predict the objects it leaves out.
 
 Each image shows one scene (beach, kitchen, street, park, farm, office), recognisable by its background, and 2-4
-objects drawn mostly from that scene's own five. Every object is a distinct glyph (a shape in a colour). The captions
-name the scene word often and one or two objects, and never name the one or two objects set aside for each image, so
-every image, training and held-out, holds objects none of its captions names; which objects are present and which are
+objects drawn mostly from that scene's own five (three salient, two background). Every object is a distinct glyph (a
+shape in a colour). The captions name the scene word often and one or two objects, and never name the one or two
+objects set aside for each image, mostly background ones, so every image, training and held-out, holds objects none of
+its captions names, and background objects are rarely named anywhere; which objects are present and which are
 named is recorded with the example. A caption's scene word ("kitchen") predicts the unnamed objects ("cup", "oven"):
 the structure expansion is meant to exploit. All words are single common English words, known to a pretrained English
 model. Everything is a pure function of (seed, split, index).
@@ -17,18 +18,21 @@ import numpy as np
 
 from ela_jax.data import world
 
-# scene -> (its five objects, background base colour, background texture).
+# scene -> (its five objects, background base colour, background texture). The first three objects are salient (the
+# ones captions name), the last two are background objects that captions mostly leave out, as real captions do.
 SCENES = {
-    "beach": (("umbrella", "ball", "boat", "shell", "towel"), (130, 110, 60), "waves"),
+    "beach": (("umbrella", "boat", "ball", "shell", "towel"), (130, 110, 60), "waves"),
     "kitchen": (("cup", "plate", "knife", "bowl", "oven"), (100, 95, 95), "tiles"),
-    "street": (("car", "bus", "sign", "bike", "truck"), (45, 45, 45), "lanes"),
-    "park": (("tree", "dog", "bench", "kite", "flower"), (30, 80, 30), "speckles"),
-    "farm": (("cow", "horse", "pig", "sheep", "tractor"), (90, 55, 25), "furrows"),
-    "office": (("desk", "chair", "computer", "phone", "lamp"), (40, 50, 100), "stripes"),
+    "street": (("car", "bus", "truck", "sign", "bike"), (45, 45, 45), "lanes"),
+    "park": (("dog", "tree", "kite", "bench", "flower"), (30, 80, 30), "speckles"),
+    "farm": (("cow", "horse", "tractor", "sheep", "pig"), (90, 55, 25), "furrows"),
+    "office": (("computer", "desk", "chair", "lamp", "phone"), (40, 50, 100), "stripes"),
 }
+SALIENT_PER_SCENE = 3
 SCENE_NAMES = tuple(SCENES)
 OBJECT_NAMES = tuple(name for objects, _, _ in SCENES.values() for name in objects)
 OBJECT_SCENE = np.asarray([s for s, (objects, _, _) in enumerate(SCENES.values()) for _ in objects], np.int64)
+OBJECT_SALIENT = np.asarray([slot < SALIENT_PER_SCENE for objects, _, _ in SCENES.values() for slot in range(5)])
 _SHAPES = tuple(world.SHAPES)  # circle, square, triangle, cross, ring, bar
 _COLOURS = tuple(world.COLOURS)  # eight saturated colours, brighter than every background
 
@@ -59,6 +63,9 @@ class ScenesSpec:
     min_objects: int = 2
     max_objects: int = MAX_OBJECTS  # at most the 2x2 grid's four cells
     in_scene_probability: float = 0.9  # each object comes from the image's scene with this probability
+    # Which objects go unnamed: the lowest of salience x uniform(0, 1), salience 1 for salient objects and this for
+    # background ones, so a background object is almost always the one left out when a salient one is present.
+    background_salience: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +177,11 @@ def generate_example(spec: ScenesSpec, split: str, index: int) -> SceneExample:
     scene = int(rng.integers(len(SCENE_NAMES)))
     objects = sample_objects(rng, spec, scene)
     image = render_image(rng, scene, objects, spec.image_size)
-    # One object of two or three, two of four, are never named: the part of the image expansion has to supply.
+    # One object of two or three, two of four, are never named (mostly background ones): the part of the image
+    # expansion has to supply.
     unnamed = 1 if len(objects) <= 3 else 2
-    nameable = [int(o) for o in rng.permutation(objects)[unnamed:]]
+    salience = np.where(OBJECT_SALIENT[objects], 1.0, spec.background_salience) * rng.uniform(size=len(objects))
+    nameable = [objects[i] for i in np.argsort(salience)[unnamed:]]
     captions = write_captions(rng, scene, nameable, spec.captions_per_image)
     return SceneExample(image, captions, scene, tuple(objects), named_objects(captions, objects))
 

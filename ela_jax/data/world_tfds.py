@@ -24,9 +24,10 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
 class ElaWorld(tfds.core.GeneratorBasedBuilder):
     """Images as raw uint8 tensors and 5 captions each; one builder config per (seed, size, split sizes)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
-        "1.0.0": "Shapes world: 2-4 objects on a 3x3 grid, 5 partial captions with synonyms; or the scenes world."
+        "1.0.0": "Shapes world: 2-4 objects on a 3x3 grid, 5 partial captions with synonyms.",
+        "1.1.0": "The scenes world (builder configs named scenes_*), whose captions mostly leave background objects out.",
     }
 
     def _info(self) -> tfds.core.DatasetInfo:
