@@ -20,6 +20,7 @@ PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 LEXICON_IMPLS = ("dense", "chunked", "argmax", "pallas")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
+EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -219,7 +220,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "stopwords": True,
                 # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
                 # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
-                # the model's vocabulary with its tied word embeddings (ela_jax/models/teacher.py).
+                # the model's vocabulary with its tied word embeddings (ela_jax/training/teacher.py).
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",
@@ -301,6 +302,16 @@ def base_config() -> ml_collections.ConfigDict:
                 "templates": (),  # empty: the dataset's default prompt templates, each with one "{}"
                 "scores": ("global", "lexicon"),
             },
+        }
+    )
+    # Evaluators (ela_jax.evaluation.evaluators): name -> {"type": one of EVALUATOR_TYPES, "during_training"}. The
+    # loop runs those with during_training every eval.every_steps and after the last step, each writing
+    # W/eval/<its output> at the end (retrieval: results.json; zeroshot: zeroshot_<dataset>.json, set by eval.zeroshot);
+    # `python -m ela_jax.evaluate` runs the retrieval evaluator, `python -m ela_jax.zeroshot` the zero-shot one.
+    config.evals = ml_collections.ConfigDict(
+        {
+            "retrieval": {"type": "retrieval", "during_training": True},
+            "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -38,9 +39,11 @@ class Experiment:
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
-        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size and pretrained
+        towers' architectures into a copy: the experiment's config is `experiment.config`, the caller's is untouched."""
         require_local(workdir, "the workdir")
         validation.validate(config, jax.device_count(), jax.process_count())
+        config = copy.deepcopy(config)
         os.makedirs(workdir, exist_ok=True)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size

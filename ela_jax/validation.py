@@ -45,6 +45,17 @@ def _validate_eval(eval_config) -> None:
         raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
 
 
+def _validate_evals(config: ml_collections.ConfigDict) -> None:
+    for name, entry in config.evals.items():
+        check_choice(entry.type, config_lib.EVALUATOR_TYPES, f"evals.{name}.type")
+    retrieval_in_training = any(e.type == "retrieval" and e.during_training for e in config.evals.values())
+    if config.checkpoint.best_metric and not retrieval_in_training:
+        raise ConfigError(
+            f"checkpoint.best_metric={config.checkpoint.best_metric!r} ranks checkpoints by retrieval, but no evals "
+            "entry of type 'retrieval' runs during training; set evals.retrieval.during_training=True"
+        )
+
+
 def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
     checkpoint = config.checkpoint
     if checkpoint.keep < 1 or checkpoint.keep_best < 1:
@@ -115,6 +126,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         check_choice(score, config_lib.SCORES, "eval.scores")
     check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
     _validate_eval(config.eval)
+    _validate_evals(config)
     weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")

@@ -11,7 +11,7 @@ from jax._src import dispatch
 from ela_jax import parallel
 from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 class CompileCounter:
@@ -45,6 +45,7 @@ def jitted_step(tmp_path_factory, request):
     lexicon = {"model.lexicon.impl": request.param, "model.lexicon.chunk": 16, "model.lexicon.pallas_interpret": True}
     config = make_tiny_config(**{"batch_size": 16, **lexicon})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
+    config = experiment.config
     factory = experiment.state_factory()
     mesh = experiment.mesh
     train_step = experiment.train_step(factory)
