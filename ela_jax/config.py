@@ -18,7 +18,9 @@ TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
+LEXICON_IMPLS = ("dense", "chunked", "argmax", "pallas")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
+EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -96,6 +98,11 @@ def model_config(
                 # Words per chunk when pooling the [batch, tokens, vocab] logits (never materialised whole then);
                 # 0 computes them densely. 2048 cuts the head's peak memory about 15x at |V| = 30522.
                 "chunk": 0,
+                # How the lexicon (max-pooled logits) is computed: "dense" or "chunked" (every pool, the backward
+                # recomputes each chunk's logits), "argmax" (keeps each word's winning token; the backward reads
+                # features and kernel there, no logits recomputed), "pallas" (argmax with a fused kernel; GPU/TPU).
+                "impl": "chunked",
+                "pallas_interpret": False,  # impl "pallas" in Pallas's interpret mode: slow, for CPU tests only
             },
             # Input of the global heads: "cls" (BERT/ViT convention, right for pretrained towers) or "mean" over
             # real tokens, which towers trained from scratch learn much faster: at init a post-LN CLS state is
@@ -213,7 +220,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "stopwords": True,
                 # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
                 # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
-                # the model's vocabulary with its tied word embeddings (ela_jax/models/teacher.py).
+                # the model's vocabulary with its tied word embeddings (ela_jax/training/teacher.py).
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",
@@ -295,6 +302,16 @@ def base_config() -> ml_collections.ConfigDict:
                 "templates": (),  # empty: the dataset's default prompt templates, each with one "{}"
                 "scores": ("global", "lexicon"),
             },
+        }
+    )
+    # Evaluators (ela_jax.evaluation.evaluators): name -> {"type": one of EVALUATOR_TYPES, "during_training"}. The
+    # loop runs those with during_training every eval.every_steps and after the last step, each writing
+    # W/eval/<its output> at the end (retrieval: results.json; zeroshot: zeroshot_<dataset>.json, set by eval.zeroshot);
+    # `python -m ela_jax.evaluate` runs the retrieval evaluator, `python -m ela_jax.zeroshot` the zero-shot one.
+    config.evals = ml_collections.ConfigDict(
+        {
+            "retrieval": {"type": "retrieval", "during_training": True},
+            "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})

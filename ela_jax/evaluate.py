@@ -9,15 +9,19 @@ W/eval/results_<dataset>.json beside it.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from ela_jax import parallel
 from ela_jax.cli import quiet_libraries
 from ela_jax.config import ConfigError
+from ela_jax.data.pipeline import eval_source
+from ela_jax.evaluation import evaluators
+from ela_jax.evaluation.evaluators import keyed_file  # noqa: F401  (evaluate.keyed_file, as before)
+from ela_jax.experiment import Experiment, load_config
 
 
 def _workdir_from_argv(argv: list[str]) -> str | None:
@@ -35,36 +39,24 @@ def experiment_from_flags():
     cannot run exits with one line."""
     quiet_libraries()
     parallel.initialize_distributed()
-    from ela_jax import config as config_lib
-    from ela_jax.experiment import Experiment
-
     try:
         return Experiment.build(flags.FLAGS.config, flags.FLAGS.workdir)
-    except config_lib.ConfigError as error:
+    except ConfigError as error:
         sys.exit(f"config error: {error}")
 
 
-def write_on_chief(path: str, results: dict) -> None:
-    """Every process computes the results; process 0 alone writes them."""
-    import jax
-
-    from ela_jax.training.loop import write_json
-
+def run_evaluator(experiment, evaluator, output: str | None = None) -> dict:
+    """Runs `evaluator` on the checkpoint `--step` names (latest when unset); every process computes the results,
+    process 0 alone writes them to W/eval/<output> (the evaluator's own file name when None)."""
+    state = experiment.restore_state(flags.FLAGS.step)
+    results = evaluator(experiment.encoder(state.params, experiment.config.eval.batch_size), int(state.step))
     if jax.process_index() == 0:
-        write_json(path, results)
-
-
-def keyed_file(prefix: str, dataset: str, split: str = "test") -> str:
-    """`<prefix>_<dataset>[_<split>].json`: one file per dataset (and non-test split), so evaluations on several
-    datasets sit side by side instead of overwriting each other."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset).strip("_")
-    return f"{prefix}_{slug}.json" if split == "test" else f"{prefix}_{slug}_{split}.json"
+        evaluators.write_json(os.path.join(experiment.workdir, "eval", output or evaluator.output), results)
+    return results
 
 
 def results_file(evaluated_data, trained_data) -> str:
     """results.json for the data training evaluated on (training writes it too), else results_<dataset>.json."""
-    from ela_jax.data.pipeline import eval_source
-
     name, manual_dir = eval_source(evaluated_data)
     if (name, manual_dir) == eval_source(trained_data):
         return "results.json"
@@ -75,13 +67,9 @@ def results_file(evaluated_data, trained_data) -> str:
 def main(argv) -> None:
     del argv
     experiment = experiment_from_flags()
-    from ela_jax.experiment import load_config
-    from ela_jax.training.loop import Evaluation
-
-    state = experiment.restore_state(flags.FLAGS.step)
-    results = Evaluation(experiment)(state.params, int(state.step))
-    name = results_file(experiment.config.data, load_config(experiment.workdir).data)
-    write_on_chief(os.path.join(experiment.workdir, "eval", name), results)
+    evaluator = evaluators.build("retrieval", experiment.config, experiment.tokenizer)
+    output = results_file(experiment.config.data, load_config(experiment.workdir).data)
+    results = run_evaluator(experiment, evaluator, output)
     for score, metrics in results["scores"].items():
         print(
             f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
@@ -92,8 +80,6 @@ def main(argv) -> None:
 
 
 def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
-    from ela_jax.experiment import load_config
-
     workdir = _workdir_from_argv(argv)
     if workdir is None:
         sys.exit(f"usage: python -m {program} --workdir W [--step N] [--config.KEY=VALUE ...]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -38,12 +39,15 @@ class Experiment:
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: str, devices=None) -> "Experiment":
-        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size. `devices`: the mesh's
-        (default: this job's), e.g. a TPU slice's compile-only devices for ahead-of-time compilation."""
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size and pretrained
+        towers' architectures into a copy: the experiment's config is `experiment.config`, the caller's is untouched.
+        `devices`: the mesh's (default: this job's), e.g. a TPU slice's compile-only devices for ahead-of-time
+        compilation."""
         require_local(workdir, "the workdir")
         devices = jax.devices() if devices is None else list(devices)
         processes = len({device.process_index for device in devices})
         validation.validate(config, len(devices), processes)
+        config = copy.deepcopy(config)
         os.makedirs(workdir, exist_ok=True)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size

@@ -12,6 +12,12 @@ from ela_jax.data import sources
 from ela_jax.errors import ConfigError, check_choice
 
 
+def _validate_lexicon(lexicon_config) -> None:
+    if lexicon_config.chunk < 0:
+        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {lexicon_config.chunk}")
+    check_choice(lexicon_config.impl, config_lib.LEXICON_IMPLS, "model.lexicon.impl")
+
+
 def _validate_eval(eval_config) -> None:
     hybrid_weights = eval_config.hybrid_weights.to_dict()
     if any(w < 0 for w in hybrid_weights.values()) or not any(w > 0 for w in hybrid_weights.values()):
@@ -37,6 +43,17 @@ def _validate_eval(eval_config) -> None:
             raise ConfigError(f"eval.zeroshot.templates entry {template!r} must contain exactly one '{{}}'")
     if zeroshot.num_examples < 0:
         raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
+
+
+def _validate_evals(config: ml_collections.ConfigDict) -> None:
+    for name, entry in config.evals.items():
+        check_choice(entry.type, config_lib.EVALUATOR_TYPES, f"evals.{name}.type")
+    retrieval_in_training = any(e.type == "retrieval" and e.during_training for e in config.evals.values())
+    if config.checkpoint.best_metric and not retrieval_in_training:
+        raise ConfigError(
+            f"checkpoint.best_metric={config.checkpoint.best_metric!r} ranks checkpoints by retrieval, but no evals "
+            "entry of type 'retrieval' runs during training; set evals.retrieval.during_training=True"
+        )
 
 
 def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
@@ -109,6 +126,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         check_choice(score, config_lib.SCORES, "eval.scores")
     check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
     _validate_eval(config.eval)
+    _validate_evals(config)
     weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
@@ -158,8 +176,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         )
     if config.model.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
-    if config.model.lexicon.chunk < 0:
-        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
+    _validate_lexicon(config.model.lexicon)
     _validate_checkpointing(config)
     if config.train.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")

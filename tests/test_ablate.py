@@ -15,7 +15,7 @@ import pytest
 from ela_jax import ablate
 from ela_jax import config as config_lib
 from ela_jax import validation
-from tests.conftest import HOLD_LOCK, make_tiny_config
+from tests.helpers import HOLD_LOCK, make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +24,7 @@ def results_path(root: str, run: str) -> str:
     return os.path.join(root, run, ablate.RESULTS_FILE)
 
 
+@pytest.mark.integration  # trains a grid
 def test_grid_trains_writes_tables_and_resumes(tmp_path, compilation_cache):
     """(The session's compilation cache lets the second run load the programs the first compiled.)"""
     # CLIP-only steps keep the compile small; the entries differ in what they evaluate, not in what they compile.
@@ -207,6 +208,7 @@ def test_every_entry_of_the_expansion_grids_is_a_valid_config(grid, config_name)
         assert len(entries) == 14 and len({tuple(sorted(e.overrides.items())) for e in entries}) == 14
 
 
+@pytest.mark.integration  # spawns processes
 def test_workers_share_a_grid_through_run_locks(tmp_path):
     root = str(tmp_path)
     entries = [ablate.Entry("done", {}, seeds=1), ablate.Entry("held", {}, seeds=1)]

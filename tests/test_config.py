@@ -12,7 +12,7 @@ from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
-from tests.conftest import train_command
+from tests.helpers import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,6 +56,7 @@ def test_missing_vocabulary_file_is_named(tiny_config):
         ("train.microbatches", 3, "train.microbatches=3 micro-batches"),
         ("model.vocab_multiple", 0, "model.vocab_multiple must be >= 1"),
         ("model.lexicon.chunk", -1, "model.lexicon.chunk must be >= 0"),
+        ("model.lexicon.impl", "fused", "model.lexicon.impl='fused' is not one of"),
         ("model.remat_policy", "everything", "model.remat_policy"),
         ("model.attention_batch_splits", 0, "model.attention_batch_splits must be a positive integer"),
         ("checkpoint.best_metric", "rsum", "must be 'SCORE/METRIC'"),
@@ -107,10 +108,20 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
         Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
 
 
+def test_building_an_experiment_leaves_the_callers_config_untouched(tiny_config, tmp_path):
+    config = tiny_config()
+    before = config.to_json_best_effort()
+    experiment = Experiment.build(config, str(tmp_path))
+    assert config.to_json_best_effort() == before
+    assert config.model.vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER
+    assert experiment.config.model.vocab_size == experiment.tokenizer.vocab_size
+
+
 def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     result = run_training_cli(tmp_path, "--config.objective.no_such_key=1")
     assert result.returncode != 0
@@ -118,6 +129,7 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0

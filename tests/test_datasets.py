@@ -4,7 +4,6 @@ folder, WebDataset shards; split sizes, caption grouping, the multi-caption eval
 from __future__ import annotations
 
 import os
-import types
 
 import numpy as np
 import pytest
@@ -12,10 +11,9 @@ import pytest
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.data import batching, captions_tfds, pipeline, records, tokenizer, webdataset
-from ela_jax.evaluation import retrieval
-from ela_jax.training import loop
+from ela_jax.evaluation import evaluators, retrieval
 from tests import data_fixtures as fixtures
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 def real_config(name: str, manual_dir: str, **overrides):
@@ -98,8 +96,8 @@ def test_a_folder_trains_without_a_test_split_and_is_then_not_evaluated(tmp_path
     config = real_config("folder", str(tmp_path))
     validation.validate(config, num_devices=1)
     assert not pipeline.has_test_split(config.data)
-    evaluation = loop.Evaluation(types.SimpleNamespace(config=config))
-    assert evaluation(params=None, step=7) == {"step": 7, "split": "test", "scores": {}}
+    evaluation = evaluators.RetrievalEvaluator(config, tokenizer=None)
+    assert evaluation(encoder=None, step=7) == {"step": 7, "split": "test", "scores": {}}
     with pytest.raises(ValueError, match="splits \\['train'\\], not 'test'; add a test.jsonl"):
         pipeline.retrieval_set(config.data, "test")
 

@@ -11,8 +11,8 @@ import pytest
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.evaluation import retrieval, scores, search
-from tests.conftest import make_tiny_config
-from tests.test_retrieval_metrics import dense_ranks, random_protocol
+from tests.helpers import make_tiny_config
+from tests.helpers import dense_ranks, random_protocol
 
 
 def eval_config(**overrides) -> types.SimpleNamespace:

@@ -62,6 +62,7 @@ def transparent_huge_pages_always() -> bool:
         return False
 
 
+@pytest.mark.integration  # spawns a process
 @pytest.mark.skipif(host_allocator.glibc() is None, reason="glibc's malloc only")
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages for every mapping: 4 KiB fault counts differ")
 def test_a_worker_threads_large_block_is_reused_not_faulted_in_again_and_can_be_released():

@@ -99,7 +99,7 @@ def test_scene_backgrounds_differ_and_objects_stand_out():
 
 
 def scenes_config(**overrides):
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     return make_tiny_config(**{"data.world": "scenes", "data.num_train": 24, "data.num_test": 10, **overrides})
 

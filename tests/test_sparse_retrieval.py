@@ -12,19 +12,7 @@ from PIL import Image
 from scipy import sparse
 
 from ela_jax.retrieval import export, index
-
-
-def brute_force_top_k(queries: np.ndarray, documents: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 dot products, best first, ties to the lower document id: (scores [q, k], ids [q, k])."""
-    scores = queries.astype(np.float64) @ documents.astype(np.float64).T  # [q, documents]
-    ids = np.stack([np.lexsort((np.arange(len(documents)), -row))[:k] for row in scores])
-    return np.take_along_axis(scores, ids, axis=1), ids
-
-
-def dyadic_sparse(rng: np.random.Generator, rows: int, vocab: int, density: float) -> np.ndarray:
-    """Weights in quarters (exact in float32 and in any summation order), so ties are real ties."""
-    weights = rng.integers(1, 8, (rows, vocab)) / 4.0
-    return np.where(rng.random((rows, vocab)) < density, weights, 0.0).astype(np.float32)
+from tests.helpers import brute_force_top_k, dyadic_sparse
 
 
 def test_exact_sparse_index_returns_the_brute_force_top10_with_ties_and_empty_vectors():
@@ -226,7 +214,7 @@ def test_heatmap_of_a_tiny_model_marks_caption_words_and_each_words_best_patch(t
     from ela_jax.experiment import Experiment
     from ela_jax.models.ela import ELAModel
     from ela_jax.retrieval import heatmap
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     experiment = Experiment.build(make_tiny_config(), str(tmp_path / "run"))
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

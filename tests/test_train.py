@@ -11,7 +11,9 @@ import pytest
 import ela_jax
 from ela_jax.training import loop
 from ela_jax.training.metrics import read_metrics
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
+
+pytestmark = pytest.mark.integration  # trains
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_the_sparse_search_snippet_in_the_retrieval_docs_runs_as_printed(trained
 
 
 def test_the_final_evaluation_reaches_tensorboard(trained):
-    from tests.test_progress import read_events
+    from tests.helpers import read_events
 
     _, workdir, results = trained
     scalars = {(v.tag, e.step): v.simple_value for e in read_events(workdir) for v in e.summary.value}

@@ -107,7 +107,7 @@ class OracleEncoder:
 
 
 def test_an_oracle_encoder_finds_every_unnamed_object(tmp_path):
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     examples = [scenes.generate_example(scenes.ScenesSpec(), "test", i) for i in range(60)]
     count = len(scenes.OBJECT_NAMES)
@@ -129,7 +129,7 @@ def test_training_on_the_scenes_world_reports_the_measure(tmp_path):
     import os
 
     from ela_jax.training import loop
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     overrides = {"data.world": "scenes", "total_steps": 2, "batch_size": 8, "data.num_train": 16, "data.num_test": 12}
     config = make_tiny_config(**overrides, **{"checkpoint.every_steps": 0, "log.every_steps": 1})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ela_jax.evaluation import retrieval, scores
-from ela_jax.retrieval import compressed, export, index
+from ela_jax.retrieval import compressed, index, sparse_vectors
 
 # Which score each index serves: sparse indexes hold lexicon vectors, FAISS flat holds the dense global embeddings.
 SERVED_SCORE = {"sparse_exact": "lexicon", "sparse_compressed": "lexicon", "seismic": "lexicon", "faiss": "global"}
@@ -24,7 +24,7 @@ def _vectors(score: str, outputs: dict, eval_config):
     """What the index stores for `score`: dense global [n, d], or the scored lexicon vectors as CSR [n, V]."""
     if score == "global":
         return np.asarray(outputs["global"], np.float32)
-    return export.sparsify(scores.lexicon_vectors(outputs, eval_config.lexicon_similarity))
+    return sparse_vectors.sparsify(scores.lexicon_vectors(outputs, eval_config.lexicon_similarity))
 
 
 def make_index(retriever: str, dim: int, seismic_options: dict | None = None) -> index.Retriever:

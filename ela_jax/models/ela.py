@@ -63,6 +63,8 @@ class ELAModel(nn.Module):
             gelu_approximate=tower.gelu_approximate,
             tied=tied,
             chunk=config.lexicon.chunk,
+            impl=config.lexicon.impl,
+            interpret=config.lexicon.pallas_interpret,
             dtype=dtype,
         )
         self.image_lexicon = lexicon_head(config.image, tied=False)
@@ -163,3 +165,11 @@ class ELAModel(nn.Module):
             self.encode_text(token_ids, mask, with_token_logits=True),
             self.logit_scales(),
         )
+
+
+def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
+    """The image lexicon head starts as the text (MLM) head; a tied decoder becomes the image decoder kernel."""
+    image_head = dict(params["text_lexicon"])
+    if tie_text_decoder:
+        image_head["decoder_kernel"] = params["text_tower"]["word_embeddings"]["embedding"].T
+    return {**params, "image_lexicon": image_head}

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from ela_jax import objectives, parallel
 from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
-from ela_jax.models.teacher import PretrainedTeacher
+from ela_jax.training.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
 
