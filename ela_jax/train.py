@@ -29,9 +29,8 @@ def main(argv) -> None:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except parallel.DistributedConfigError as error:
         sys.exit(f"distributed setup error: {error}")
-    from ela_jax.training import (
-        loop,
-    )  # after distributed init: importing JAX backends early is harmless, using them is not
+    # After distributed init: importing JAX backends early is harmless, using them is not.
+    from ela_jax.training import checkpoint, loop
 
     try:
         results = loop.train(_CONFIG.value, _WORKDIR.value)
@@ -41,6 +40,8 @@ def main(argv) -> None:
         sys.exit(f"training stopped: {error}")
     except WorkdirBusy as error:
         sys.exit(f"workdir busy: {error}")
+    except checkpoint.CheckpointError as error:
+        sys.exit(f"checkpoint error: {error}")
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
         return

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or written; the message names the path and the cause."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as `Type: first line`, short enough for a one-line report."""
+    text = str(error).strip().splitlines()
+    first = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 class Checkpointer:
@@ -48,6 +64,46 @@ class Checkpointer:
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+    def restore_newest(self, abstract_state, data_iterator=None):
+        """(state, step) of the newest step that restores; None when there is no step. Each newer step that does not
+        restore is logged with the reason and moved to `<directory>_damaged/` (kept for inspection, and out of
+        orbax's reach: a later save of the same step neither collides with it nor deletes it). Raises
+        CheckpointError, moving nothing, when steps exist but none restores (a config that no longer fits them)."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
+                damaged.append((step, one_line(error)))
+                log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, damaged[-1][1])
+                continue
+            self._set_aside([step for step, _ in damaged])
+            return state, step
+        if damaged:
+            step, reason = damaged[0]
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} restores (newest, step {step}: {reason}); if the config changed, "
+                "use the one it was saved with, else move that directory away to start afresh"
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        aside = self.directory + "_damaged"
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                target = os.path.join(aside, str(step))
+                suffix = 1
+                while os.path.exists(target):
+                    target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
+                os.replace(os.path.join(self.directory, str(step)), target)
+                log.warning("moved the unreadable checkpoint step %d to %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("damaged checkpoints set aside")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -142,13 +142,14 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
 
 
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
-    """The state to start from and its step, in this order: the workdir's newest complete checkpoint (a preempted
-    or killed run continues), `config.resume` (another run's checkpoint: state and data position), the pretrained
-    towers of `config.init.*`, or a fresh initialisation."""
-    step = checkpointer.latest_step()
-    if step is not None:
-        log.warning("resuming from checkpoint step %d in %s", step, checkpointer.directory)
-        return checkpointer.restore(step, factory.abstract_with_shardings(), data_iterator), step
+    """The state to start from and its step, in this order: the workdir's newest checkpoint that restores (a
+    preempted or killed run continues; newer unreadable ones are set aside, see Checkpointer.restore_newest),
+    `config.resume` (another run's checkpoint: state and data position), the pretrained towers of `config.init.*`,
+    or a fresh initialisation."""
+    restored = checkpointer.restore_newest(factory.abstract_with_shardings(), data_iterator)
+    if restored is not None:
+        log.warning("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
+        return restored
     if config.resume:
         directory, step = locate(config.resume)
         source = Checkpointer(directory, keep=1, create=False)
