@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -316,3 +317,40 @@ def test_a_workdir_none_of_whose_checkpoints_restores_stops_and_moves_nothing(un
     with pytest.raises(CheckpointError, match=rf"no checkpoint in {checkpoints} restores \(newest, step 12: "):
         loop.train(resume_config(), workdir)
     assert sorted(os.listdir(checkpoints)) == ["12", "4", "8"] and not os.path.exists(checkpoints + "_damaged")
+
+
+# ------------------------------------------------------------------------------ a failed asynchronous save
+
+# The training CLI on a disk that fills up as the first checkpoint is written: the file-size limit drops then (writes
+# past it fail with EFBIG, SIGXFSZ ignored), as `ulimit -f` would.
+FULL_DISK_TRAIN = """
+import resource, signal, sys
+from absl import app
+from ela_jax import train
+from ela_jax.training import checkpoint
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+save = checkpoint.Checkpointer.save
+def save_on_a_full_disk(self, *args, **kwargs):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+    return save(self, *args, **kwargs)
+checkpoint.Checkpointer.save = save_on_a_full_disk
+sys.argv = ["ela_jax.train", *sys.argv[1:]]
+app.run(train.main)
+"""
+
+
+@pytest.mark.integration
+def test_a_failed_asynchronous_save_stops_the_run_in_one_line(tmp_path):
+    workdir = str(tmp_path / "run")
+    command = [sys.executable, "-c", FULL_DISK_TRAIN, *short_run(workdir)[3:], "--config.checkpoint.every_steps=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert lines[0].startswith(f"checkpoint error: saving a checkpoint under {checkpoints} failed: [Errno 27] ")
+    assert "File too large: " + checkpoints in lines[0]
+    assert len(read_metrics(workdir)) <= 4  # stopped by the next save at the latest, not at the end of the run
+    assert not complete_steps(checkpoints)

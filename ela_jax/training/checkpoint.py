@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import grain
 import jax
@@ -15,6 +16,21 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or written; the message names the path and the cause."""
+
+
+def root_cause(error: BaseException) -> str:
+    """The operating-system error behind a chain of wrapped exceptions (else the outermost), in one line. TensorStore
+    reports it as text: `... local file "PATH" ... [os_error_code='N']`."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"[Errno {seen.errno}] {seen.strerror}" + (f": {seen.filename}" if seen.filename else "")
+        code = re.search(r"os_error_code='(\d+)'", str(seen))
+        if code:
+            path = re.search(r'local file "([^"]+)"', str(seen))
+            return f"[Errno {code[1]}] {os.strerror(int(code[1]))}" + (f": {path[1]}" if path else "")
+        seen = seen.__cause__ or seen.__context__
+    return one_line(error)
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -43,6 +59,7 @@ class Checkpointer:
             max_to_keep=keep, create=create, enable_async_checkpointing=True, **ranking
         )
         self.directory = os.path.abspath(directory)
+        self.failed = False  # a save failed and was reported
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,
@@ -56,7 +73,11 @@ class Checkpointer:
         args = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+        try:  # orbax first waits for the previous save, and re-raises what that one hit
+            self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+        except Exception as error:  # noqa: BLE001
+            self.failed = True
+            raise self._save_failed(error) from None
 
     def restore(self, step: int, abstract_state, data_iterator=None):
         """State at `step` into the shardings of `abstract_state`; the iterator, if given, is set in place."""
@@ -105,9 +126,30 @@ class Checkpointer:
             multihost_utils.sync_global_devices("damaged checkpoints set aside")
         self.manager.reload()
 
+    def check_saved(self) -> None:
+        """Raises CheckpointError once an asynchronous save has failed: orbax itself says so only at the next save,
+        after training that nothing durable backs. Cheap while a save is running (it is not waited for)."""
+        if self.manager.is_saving_in_progress():
+            return
+        try:
+            self.manager.wait_until_finished()  # returns at once, or raises what the finished save hit
+        except Exception as error:  # noqa: BLE001 - orbax re-raises whatever its writer threads hit
+            self.failed = True
+            raise self._save_failed(error) from None
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight and releases orbax's threads; CheckpointError if that save failed (once)."""
+        try:
+            self.manager.close()
+        except Exception as error:  # noqa: BLE001
+            if not self.failed:
+                raise self._save_failed(error) from None
+
+    def _save_failed(self, error: BaseException) -> CheckpointError:
+        return CheckpointError(
+            f"saving a checkpoint under {self.directory} failed: {root_cause(error)}; free space or fix the "
+            "directory, then rerun the same command to resume from the last checkpoint"
+        )
 
 
 def locate(path: str) -> tuple[str, int | None]:

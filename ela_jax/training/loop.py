@@ -261,6 +261,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
+            checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
             window_steps += 1
             progress.update(1)
             if step % config.log.every_steps == 0 or step == config.total_steps:
