@@ -32,10 +32,21 @@ log = logging.getLogger(__name__)
 RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
 
 
-def write_json(path: str, payload: dict) -> None:
+def write_text(path: str, text: str) -> None:
+    """Replaces `path` atomically: a process killed mid-write leaves the old file (or none), never a cut one."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: str, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=1))
 
 
 class TrainingDiverged(RuntimeError):
@@ -124,7 +135,11 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
     """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
-    differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
+    try:
+        differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
+    except ValueError as error:  # an empty or damaged record cannot be compared; the checkpoints still resume
+        log.warning("%s/config.json is unreadable (%s); it is rewritten from this run's config", workdir, error)
+        return
     if not differing:
         return
     listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
@@ -211,8 +226,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     optimizer, schedule = experiment.optimizer()
