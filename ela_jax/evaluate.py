@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ela_jax import parallel
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
 
 
 def _workdir_from_argv(argv: list[str]) -> str | None:
@@ -84,4 +84,4 @@ def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
 
 if __name__ == "__main__":
     define_flags(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

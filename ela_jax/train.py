@@ -9,7 +9,8 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax import parallel
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
+from ela_jax.data.records import TooManySkipsError
 from ela_jax.training.workdir_lock import WorkdirBusy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -42,6 +43,8 @@ def main(argv) -> None:
         sys.exit(f"workdir busy: {error}")
     except checkpoint.CheckpointError as error:
         sys.exit(f"checkpoint error: {error}")
+    except TooManySkipsError as error:
+        sys.exit(f"data error: {error}")
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
         return
@@ -53,4 +56,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
