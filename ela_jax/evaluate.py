@@ -1,12 +1,15 @@
 """python -m ela_jax.evaluate --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/results.json
 
 Evaluates a checkpoint of W with W's own config (written by training); `--config.*` overrides apply on top, e.g.
-`--config.eval.scores='("global",)'` or `--config.data.num_test=5000`.
+`--config.eval.scores='("global",)'` or `--config.data.num_test=5000`. The training run's evaluation data writes
+W/eval/results.json (as training does); another dataset (`--config.data.eval_name=coco ...`) writes
+W/eval/results_<dataset>.json beside it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -14,6 +17,7 @@ from ml_collections import config_flags
 
 from ela_jax import parallel
 from ela_jax.cli import parse_flags, quiet_libraries
+from ela_jax.config import ConfigError
 
 
 def _workdir_from_argv(argv: list[str]) -> str | None:
@@ -50,14 +54,34 @@ def write_on_chief(path: str, results: dict) -> None:
         write_json(path, results)
 
 
+def keyed_file(prefix: str, dataset: str, split: str = "test") -> str:
+    """`<prefix>_<dataset>[_<split>].json`: one file per dataset (and non-test split), so evaluations on several
+    datasets sit side by side instead of overwriting each other."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset).strip("_")
+    return f"{prefix}_{slug}.json" if split == "test" else f"{prefix}_{slug}_{split}.json"
+
+
+def results_file(evaluated_data, trained_data) -> str:
+    """results.json for the data training evaluated on (training writes it too), else results_<dataset>.json."""
+    from ela_jax.data.pipeline import eval_source
+
+    name, manual_dir = eval_source(evaluated_data)
+    if (name, manual_dir) == eval_source(trained_data):
+        return "results.json"
+    folder = os.path.basename(manual_dir.rstrip("/"))
+    return keyed_file("results", name if folder in ("", name) else f"{name}_{folder}")
+
+
 def main(argv) -> None:
     del argv
     experiment = experiment_from_flags()
+    from ela_jax.experiment import load_config
     from ela_jax.training.loop import Evaluation
 
     state = experiment.restore_state(flags.FLAGS.step)
     results = Evaluation(experiment)(state.params, int(state.step))
-    write_on_chief(os.path.join(experiment.workdir, "eval", "results.json"), results)
+    name = results_file(experiment.config.data, load_config(experiment.workdir).data)
+    write_on_chief(os.path.join(experiment.workdir, "eval", name), results)
     for score, metrics in results["scores"].items():
         print(
             f"{score}: RSUM {metrics['rsum']:.1f}  I->T R@1/5/10 "
@@ -75,7 +99,7 @@ def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
         sys.exit(f"usage: python -m {program} --workdir W [--step N] [--config.KEY=VALUE ...]")
     try:
         config = load_config(workdir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConfigError) as error:
         sys.exit(str(error))
     config_flags.DEFINE_config_dict("config", config, "The run's config (from W/config.json) with overrides.")
     flags.DEFINE_string("workdir", None, "Training workdir holding config.json and checkpoints/.")

@@ -11,6 +11,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ela_jax import host_allocator
+from ela_jax.config import TARGET_FORMS
+
+# The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
+# computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
+host_allocator.configure()
+
 
 def info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
     """Mean of image->text cross-entropy over the rows of logits_i2t and text->image cross-entropy over the columns
@@ -96,20 +103,41 @@ def expanded_targets(
     beta: float | jax.Array,
     tau_q: float,
     top_k: int,
+    form: str = "softmax",
 ) -> jax.Array:
-    """q = normalise((1-beta) 1[v in B_T]/|B_T| + beta softmax(a_T/tau_q)), kept on its top_k entries (0 = all).
+    """q = normalise((1-beta) 1[v in B_T]/|B_T| + beta q_exp), kept on exactly its top_k entries (0 = all).
 
-    bag_of_words [B, V]; text_lexicon a_T [B, V] (treated as a constant). A caption with no content word and
-    beta = 0 gets an all-zero target, which contributes nothing to the loss.
+    q_exp over the content words: "softmax" is softmax(a_T/tau_q), which gives every content word some mass;
+    "sparse" is a_T / sum a_T, zero wherever the text side did not activate a word (a caption whose a_T is zero on
+    every content word then gets its explicit words only). bag_of_words [B, V]; text_lexicon a_T >= 0 [B, V]
+    (treated as a constant). Entries tied at the k-th value are kept by lower word id, so a tied tail never
+    widens the target beyond k words. A caption with no content word and beta = 0 gets an all-zero target, which
+    contributes nothing to the loss.
     """
     explicit = bag_of_words / jnp.maximum(bag_of_words.sum(-1, keepdims=True), 1.0)
-    scaled = jax.lax.stop_gradient(text_lexicon).astype(jnp.float32) / tau_q
-    expansion = jax.nn.softmax(jnp.where(content_vocab > 0, scaled, -jnp.inf), axis=-1)
-    targets = (1.0 - beta) * explicit + beta * expansion
+    targets = (1.0 - beta) * explicit + beta * expansion_distribution(text_lexicon, content_vocab, tau_q, form)
     if top_k and top_k < targets.shape[-1]:
-        kth_largest = jax.lax.top_k(targets, top_k)[0][:, -1:]
-        targets = jnp.where(targets >= kth_largest, targets, 0.0)
+        targets = keep_top_k(targets, top_k)
     return targets / jnp.maximum(targets.sum(-1, keepdims=True), 1e-12)
+
+
+def expansion_distribution(text_lexicon: jax.Array, content_vocab: jax.Array, tau_q: float, form: str) -> jax.Array:
+    """q_exp [B, V] of `expanded_targets`, zero on words content_vocab drops; a_T is a constant."""
+    weights = jax.lax.stop_gradient(text_lexicon).astype(jnp.float32)
+    is_content = content_vocab > 0
+    if form == "softmax":
+        return jax.nn.softmax(jnp.where(is_content, weights / tau_q, -jnp.inf), axis=-1)
+    if form == "sparse":
+        active = jnp.where(is_content, jnp.maximum(weights, 0.0), 0.0)
+        return active / jnp.maximum(active.sum(-1, keepdims=True), 1e-12)
+    raise ValueError(f"unknown expansion target form {form!r}; use one of {TARGET_FORMS}")
+
+
+def keep_top_k(values: jax.Array, top_k: int) -> jax.Array:
+    """values [B, V] with all but exactly top_k entries per row set to 0 (ties kept by lower index, as lax.top_k)."""
+    kept, indices = jax.lax.top_k(values, top_k)
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros_like(values).at[rows, indices].set(kept)
 
 
 def ela_soft_ce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:

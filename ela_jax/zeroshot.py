@@ -1,4 +1,4 @@
-"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot.json
+"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot_<dataset>.json
 
 Zero-shot classification with a checkpoint of W, configured by `eval.zeroshot`, e.g.
 `--config.eval.zeroshot.dataset=world_shape` or `--config.eval.zeroshot.dataset=tfds:cifar10 --config.data.dir=D`.
@@ -31,7 +31,8 @@ def main(argv) -> None:
     encoder = experiment.encoder(state.params, config.eval.batch_size)
     results = zeroshot.evaluate_zeroshot(encoder, experiment.tokenizer, dataset, templates, config.eval)
     results = {"step": int(state.step), "dataset": zeroshot_config.dataset, "split": zeroshot_config.split, **results}
-    evaluate.write_on_chief(os.path.join(workdir, "eval", "zeroshot.json"), results)
+    name = evaluate.keyed_file("zeroshot", zeroshot_config.dataset, zeroshot_config.split)
+    evaluate.write_on_chief(os.path.join(workdir, "eval", name), results)
     for score, metrics in results["scores"].items():
         print(
             f"{zeroshot_config.dataset} {score}: acc1 {metrics['acc1']:.1f}  acc5 {metrics['acc5']:.1f}  "

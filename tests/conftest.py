@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-import ela_jax  # noqa: F401  (first: its host-allocator settings must precede XLA:CPU's threads)
+from ela_jax import host_allocator
+
+host_allocator.configure()  # first: the settings must precede XLA:CPU's threads (ela_jax.host_allocator)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import objectives, parallel
 from ela_jax.experiment import Experiment
@@ -36,19 +37,12 @@ def fixed_batches(vocab_size: int, steps: int):
 
 def train_losses(preset: str, workdir: str, steps: int) -> dict:
     config = make_tiny_config(**{"batch_size": BATCH, "objective.fine_weight": 0.5, "model.lexicon.chunk": 16})
-    config_lib.apply_overlays(config, "" if preset == "single" else preset)
+    mesh_presets.apply_overlays(config, "" if preset == "single" else preset)
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     state = factory.create(config.seed)
-    vocabulary = step_lib.Vocabulary.from_tokenizer(experiment.tokenizer, True)
-    train_step = step_lib.make_train_step(experiment.model, optimizer, schedule, config, vocabulary, experiment.mesh)
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(factory.shardings, parallel.batch_sharding(experiment.mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(experiment.mesh)),
-    )
+    step_fn = experiment.train_step(factory)
     history = []
     for batch in fixed_batches(experiment.tokenizer.vocab_size, steps):
         with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):
@@ -91,7 +85,7 @@ def contrastive_gaps(mesh) -> dict[str, float]:
 def main(preset: str, workdir: str, steps: int) -> None:
     result = {"devices": jax.device_count(), **train_losses(preset, workdir, steps)}
     if jax.device_count() > 1:
-        mesh = parallel.create_mesh(config_lib.apply_overlays(config_lib.base_config(), "dp").mesh)
+        mesh = parallel.create_mesh(mesh_presets.apply_overlays(config_lib.base_config(), "dp").mesh)
         result["contrastive_gaps"] = contrastive_gaps(mesh)
     print(json.dumps(result))
 

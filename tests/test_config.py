@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
+from configs import mesh_presets
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
 from tests.conftest import train_command
 
@@ -16,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def validation_error(config, num_devices: int = 1) -> str:
     with pytest.raises(config_lib.ConfigError) as error:
-        config_lib.validate(config, num_devices)
+        validation.validate(config, num_devices)
     message = str(error.value)
     assert "\n" not in message
     return message
@@ -64,9 +66,39 @@ def test_invalid_values_are_named_with_their_key(tiny_config, key, value, expect
     assert expected in validation_error(tiny_config(**{key: value}))
 
 
-def test_expansion_from_an_untrained_online_head_is_refused(tiny_config):
-    config = tiny_config(**{"objective.ela.beta": 0.5, "objective.mlm_weight": 0.0})
-    assert "nothing trains it" in validation_error(config)
+@pytest.mark.parametrize("source", ["online", "ema"])
+def test_expansion_from_a_text_head_that_nothing_trains_is_refused(tiny_config, source):
+    config = tiny_config(
+        **{"objective.ela.beta": 0.5, "objective.mlm_weight": 0.0, "objective.ela.target_source": source}
+    )
+    message = validation_error(config)
+    assert "nothing trains the text lexicon head" in message and "set objective.mlm_weight > 0" in message
+    assert "init.text_tower" not in message, "an initialised head that nothing trains is no way out"
+    # The same config validates with MLM training the head.
+    validation.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
+
+
+def test_expansion_from_a_frozen_copy_of_a_random_text_side_is_refused(tiny_config):
+    config = tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": "frozen"})
+    assert "init.text_tower is empty so that copy is random" in validation_error(config)
+
+
+def test_expansion_from_a_pretrained_teacher_needs_its_directory(tiny_config):
+    config = tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": "pretrained"})
+    assert "needs objective.ela.teacher_dir" in validation_error(config)
+
+
+def test_untrained_expansion_sources_are_accepted_when_nothing_expands(tiny_config):
+    for source in ("online", "ema", "frozen", "pretrained"):
+        for overrides in ({"objective.ela.beta": 0.0}, {"objective.ela.loss": "lexlip_cosine"}):
+            config = tiny_config(**{"objective.mlm_weight": 0.0, "objective.ela.target_source": source, **overrides})
+            validation.validate(config, 1)
+
+
+def test_target_form_is_a_choice_defaulting_to_softmax(tiny_config):
+    assert config_lib.base_config().objective.ela.target_form == "softmax"
+    message = validation_error(tiny_config(**{"objective.ela.target_form": "dense"}))
+    assert "objective.ela.target_form='dense' is not one of ['softmax', 'sparse']" in message
 
 
 def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_path):
@@ -168,7 +200,7 @@ def test_the_documented_fsdp_tp_preset_validates_on_the_demo_config_and_heads_ar
     """README: `--config configs/demo.py:fsdp_tp` on 8 devices (fsdp 4 x tensor 2) must run on the shipped demo."""
     from configs import demo
 
-    config_lib.validate(demo.get_config("fsdp_tp"), num_devices=8)
+    validation.validate(demo.get_config("fsdp_tp"), num_devices=8)
     three_heads = demo.get_config("fsdp_tp")
     three_heads.model.image.num_heads = 3
     message = validation_error(three_heads, num_devices=8)
@@ -186,18 +218,40 @@ def test_written_config_round_trips(tiny_config, tmp_path):
 
 
 def test_mesh_presets_are_overlays_and_unknown_ones_are_named():
-    config = config_lib.apply_overlays(config_lib.base_config(), "fsdp_tp")
+    config = mesh_presets.apply_overlays(config_lib.base_config(), "fsdp_tp")
     assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.model.vocab_multiple) == (1, -1, 2, 128)
     with pytest.raises(config_lib.ConfigError, match="unknown config overlay 'zero3'.*fsdp_tp"):
-        config_lib.apply_overlays(config_lib.base_config(), "zero3")
+        mesh_presets.apply_overlays(config_lib.base_config(), "zero3")
 
 
-@pytest.mark.parametrize("preset", sorted(config_lib.MESH_PRESETS))
+@pytest.mark.parametrize("preset", sorted(mesh_presets.MESH_PRESETS))
 def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
     from configs import demo
 
     assert demo.get_config().model.attention_batch_splits > 1  # the CPU demo slices it
-    assert config_lib.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+    assert mesh_presets.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+
+
+@pytest.mark.parametrize(
+    "mesh, devices, effective",
+    [
+        ({"mesh.data": -1}, 1, 8),  # one device: the CPU knob pays
+        ({"mesh.data": -1}, 2, 1),  # the default mesh on two devices or processes (launch.local --processes 2)
+        ({"mesh.data": 1, "mesh.fsdp": 2}, 2, 1),  # a hand-set FSDP mesh
+        ({"mesh.data": 1, "mesh.tensor": 2}, 2, 8),  # tensor parallelism alone leaves the batch whole
+    ],
+)
+def test_attention_batch_splits_switch_off_on_a_batch_sharded_mesh(tiny_config, monkeypatch, tmp_path, caplog, mesh,
+                                                                    devices, effective):  # fmt: skip
+    from ela_jax import experiment
+
+    monkeypatch.setattr(experiment.jax, "device_count", lambda: devices)
+    monkeypatch.setattr(experiment.parallel, "create_mesh", lambda mesh_config: None)  # this process has one device
+    config = tiny_config(**mesh, **{"model.attention_batch_splits": 8, "model.vocab_multiple": 128})
+    built = experiment.Experiment.build(config, str(tmp_path))
+    assert built.model.config.attention_batch_splits == effective
+    assert config.model.attention_batch_splits == 8  # the caller's config (and config.json) keep what was asked
+    assert ("attention_batch_splits=8 switched off" in caplog.text) == (effective == 1)
 
 
 def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
@@ -219,5 +273,5 @@ def test_accelerator_configs_validate_on_a_pod_sized_mesh(name):
 
     config = importlib.import_module(f"configs.{name}").get_config("fsdp")
     config.data.update(name="world", eval_name="", manual_dir="")
-    config_lib.validate(config, num_devices=256)
+    validation.validate(config, num_devices=256)
     assert config.model.image.image_size == config.data.image_size == 224

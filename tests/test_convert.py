@@ -321,6 +321,15 @@ def test_pickled_checkpoint_is_refused_unopened(tmp_path):
     assert not sentinel.exists()
 
 
+def test_frozen_expansion_from_a_checkpoint_without_mlm_head_is_refused():
+    """MiniLM is a BertModel: a frozen copy of its text side would hold a random lexicon head for good."""
+    overrides = {"tokenizer.vocab": "bert-base-uncased", "init.text_tower": minilm_dir(), "objective.ela.beta": 0.3}
+    config = small_config(**overrides, **{"objective.ela.target_source": "frozen"})
+    config.model.text.depth = 6
+    with pytest.raises(ConfigError, match="target_source='frozen'.*has no MLM head"):
+        from_pytorch.load_pretrained_towers(config, {})
+
+
 def _bert_dir_with(tmp_path, **changes) -> str:
     directory = tmp_path / "bert"
     directory.mkdir()
@@ -372,3 +381,28 @@ def test_vit_for_another_resolution_is_a_config_error(tmp_path):
     config = small_config(**{"init.image_tower": _vit_dir_for(tmp_path, 224)})
     with pytest.raises(ConfigError, match=r"is for 224px images but data.image_size is 16; set data.image_size=224"):
         Experiment.build(config, str(tmp_path / "workdir"))
+
+
+def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
+    """A pickled pytorch_model.bin beside (or instead of) the safetensors must never be loaded: it can run code."""
+    calls = []
+
+    class Recorded(Exception):
+        pass
+
+    def record(name):
+        def from_pretrained(directory, **kwargs):
+            calls.append((name, kwargs.get("use_safetensors")))
+            raise Recorded  # the recorded call is all this test needs
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.BertForMaskedLM, "from_pretrained", record("text"))
+    monkeypatch.setattr(transformers.ViTModel, "from_pretrained", record("image"))
+    (tmp_path / "ela_config.json").write_text(json.dumps({"text": "text", "image": "image"}))
+    with pytest.raises(Recorded):
+        ELATorch.from_pretrained(str(tmp_path))
+    monkeypatch.setattr(transformers.BertForMaskedLM, "from_pretrained", lambda directory, **kwargs: None)
+    with pytest.raises(Recorded):
+        ELATorch.from_pretrained(str(tmp_path))
+    assert calls == [("text", True), ("image", True)]

@@ -18,7 +18,7 @@ global_contrastive_loss = jax.jit(objectives.global_contrastive_loss)
 filip_similarities = jax.jit(objectives.filip_similarities)
 filip_loss = jax.jit(objectives.filip_loss)
 caption_bag_of_words = jax.jit(objectives.caption_bag_of_words)
-expanded_targets = jax.jit(objectives.expanded_targets, static_argnames=("tau_q", "top_k"))
+expanded_targets = jax.jit(objectives.expanded_targets, static_argnames=("tau_q", "top_k", "form"))
 pool_tokens = jax.jit(lexicon.pool_tokens, static_argnames="how")
 ela_soft_ce = jax.jit(objectives.ela_soft_ce)
 ela_bce = jax.jit(objectives.ela_bce)
@@ -219,7 +219,7 @@ def test_caption_bag_of_words_matches_loops_on_random_captions():
     np.testing.assert_array_equal(np.asarray(bags), bag_of_words_reference(token_ids, token_mask, content))
 
 
-def expanded_targets_reference(bags, text_lexicon, content, beta, tau_q, top_k):
+def expanded_targets_reference(bags, text_lexicon, content, beta, tau_q, top_k, form="softmax"):
     targets = np.zeros(bags.shape, np.float64)
     for b in range(bags.shape[0]):
         words = [v for v in range(bags.shape[1]) if bags[b, v] > 0]
@@ -227,14 +227,19 @@ def expanded_targets_reference(bags, text_lexicon, content, beta, tau_q, top_k):
         explicit = np.zeros(bags.shape[1])
         for v in words:
             explicit[v] = 1.0 / len(words)
-        largest = max(text_lexicon[b, v] / tau_q for v in content_words)
         expansion = np.zeros(bags.shape[1])
-        for v in content_words:
-            expansion[v] = np.exp(text_lexicon[b, v] / tau_q - largest)
-        expansion /= expansion.sum()
+        if form == "softmax":
+            largest = max(text_lexicon[b, v] / tau_q for v in content_words)
+            for v in content_words:
+                expansion[v] = np.exp(text_lexicon[b, v] / tau_q - largest)
+        else:  # sparse: proportional to a_T on the content words the text side activated
+            for v in content_words:
+                expansion[v] = max(float(text_lexicon[b, v]), 0.0)
+        if expansion.sum() > 0:
+            expansion /= expansion.sum()
         row = (1.0 - beta) * explicit + beta * expansion
         if top_k:
-            keep = np.argsort(-row, kind="stable")[:top_k]
+            keep = np.argsort(-row, kind="stable")[:top_k]  # ties: the lower word id first
             kept = np.zeros_like(row)
             kept[keep] = row[keep]
             row = kept
@@ -254,9 +259,9 @@ def random_target_inputs(seed: int):
     return bags, text_lexicon, content
 
 
-def call_expanded_targets(bags, text_lexicon, content, beta, tau_q, top_k):
+def call_expanded_targets(bags, text_lexicon, content, beta, tau_q, top_k, form="softmax"):
     return np.asarray(
-        expanded_targets(jnp.asarray(bags), jnp.asarray(text_lexicon), jnp.asarray(content), beta, tau_q, top_k)
+        expanded_targets(jnp.asarray(bags), jnp.asarray(text_lexicon), jnp.asarray(content), beta, tau_q, top_k, form)
     )
 
 
@@ -297,6 +302,50 @@ def test_expanded_targets_top_k_keeps_the_k_largest_and_renormalises(top_k):
     assert_close(targets, expanded_targets_reference(bags, text_lexicon, content, 0.4, 0.5, top_k))
     np.testing.assert_array_equal((targets > 0).sum(-1), np.full(5, top_k))
     assert_close(targets.sum(-1), np.ones(5))
+
+
+def test_expanded_targets_top_k_keeps_exactly_k_when_the_tail_is_tied():
+    """A BERT-sized vocabulary where only 40 words have a_T > 0: every other content word gets the same softmax mass,
+    and that tied tail must not survive the top-k cut (ties go to the lower word id)."""
+    vocab, top_k = 30522, 64
+    rng = np.random.default_rng(16)
+    content = np.ones(vocab, np.float32)
+    content[:1000] = 0.0  # specials and unused ids
+    bags = np.zeros((2, vocab), np.float32)
+    bags[:, [2000, 3000, 4000]] = 1.0
+    text_lexicon = np.zeros((2, vocab), np.float32)
+    for row in range(2):
+        text_lexicon[row, rng.choice(np.arange(1000, vocab), 40, replace=False)] = rng.uniform(0.1, 0.6, 40)
+    targets = call_expanded_targets(bags, text_lexicon, content, 0.3, 0.1, top_k)
+    np.testing.assert_array_equal((targets > 0).sum(-1), [top_k, top_k])
+    reference = np.stack(
+        [
+            expanded_targets_reference(bags[r : r + 1], text_lexicon[r : r + 1], content, 0.3, 0.1, top_k)[0]
+            for r in (0, 1)
+        ]
+    )
+    assert_close(targets, reference)
+
+
+@pytest.mark.parametrize("beta, top_k", [(0.3, 0), (1.0, 0), (0.6, 4)])
+def test_sparse_expanded_targets_are_proportional_to_a_T_on_active_content_words(beta, top_k):
+    bags, text_lexicon, content = random_target_inputs(17)
+    text_lexicon += np.random.default_rng(18).uniform(0, 0.01, size=text_lexicon.shape).astype(np.float32)
+    text_lexicon[:, [5, 6]] = 0.0
+    bags[:, [5, 6]] = 0.0
+    targets = call_expanded_targets(bags, text_lexicon, content, beta, 0.1, top_k, "sparse")
+    assert_close(targets, expanded_targets_reference(bags, text_lexicon, content, beta, 0.1, top_k, "sparse"))
+    assert np.all(targets[:, [5, 6]] == 0.0), "no mass on words neither named nor activated"
+    assert np.all(targets[:, content == 0] == 0.0)
+    assert_close(targets.sum(-1), np.ones(5))
+
+
+def test_sparse_expanded_targets_of_an_all_zero_lexicon_are_the_explicit_words():
+    bags, _, content = random_target_inputs(19)
+    text_lexicon = np.zeros(bags.shape, np.float32)
+    text_lexicon[:, THE] = 5.0  # a stopword's weight is not a content word's
+    targets = call_expanded_targets(bags, text_lexicon, content, 0.7, 0.1, 0, "sparse")
+    assert_close(targets, call_expanded_targets(bags, text_lexicon, content, 0.0, 0.1, 0))
 
 
 def test_expanded_targets_top_k_at_least_vocab_keeps_everything():

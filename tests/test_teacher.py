@@ -13,6 +13,7 @@ import pytest
 
 from configs import ela_minilm
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.data import tokenizer as tokenizer_lib
 from ela_jax.data import world
 from ela_jax.experiment import Experiment
@@ -50,7 +51,7 @@ def test_words_are_spelt_in_wordpieces_and_embedded_as_their_mean():
 
 def test_pretrained_source_needs_a_checkpoint_directory():
     with pytest.raises(config_lib.ConfigError, match="teacher_dir"):
-        config_lib.validate(teacher_config(**{"objective.ela.teacher_dir": ""}), num_devices=1)
+        validation.validate(teacher_config(**{"objective.ela.teacher_dir": ""}), num_devices=1)
 
 
 def test_teacher_equals_the_pytorch_checkpoint_on_single_piece_words():

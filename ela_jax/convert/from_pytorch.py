@@ -16,7 +16,7 @@ from safetensors import safe_open
 from ela_jax.config import ConfigError
 from ela_jax.convert import keymap
 from ela_jax.models import layers
-from ela_jax.training.state import copy_text_lexicon_to_image
+from ela_jax.training.state import copy_text_lexicon_to_image, needs_teacher
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,13 @@ def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) 
     prefix = wrapper_prefix(weights, "embeddings.word_embeddings.weight", "bert.", described_as)
     text_map = keymap.bert_encoder(config.model.text.depth, prefix)
     has_mlm_head = keymap.MLM_HEAD_PREFIX + "transform.dense.weight" in weights
+    if not has_mlm_head and needs_teacher(config) and config.objective.ela.target_source == "frozen":
+        # The frozen teacher copies the text lexicon head at step 0: without an MLM head in the checkpoint it is
+        # random and stays random.
+        raise ConfigError(
+            f"objective.ela.target_source='frozen' copies the text lexicon head at step 0, but {described_as} has "
+            "no MLM head to initialise it; use a BertForMaskedLM checkpoint, or target_source 'ema' or 'pretrained'"
+        )
     if has_mlm_head:
         text_map += _mlm_head(hf_config, prefix, config.model.lexicon.tie_text_decoder)
     params = text_map.to_flax(weights, params, source=directory)

@@ -22,6 +22,7 @@ from ela_jax.convert import keymap
 from ela_jax.data.tokenizer import Tokenizer
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.models import layers
+from ela_jax.paths import require_local
 
 TEXT_DIR, IMAGE_DIR, HEADS_FILE, ELA_CONFIG_FILE = "text", "image", "ela_heads.safetensors", "ela_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -162,6 +163,7 @@ def export(
 
 def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
     """Exports checkpoint `step` (latest when None) of `workdir`; returns the step exported."""
+    require_local(output_dir, "--output")
     experiment = Experiment.build(load_config(workdir), workdir)
     if step is None:
         checkpointer = experiment.checkpointer()

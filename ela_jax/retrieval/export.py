@@ -1,5 +1,7 @@
-"""Lexicon vectors -> JSONL `{"id": int, "vector": {wordpiece: weight}}` (the Seismic/Anserini layout) for documents
-(images) and queries (captions), with an id map, optional pruning and integer quantisation, and stats.json.
+"""Lexicon vectors -> JSONL `{"id": int, "vector": {wordpiece: weight}}` for documents (images) and queries
+(captions), laid out as Anserini reads them: documents alone in documents/ (JsonVectorCollection indexes every file of
+its input folder), queries in queries/ keyed by `qid` (its JsonIntVector topic reader), TREC qrels, an id map,
+optional pruning and integer quantisation (JsonVectorCollection reads weights as integers), and stats.json.
 
 Run: python -m ela_jax.retrieval.export --workdir W --output O [--split test] [--top_k K] [--threshold T]
      [--quantize SCALE]
@@ -9,16 +11,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
 
-DOCUMENTS_FILE = "documents.jsonl"
-QUERIES_FILE = "queries.jsonl"
+from ela_jax.paths import require_local
+
+DOCUMENTS_FILE = os.path.join("documents", "documents.jsonl")
+QUERIES_FILE = os.path.join("queries", "queries.jsonl")
+QRELS_FILE = "qrels.txt"
 ID_MAP_FILE = "id_map.json"
 STATS_FILE = "stats.json"
+# The --quantize scale to use for Anserini: lexicon weights lie around 0-3, and impacts of weight x 100 keep two
+# decimals (the scale Anserini's own learned-sparse regressions use).
+ANSERINI_SCALE = 100.0
+
+log = logging.getLogger(__name__)
 
 
 def sparsify(lexicon: np.ndarray, top_k: int | None = None, threshold: float = 0.0) -> sparse.csr_matrix:
@@ -79,9 +90,16 @@ def _json_weight(value) -> int | float:
     return float(str(np.float32(value)))
 
 
-def write_jsonl(path: str, vectors: sparse.csr_matrix, vocabulary: Sequence[str], ids: Sequence[int] | None = None):
-    """One line `{"id": id, "vector": {wordpiece: weight}}` per row of `vectors` [N, V]; an empty row is `{}`."""
+def write_jsonl(
+    path: str,
+    vectors: sparse.csr_matrix,
+    vocabulary: Sequence[str],
+    ids: Sequence[int] | None = None,
+    id_key: str = "id",
+):
+    """One line `{id_key: id, "vector": {wordpiece: weight}}` per row of `vectors` [N, V]; an empty row is `{}`."""
     ids = range(vectors.shape[0]) if ids is None else ids
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         for row, vector_id in enumerate(ids):
             start, end = vectors.indptr[row], vectors.indptr[row + 1]
@@ -89,17 +107,18 @@ def write_jsonl(path: str, vectors: sparse.csr_matrix, vocabulary: Sequence[str]
                 vocabulary[term]: _json_weight(weight)
                 for term, weight in zip(vectors.indices[start:end], vectors.data[start:end])
             }
-            f.write(json.dumps({"id": int(vector_id), "vector": vector}) + "\n")
+            f.write(json.dumps({id_key: int(vector_id), "vector": vector}) + "\n")
 
 
 def read_jsonl(path: str, vocabulary: Sequence[str]) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """The inverse of write_jsonl: ids int64 [N] and vectors CSR [N, V] (int32 when every weight is an integer)."""
+    """The inverse of write_jsonl (documents' `id` or queries' `qid`): ids int64 [N] and vectors CSR [N, V] (int32
+    when every weight is an integer)."""
     token_ids = {token: index for index, token in enumerate(vocabulary)}
     ids, indptr, indices, weights = [], [0], [], []
     with open(path) as f:
         for line_number, line in enumerate(f, 1):
             record = json.loads(line)
-            ids.append(record["id"])
+            ids.append(record["id"] if "id" in record else record["qid"])
             for token, weight in record["vector"].items():
                 if token not in token_ids:
                     raise KeyError(
@@ -139,8 +158,10 @@ def export_vectors(
     vocabulary: Sequence[str],
     id_map: dict,
     settings: dict,
+    relevant: Sequence[int] = (),
 ) -> dict:
-    """Writes documents.jsonl, queries.jsonl, id_map.json and stats.json into `output_dir`; returns the stats."""
+    """Writes documents/documents.jsonl, queries/queries.jsonl, qrels.txt (query i's relevant document is
+    `relevant[i]`), id_map.json and stats.json into `output_dir`; returns the stats."""
     if documents.shape[1] != len(vocabulary) or queries.shape[1] != len(vocabulary):
         raise ValueError(
             f"vectors have {documents.shape[1]} (documents) and {queries.shape[1]} (queries) dimensions "
@@ -148,7 +169,9 @@ def export_vectors(
         )
     os.makedirs(output_dir, exist_ok=True)
     write_jsonl(os.path.join(output_dir, DOCUMENTS_FILE), documents, vocabulary)
-    write_jsonl(os.path.join(output_dir, QUERIES_FILE), queries, vocabulary)
+    write_jsonl(os.path.join(output_dir, QUERIES_FILE), queries, vocabulary, id_key="qid")
+    with open(os.path.join(output_dir, QRELS_FILE), "w") as f:
+        f.writelines(f"{query} 0 {document} 1\n" for query, document in enumerate(relevant))  # TREC: qid iter doc rel
     with open(os.path.join(output_dir, ID_MAP_FILE), "w") as f:
         json.dump(id_map, f, indent=1)
     both = sparse.vstack([documents, queries]).tocsr()
@@ -184,6 +207,13 @@ def export_workdir(
     import ela_jax
     from ela_jax.data.pipeline import retrieval_set
 
+    require_local(output_dir, "--output")
+    if quantize_scale is None:
+        log.warning(
+            "writing float weights: Anserini's JsonVectorCollection reads weights as integers, so weights below 1 "
+            "index nothing there; pass --quantize %g for Anserini (Seismic reads floats)",
+            ANSERINI_SCALE,
+        )
     model = ela_jax.load(workdir)
     dataset = retrieval_set(model.experiment.config.data, split)
     image_lexicon = model.encode_images(dataset.images)["lexicon"]  # [images, V]
@@ -211,6 +241,7 @@ def export_workdir(
         vocabulary,
         id_map,
         settings,
+        relevant=dataset.caption_image,
     )
 
 
@@ -226,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         metavar="SCALE",
-        help="write integer weights round(weight * SCALE), as Anserini wants (default: floats)",
+        help=f"write integer weights round(weight * SCALE), as Anserini needs: use {ANSERINI_SCALE:g} (default: floats)",
     )
     args = parser.parse_args(argv)
     from ela_jax.cli import quiet_libraries
@@ -241,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"vocabulary coverage {stats['vocabulary_coverage']:.3f}; wrote {DOCUMENTS_FILE}, {QUERIES_FILE}, "
-        f"{ID_MAP_FILE}, {STATS_FILE} to {args.output}"
+        f"{QRELS_FILE}, {ID_MAP_FILE}, {STATS_FILE} to {args.output}"
     )
 
 

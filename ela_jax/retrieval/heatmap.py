@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from ela_jax.data.tokenizer import Tokenizer  # noqa: E402
 from ela_jax.models.ela import ELAModel  # noqa: E402
+from ela_jax.paths import require_local  # noqa: E402
 
 CAPTION_COLOUR = "#1a7f37"  # green: the word is in the caption
 EXPANDED_COLOUR = "#c2410c"  # orange: the image expanded to a word the caption does not use
@@ -160,6 +161,7 @@ def write_heatmaps(workdir: str, output_dir: str, count: int = 4, split: str = "
     import ela_jax
     from ela_jax.data.pipeline import retrieval_set
 
+    require_local(output_dir, "--output")
     loaded = ela_jax.load(workdir)
     dataset = retrieval_set(loaded.experiment.config.data, split)
     if count > len(dataset.images):

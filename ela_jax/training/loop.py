@@ -12,19 +12,20 @@ import time
 
 import jax
 import ml_collections
-import tqdm
 from jax.experimental import multihost_utils
 
 from ela_jax import config as config_lib
 from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
+from ela_jax.evaluation import unnamed
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
-from ela_jax.training.metrics import MetricWriter
+from ela_jax.training import restarts
+from ela_jax.training.metrics import MetricWriter, eval_scalars
+from ela_jax.training.progress import Progress
 from ela_jax.training.state import TrainState
-from ela_jax.training.step import Vocabulary, make_train_step
 from ela_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,27 @@ class Evaluation:
         self.experiment = experiment
         self.dataset = None
         self.encoder = None
+        config = experiment.config
+        self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
+        self.available = pipeline.has_test_split(experiment.config.data)
+        if not self.available:
+            log.warning(
+                "%s holds no test.jsonl / test.csv: this run is not evaluated (eval/results.json lists no scores); "
+                "add one or set data.eval_name",
+                experiment.config.data.manual_dir,
+            )
 
     def __call__(self, params, step: int) -> dict:
         config = self.experiment.config
+        if not self.available:
+            return {"step": int(step), "split": "test", "scores": {}}
         if self.dataset is None:
             self.dataset = pipeline.retrieval_set(config.data, "test")
             self.encoder = self.experiment.encoder(params, config.eval.batch_size)
         self.encoder.params = params
         results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
+        if self.unnamed is not None:
+            results["unnamed_objects"] = self.unnamed(self.encoder, self.experiment.tokenizer)
         return {"step": int(step), "split": "test", **results}
 
 
@@ -136,7 +150,7 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
     try:
-        differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
+        differing = [] if resumed_step is None else restarts.workdir_config_differences(workdir, config)
     except ValueError as error:  # an empty or damaged record cannot be compared; the checkpoints still resume
         log.warning("%s/config.json is unreadable (%s); it is rewritten from this run's config", workdir, error)
         return
@@ -199,7 +213,7 @@ class BestCheckpoints:
             )
 
     def offer(self, step: int, state, results: dict) -> None:
-        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+        if self.checkpointer is None or not results["scores"] or step in (self.checkpointer.manager.all_steps() or ()):
             return
         value = float(results["scores"][self.score][self.metric])
         self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
@@ -229,13 +243,14 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     if is_chief:
         report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
+    progress = Progress(config.total_steps, is_chief, config.log.progress)
+    progress.phase(f"preparing data ({config.data.name}) and the train state in {workdir}")
     with parallel.process_zero_first("prepare the training data"):  # one writer in a shared data directory
         data_iterator = iter(
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
@@ -243,13 +258,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
-    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
-    train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
-        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.train_step(factory)
 
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
@@ -258,18 +267,13 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
-    progress = tqdm.tqdm(
-        initial=start_step,
-        total=config.total_steps,
-        desc="train",
-        unit="step",
-        disable=not (is_chief and config.log.progress),
-        dynamic_ncols=True,
-    )
+    progress.start(start_step)
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+            if step == start_step + 1:
+                progress.phase(f"compiling the train step (from step {step})")
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             if step == start_step + 1:
@@ -277,13 +281,13 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
             bad_steps.observe(step, metrics, last_checkpoint)
             checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
             window_steps += 1
-            progress.update(1)
+            progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+                progress.logged(step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
@@ -294,22 +298,16 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 else:
                     checkpointer.save(step, state, data_iterator)
                     last_checkpoint = step
+                    progress.phase(f"checkpoint saved: step {step} in {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+                progress.phase(f"evaluating at step {step}")
                 results = evaluation(state.params, step)
                 host_allocator.release_free_memory()
                 best.offer(step, state, results)
-                writer.write(
-                    step,
-                    {
-                        f"eval/{score}/{k}": v
-                        for score, m in results["scores"].items()
-                        for k, v in m.items()
-                        if "recall@" in k or k == "rsum"
-                    },
-                )
+                writer.write(step, eval_scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
         progress.close()
@@ -318,10 +316,13 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
         writer.close()
 
     # --- final report
+    progress.phase(f"evaluating at step {config.total_steps}")
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results)
     best.close()
+    MetricWriter.tensorboard_only(workdir, config.total_steps, eval_scalars(results), enabled=is_chief)
     if is_chief:
         write_json(os.path.join(workdir, "eval", "results.json"), results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
+    progress.phase(f"done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {workdir}")
     return results

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ela_jax import objectives
-from ela_jax.models.ela import ELAModel
+from ela_jax import objectives, parallel
+from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
 from ela_jax.models.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
@@ -34,12 +34,15 @@ class Vocabulary:
 
 @dataclasses.dataclass(frozen=True)
 class Needs:
-    """Which encoder outputs the configured objective reads (the rest is never computed)."""
+    """Which encoder outputs the configured objective reads (the rest is never computed), and which lexicon FLOPS
+    regularises: only a side some loss trains, or the regulariser alone would drive that side to zero."""
 
     image_lexicon: bool
     text_lexicon: bool
     tokens: bool
     expansion: bool
+    flops_image: bool
+    flops_text: bool
 
     @classmethod
     def from_config(cls, config) -> "Needs":
@@ -47,13 +50,17 @@ class Needs:
         use_ela = objective.ela_weight > 0
         expansion = use_ela and ela.beta > 0 and ela.loss != "lexlip_cosine"
         lexlip = use_ela and ela.loss == "lexlip_cosine"
+        flops = objective.flops_weight > 0
+        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM or by LexLIP's cosine
+        # (expansion targets are stop-gradient).
+        flops_text = flops and (objective.mlm_weight > 0 or lexlip)
         return cls(
-            image_lexicon=use_ela or objective.flops_weight > 0,
-            text_lexicon=lexlip
-            or (expansion and ela.target_source == "online")
-            or (objective.flops_weight > 0 and objective.mlm_weight > 0),
+            image_lexicon=use_ela,
+            text_lexicon=lexlip or (expansion and ela.target_source == "online") or flops_text,
             tokens=objective.fine_weight > 0,
             expansion=expansion,
+            flops_image=flops and use_ela,
+            flops_text=flops_text,
         )
 
 
@@ -158,9 +165,9 @@ class ObjectiveBuilder:
             )
         if objective.ela_weight > 0:
             terms["ela"] = self.ela_loss(reps, batch, step)
-        if objective.flops_weight > 0:
-            lexicons = [reps[key] for key in ("image_lexicon", "text_lexicon") if key in reps]
-            terms["flops"] = sum(objectives.flops_regulariser(lexicon) for lexicon in lexicons)
+        flops_sides = [side for side in ("image", "text") if getattr(self.needs, f"flops_{side}")]
+        if flops_sides:
+            terms["flops"] = sum(objectives.flops_regulariser(reps[f"{side}_lexicon"]) for side in flops_sides)
         if objective.mlm_weight > 0:
             selected = jnp.sum(mlm["selected"].astype(jnp.float32))
             terms["mlm"] = jnp.sum(reps["mlm_sums"]) / jnp.maximum(selected, 1.0)
@@ -197,7 +204,9 @@ class ObjectiveBuilder:
             beta = objectives.linear_warmup(ela.beta, step, ela.beta_warmup_steps)
         else:
             text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
-        targets = objectives.expanded_targets(bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k)
+        targets = objectives.expanded_targets(
+            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form
+        )
         image_vocab_logits = reps["image_pooled"]
         if ela.loss == "soft_ce":
             return objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
@@ -258,6 +267,11 @@ def filip_logits(image: tuple, text: tuple, scale: jax.Array) -> tuple[jax.Array
     return scale * s_image, scale * s_text
 
 
+def clamp_log_scales(params: dict, largest: float) -> dict:
+    """params with each log logit scale clamped at `largest` (the minimum temperature)."""
+    return {**params, **{name: jnp.minimum(params[name], largest) for name in LOG_SCALE_PARAMS}}
+
+
 def make_train_step(
     model: ELAModel,
     optimizer: optax.GradientTransformation,
@@ -273,6 +287,7 @@ def make_train_step(
     ema_decay = config.objective.ela.ema_decay
     microbatches = config.train.microbatches
     update_teacher = objective.needs.expansion and config.objective.ela.target_source == "ema"
+    largest_log_scale = max_log_scale(config.model)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_rng, state.step)
@@ -286,6 +301,7 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        params = clamp_log_scales(params, largest_log_scale)
         teacher = state.teacher
         if update_teacher:
             teacher = jax.tree.map(lambda t, p: ema_decay * t + (1.0 - ema_decay) * p, teacher, teacher_params(params))
@@ -319,3 +335,24 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(
+    model: ELAModel,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config,
+    vocabulary: Vocabulary,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    donate: bool = True,
+):
+    """The train step exactly as the loop runs it: jitted with the state's shardings in and out, the batch sharded
+    over the batch axes, metrics replicated, and the state donated so the update reuses its buffers. The loop, the
+    benchmarks and the ahead-of-time compiler all build it here, so what they measure is what trains."""
+    return jax.jit(
+        make_train_step(model, optimizer, schedule, config, vocabulary, mesh),
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
