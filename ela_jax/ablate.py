@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ela_jax import config as config_lib
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
 from ela_jax.paths import require_local
 from ela_jax.training import restarts
 from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
@@ -525,4 +525,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -121,7 +121,8 @@ def model_config(
 
 
 def tiny_model(*, image_size: int = 32, patch_size: int = 4, max_length: int = 16) -> ml_collections.ConfigDict:
-    tower = dict(width=96, depth=3, num_heads=3, mlp_dim=384)
+    # 4 heads of 24: the heads split over a 2- or 4-way tensor-parallel mesh (the fsdp_tp preset).
+    tower = dict(width=96, depth=3, num_heads=4, mlp_dim=384)
     return model_config(
         image_size=image_size,
         patch_size=patch_size,

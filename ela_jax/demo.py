@@ -11,7 +11,7 @@ from absl import app, flags
 
 from ela_jax import config as config_lib
 from ela_jax import plots
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
 from ela_jax.retrieval import heatmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,4 +79,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

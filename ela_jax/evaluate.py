@@ -15,8 +15,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from ela_jax import parallel
-from ela_jax.cli import quiet_libraries
+from ela_jax import parallel, paths
+from ela_jax.cli import parse_flags, quiet_libraries
 from ela_jax.config import ConfigError
 from ela_jax.data.pipeline import eval_source
 from ela_jax.evaluation import evaluators
@@ -51,7 +51,7 @@ def run_evaluator(experiment, evaluator, output: str | None = None) -> dict:
     state = experiment.restore_state(flags.FLAGS.step)
     results = evaluator(experiment.encoder(state.params, experiment.config.eval.batch_size), int(state.step))
     if jax.process_index() == 0:
-        evaluators.write_json(os.path.join(experiment.workdir, "eval", output or evaluator.output), results)
+        paths.write_json(os.path.join(experiment.workdir, "eval", output or evaluator.output), results)
     return results
 
 
@@ -94,4 +94,4 @@ def define_flags(argv: list[str], program: str = "ela_jax.evaluate") -> None:
 
 if __name__ == "__main__":
     define_flags(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,11 @@
 """Output locations: every output goes through the local file system (open, os.makedirs, matplotlib, tensorboardX),
-so a remote URL such as gs://bucket/runs/x is refused up front instead of becoming a local folder named `gs:`."""
+so a remote URL such as gs://bucket/runs/x is refused up front instead of becoming a local folder named `gs:`;
+records are replaced atomically."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 from ela_jax.config import ConfigError
@@ -19,3 +22,20 @@ def require_local(path: str, what: str) -> str:
             "(e.g. gcsfuse on /mnt/bucket) and pass the mounted path"
         )
     return path
+
+
+def write_text(path: str, text: str) -> None:
+    """Replaces `path` atomically: a process killed mid-write leaves the old file (or none), never a cut one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: str, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=1))

@@ -9,7 +9,8 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax import parallel
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
+from ela_jax.data.records import TooManySkipsError
 from ela_jax.training.workdir_lock import WorkdirBusy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -29,9 +30,8 @@ def main(argv) -> None:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except parallel.DistributedConfigError as error:
         sys.exit(f"distributed setup error: {error}")
-    from ela_jax.training import (
-        loop,
-    )  # after distributed init: importing JAX backends early is harmless, using them is not
+    # After distributed init: importing JAX backends early is harmless, using them is not.
+    from ela_jax.training import checkpoint, loop
 
     try:
         results = loop.train(_CONFIG.value, _WORKDIR.value)
@@ -41,6 +41,10 @@ def main(argv) -> None:
         sys.exit(f"training stopped: {error}")
     except WorkdirBusy as error:
         sys.exit(f"workdir busy: {error}")
+    except checkpoint.CheckpointError as error:
+        sys.exit(f"checkpoint error: {error}")
+    except TooManySkipsError as error:
+        sys.exit(f"data error: {error}")
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
         return
@@ -52,4 +56,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

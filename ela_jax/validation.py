@@ -3,6 +3,7 @@ actionable line (ConfigError). Each data source checks its own section (ela_jax.
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -10,6 +11,8 @@ import ml_collections
 from ela_jax import config as config_lib
 from ela_jax.data import sources
 from ela_jax.errors import ConfigError, check_choice
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def _validate_lexicon(lexicon_config) -> None:
@@ -98,15 +101,133 @@ def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _require(condition: bool, key: str, value, wanted: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+
+
+def _validate_sizes(config: ml_collections.ConfigDict) -> None:
+    """Every size is positive (a zero one fails far from its key, as a division by zero or a reshape)."""
+    model = config.model
+    sizes = {"batch_size": config.batch_size, "eval.batch_size": config.eval.batch_size}
+    for tower in ("image", "text"):
+        for name in ("width", "depth", "num_heads", "mlp_dim"):
+            sizes[f"model.{tower}.{name}"] = model[tower][name]
+    sizes.update(
+        {
+            "model.image.image_size": model.image.image_size,
+            "model.image.patch_size": model.image.patch_size,
+            "model.embed_dim": model.embed_dim,
+            "model.token_dim": model.token_dim,
+            "data.image_size": config.data.image_size,
+            "data.num_train": config.data.num_train,
+            "data.num_test": config.data.num_test,
+            "data.captions_per_image": config.data.captions_per_image,
+        }
+    )
+    for key, value in sizes.items():
+        _require(isinstance(value, int) and value > 0, key, value, "a positive integer")
+    # [CLS] and [SEP] take two positions; a caption needs at least one more.
+    _require(config.tokenizer.max_length >= 3, "tokenizer.max_length", config.tokenizer.max_length, ">= 3")
+
+
+def _validate_optimizer(optim) -> None:
+    _require(math.isfinite(optim.lr) and optim.lr > 0, "optim.lr", optim.lr, "a finite number > 0")
+    _require(optim.warmup_steps >= 0, "optim.warmup_steps", optim.warmup_steps, ">= 0")
+    _require(0.0 <= optim.end_lr_fraction <= 1.0, "optim.end_lr_fraction", optim.end_lr_fraction, "in [0, 1]")
+    _require(
+        math.isfinite(optim.weight_decay) and optim.weight_decay >= 0,
+        "optim.weight_decay",
+        optim.weight_decay,
+        "a finite number >= 0",
+    )
+    for name in ("b1", "b2"):
+        _require(0.0 <= optim[name] < 1.0, f"optim.{name}", optim[name], "in [0, 1)")
+    # eps > 0 keeps Adam's update finite where a gradient entry and its second moment are both zero.
+    _require(math.isfinite(optim.eps) and optim.eps > 0, "optim.eps", optim.eps, "a finite number > 0 (e.g. 1e-6)")
+    _require(math.isfinite(optim.clip_norm) and optim.clip_norm > 0, "optim.clip_norm", optim.clip_norm, "> 0")
+
+
+def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
+    """Temperatures divide logits: zero or negative ones give infinities at the first step."""
+    model, ela = config.model, config.objective.ela
+    temperatures = {
+        "model.init_temperature": model.init_temperature,
+        "model.min_temperature": model.min_temperature,
+        "objective.ela.tau_p": ela.tau_p,
+        "objective.ela.tau_q": ela.tau_q,
+        "objective.ela.tau_contrastive": ela.tau_contrastive,
+    }
+    for key, value in temperatures.items():
+        _require(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
+    if model.min_temperature > model.init_temperature:
+        raise ConfigError(
+            f"model.min_temperature {model.min_temperature} exceeds model.init_temperature {model.init_temperature}"
+        )
+    _require(0.0 <= ela.ema_decay <= 1.0, "objective.ela.ema_decay", ela.ema_decay, "in [0, 1]")
+    _require(ela.top_k >= 0, "objective.ela.top_k", ela.top_k, ">= 0 (0 keeps all)")
+    probability = config.objective.mlm_probability
+    _require(0.0 < probability <= 1.0, "objective.mlm_probability", probability, "in (0, 1]")
+
+
+def _validate_tokenizer(tokenizer_config) -> None:
+    """A vocab.txt file must be a BERT WordPiece vocabulary: one token a line, with BERT's special tokens."""
+    vocab = tokenizer_config.vocab
+    if vocab in ("world", "bert-base-uncased"):
+        return
+    if not os.path.isfile(vocab):
+        raise ConfigError(
+            f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or 'bert-base-uncased'"
+        )
+    with open(vocab, encoding="utf-8", errors="replace") as f:
+        tokens = {line.strip() for line in f}
+    missing = [token for token in BERT_SPECIAL_TOKENS if token not in tokens]
+    if missing:
+        raise ConfigError(
+            f"tokenizer.vocab file {vocab!r} is not a BERT vocabulary: it lacks {', '.join(missing)}; give a "
+            "vocab.txt (one token a line, with [PAD] [UNK] [CLS] [SEP] [MASK]), 'world' or 'bert-base-uncased'"
+        )
+
+
+def _logical_split(config: ml_collections.ConfigDict, logical: str, mesh_shape) -> tuple[int, str]:
+    """(devices, 'mesh.a x mesh.b') that the logical axis `logical` is split over by config.mesh.rules."""
+    sizes = dict(zip(("data", "fsdp", "tensor"), mesh_shape))
+    axes = next((mesh_axes for name, mesh_axes in config.mesh.rules if name == logical), None)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(sizes[axis] for axis in axes), " x ".join(f"mesh.{axis}" for axis in axes)
+
+
+def _validate_mesh_divisibility(config: ml_collections.ConfigDict, mesh_shape) -> None:
+    """Every dimension the mesh splits divides evenly (else JAX fails late, with an IndivisibleError). The vocabulary
+    is checked once the tokenizer has given its size (experiment.check_vocab_sharding)."""
+    batch_parallel = mesh_shape[0] * mesh_shape[1]
+    if config.batch_size % batch_parallel or config.batch_size % (config.train.microbatches * batch_parallel):
+        raise ConfigError(
+            f"batch_size {config.batch_size} must split into train.microbatches={config.train.microbatches} "
+            f"micro-batches, each divisible by the {batch_parallel} data-parallel devices (mesh.data x mesh.fsdp); "
+            f"use a multiple of {config.train.microbatches * batch_parallel}"
+        )
+    for tower in ("image", "text"):
+        for name, logical in (("num_heads", "heads"), ("mlp_dim", "mlp")):
+            value = config.model[tower][name]
+            devices, axes = _logical_split(config, logical, mesh_shape)
+            if value % devices:
+                raise ConfigError(
+                    f"model.{tower}.{name}={value} does not split over the {devices} devices of {axes}; use a multiple "
+                    f"of {devices} (keeping model.{tower}.width divisible by num_heads) or a smaller {axes}"
+                )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
     mesh_shape = config_lib.resolve_mesh_shape(config.mesh, num_devices)
-    batch_parallel = mesh_shape[0] * mesh_shape[1]
-    if config.batch_size <= 0 or config.batch_size % batch_parallel:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is not divisible by the {batch_parallel} data-parallel "
-            f"devices (mesh.data x mesh.fsdp); use a multiple of {batch_parallel}"
-        )
+    _validate_sizes(config)
+    _validate_optimizer(config.optim)
+    _validate_temperatures(config)
+    _validate_tokenizer(config.tokenizer)
+    if config.train.microbatches < 1:
+        raise ConfigError(f"train.microbatches must be >= 1, got {config.train.microbatches}")
+    _validate_mesh_divisibility(config, mesh_shape)
     if config.batch_size % num_processes:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {num_processes} processes")
     if config.total_steps <= 0:
@@ -155,11 +276,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
             f"tokenizer.max_length {config.tokenizer.max_length} exceeds "
             f"model.text.max_position_embeddings {config.model.text.max_position_embeddings}"
         )
-    vocab = config.tokenizer.vocab
-    if vocab not in ("world", "bert-base-uncased") and not os.path.isfile(vocab):
-        raise ConfigError(
-            f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or 'bert-base-uncased'"
-        )
     for tower in ("text_tower", "image_tower"):
         path = config.init[tower]
         if path and not os.path.isfile(os.path.join(path, "config.json")):
@@ -168,12 +284,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")
-    microbatches = config.train.microbatches
-    if microbatches < 1 or config.batch_size % (microbatches * batch_parallel):
-        raise ConfigError(
-            f"batch_size {config.batch_size} must split into train.microbatches={microbatches} micro-batches, each "
-            f"divisible by the {batch_parallel} data-parallel devices; use a multiple of {microbatches * batch_parallel}"
-        )
     if config.model.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
     _validate_lexicon(config.model.lexicon)

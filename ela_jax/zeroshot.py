@@ -11,6 +11,7 @@ import sys
 from absl import app
 
 from ela_jax import evaluate
+from ela_jax.cli import parse_flags
 from ela_jax.evaluation import evaluators
 
 
@@ -33,4 +34,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     evaluate.define_flags(sys.argv, program="ela_jax.zeroshot")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

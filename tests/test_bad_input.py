@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ela_jax.data import captions_tfds, images, pipeline, records, tokenizer
+from ela_jax.data import captions_tfds, images, pipeline, records, tokenizer, webdataset
 from tests import data_fixtures as fixtures
 from tests.helpers import make_tiny_config
 
@@ -229,3 +229,21 @@ def test_shards_of_only_broken_images_stop_the_stream_with_a_clear_error(tmp_pat
     stream = iter(pipeline.train_dataset(config, tokenizer.from_config(config.tokenizer, str(tmp_path)), 0, 1))
     with pytest.raises(records.TooManySkipsError, match="webdataset train .* is above data.max_skip_fraction 0.05"):
         next(stream)
+
+
+@pytest.mark.parametrize("damage", ["cut_inside_a_header", "garbled_header"])
+def test_a_tar_that_stops_at_an_unreadable_header_is_counted_not_dropped_silently(tmp_path, damage):
+    path = str(tmp_path / "00000.tar")
+    fixtures.tar_shard(path, [(f"k{k}", {"jpg": fixtures.jpeg_bytes(k), "txt": b"photo %d" % k}) for k in range(4)])
+    with tarfile.open(path) as archive:
+        header = next(member for member in archive if member.name == "k3.jpg").offset
+    with open(path, "r+b") as f:
+        if damage == "cut_inside_a_header":
+            f.truncate(header + 100)
+        else:
+            f.seek(header)
+            f.write(b"x" * tarfile.BLOCKSIZE)
+    skips = records.SkipCounter("webdataset index", max_fraction=0.5)
+    samples = webdataset.index_shard(path, 0, skips)
+    assert len(samples) == 3 and skips.reasons == {"bad_tar": 1}
+    assert f"at byte {header} of {os.path.getsize(path)}" in skips.first_keys[0]

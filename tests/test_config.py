@@ -133,7 +133,94 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("config error: batch_size 0")
+    assert result.stderr.strip().splitlines() == ["config error: batch_size must be a positive integer, got 0"]
+
+
+NOT_BERT = os.path.join(REPO, "configs", "demo.py")  # a text file that is no vocabulary
+
+# Every override a user might get wrong, as typed (--config.KEY=VALUE), and what the one-line error must name.
+BAD_OVERRIDES = [
+    ("model.image.patch_size=0", "model.image.patch_size must be a positive integer, got 0"),
+    ("model.text.num_heads=0", "model.text.num_heads must be a positive integer, got 0"),
+    ("model.image.width=0", "model.image.width must be a positive integer"),
+    ("model.text.mlp_dim=0", "model.text.mlp_dim must be a positive integer"),
+    ("model.embed_dim=0", "model.embed_dim must be a positive integer"),
+    ("tokenizer.max_length=0", "tokenizer.max_length must be >= 3, got 0"),
+    ("tokenizer.max_length=-3", "tokenizer.max_length must be >= 3"),
+    (f"tokenizer.vocab={NOT_BERT}", "is not a BERT vocabulary: it lacks [PAD], [UNK], [CLS], [SEP], [MASK]"),
+    ("tokenizer.vocab=/nowhere/vocab.txt", "'/nowhere/vocab.txt' does not exist"),
+    ("eval.batch_size=0", "eval.batch_size must be a positive integer, got 0"),
+    ("batch_size=-8", "batch_size must be a positive integer, got -8"),
+    ("batch_size=100", "batch_size 100 must split"),
+    ("data.num_train=0", "data.num_train must be a positive integer"),
+    ("optim.warmup_steps=-10", "optim.warmup_steps must be >= 0, got -10"),
+    ("optim.lr=-0.001", "optim.lr must be a finite number > 0, got -0.001"),
+    ("optim.lr=nan", "optim.lr must be a finite number > 0, got nan"),
+    ("optim.lr=inf", "optim.lr must be a finite number > 0, got inf"),
+    ("optim.eps=0", "optim.eps must be a finite number > 0"),
+    ("optim.b2=1.5", "optim.b2 must be in [0, 1)"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay must be a finite number >= 0"),
+    ("optim.clip_norm=0", "optim.clip_norm must be > 0"),
+    ("optim.end_lr_fraction=2", "optim.end_lr_fraction must be in [0, 1]"),
+    ("model.init_temperature=0", "model.init_temperature must be a finite number > 0"),
+    ("model.min_temperature=0", "model.min_temperature must be a finite number > 0"),
+    ("model.min_temperature=0.5", "model.min_temperature 0.5 exceeds model.init_temperature"),
+    ("objective.ela.tau_p=0", "objective.ela.tau_p must be a finite number > 0"),
+    ("objective.ela.tau_q=0", "objective.ela.tau_q must be a finite number > 0"),
+    ("objective.ela.tau_contrastive=0", "objective.ela.tau_contrastive must be a finite number > 0"),
+    ("objective.ela.ema_decay=1.5", "objective.ela.ema_decay must be in [0, 1]"),
+    ("objective.ela.top_k=-1", "objective.ela.top_k must be >= 0"),
+    ("objective.mlm_probability=1.5", "objective.mlm_probability must be in (0, 1]"),
+    ("total_steps=0", "total_steps must be positive"),
+    ("checkpoint.keep=0", "checkpoint.keep and checkpoint.keep_best must be >= 1"),
+    ("train.max_bad_steps=0", "train.max_bad_steps must be >= 1"),
+    ("log.every_steps=-1", "log.every_steps must be >= 0"),
+    ("mesh.tensor=3", "8 devices cannot be split"),
+]
+
+
+def demo_config_with(override: str):
+    """The demo config with one override applied as the command line applies it (the value parsed by type)."""
+    from configs import demo
+
+    config = demo.get_config()
+    key, value = override.split("=", 1)
+    node = config
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    current = node[key.split(".")[-1]]
+    config_lib.set_dotted(config, key, value if isinstance(current, str) else type(current)(float(value)))
+    return config
+
+
+@pytest.mark.parametrize("override, expected", BAD_OVERRIDES, ids=[o.split("=")[0] for o, _ in BAD_OVERRIDES])
+def test_every_bad_override_is_one_line_naming_the_key(override, expected):
+    """What `python -m ela_jax.train` prints as `config error: <message>` before anything compiles (the command
+    line path itself is run by the tests above and below)."""
+    message = validation_error(demo_config_with(override), num_devices=8)
+    assert expected in message
+
+
+def test_an_unknown_key_on_the_command_line_is_one_line(tmp_path):
+    result = run_training_cli(tmp_path, "--config.optim.lrr=1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        'flag error: the config has no key \'lrr\' (in a --config.KEY override); Did you mean "lr" instead of "lrr"?'
+    ]
+
+
+def test_the_documented_fsdp_tp_preset_validates_on_the_demo_config_and_heads_are_checked():
+    """README: `--config configs/demo.py:fsdp_tp` on 8 devices (fsdp 4 x tensor 2) must run on the shipped demo."""
+    from configs import demo
+
+    validation.validate(demo.get_config("fsdp_tp"), num_devices=8)
+    three_heads = demo.get_config("fsdp_tp")
+    three_heads.model.image.num_heads = 3
+    message = validation_error(three_heads, num_devices=8)
+    assert message.startswith("model.image.num_heads=3 does not split over the 2 devices of mesh.tensor")
+    odd_mlp = demo.get_config("fsdp_tp")
+    odd_mlp.model.text.mlp_dim = 385
+    assert "model.text.mlp_dim=385 does not split" in validation_error(odd_mlp, num_devices=8)
 
 
 def test_written_config_round_trips(tiny_config, tmp_path):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from ela_jax import parallel
+from ela_jax import parallel, paths
 from ela_jax.experiment import Experiment
 from ela_jax.training import loop, optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
@@ -24,13 +24,12 @@ from tests.helpers import HOLD_LOCK, make_tiny_config, set_keys, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.integration
-
 
 def finite_and_small(tree, bound: float = 1e3) -> bool:
     return all(np.isfinite(leaf).all() and np.abs(leaf).max() < bound for leaf in jax.tree.leaves(jax.device_get(tree)))
 
 
+@pytest.mark.integration
 def test_a_step_whose_update_is_not_finite_is_skipped(tmp_path):
     """optim.eps=0: the loss and gradient are finite, Adam's update 0/0 is not; the parameters stay as they were."""
     config = make_tiny_config(batch_size=8)
@@ -54,6 +53,7 @@ def test_a_step_whose_update_is_not_finite_is_skipped(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
 
 
+@pytest.mark.integration
 def test_a_diverging_run_keeps_and_names_a_finite_checkpoint(tmp_path):
     """optim.lr=1e30: step 1 (warm-up lr 0) is good and saved, every later update overflows. No skipped step saves
     over the good checkpoint, and the stop message names it."""
@@ -82,6 +82,7 @@ def test_a_run_that_diverges_before_any_checkpoint_names_none():
 # ------------------------------------------------------------------------------ one run per workdir
 
 
+@pytest.mark.integration
 def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(tmp_path):
     workdir = str(tmp_path)
     with WorkdirLock(workdir, loop.RUN_LOCK_FILE):
@@ -99,6 +100,7 @@ def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(tmp_path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_a_lock_left_by_a_killed_run_does_not_block_a_restart(tmp_path):
     """The record a killed run leaves in the lock file is only a record: the kernel dropped its lock."""
     workdir = str(tmp_path)
@@ -114,3 +116,25 @@ def test_a_lock_left_by_a_killed_run_does_not_block_a_restart(tmp_path):
     with open(lock.path) as f:
         assert json.load(f)["pid"] == os.getpid()
     lock.release()
+
+
+# ------------------------------------------------------------------------------ config.json
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path):
+    path = str(tmp_path / "config.json")
+    paths.write_text(path, '{"seed": 0}')
+    with pytest.raises(UnicodeEncodeError):
+        paths.write_text(path, '{"seed": 1, "note": "\ud800"}')  # fails after the file was opened for writing
+    with open(path) as f:
+        assert f.read() == '{"seed": 0}'
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+@pytest.mark.parametrize("content", ["", '{"seed": 0, "optim": {"lr"'])
+def test_an_empty_or_cut_config_json_does_not_block_resuming(tmp_path, content, caplog):
+    workdir = str(tmp_path)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(content)
+    loop.check_resumed_config(make_tiny_config(), workdir, resumed_step=8, is_chief=True)
+    assert any("config.json is unreadable" in record.getMessage() for record in caplog.records)

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -15,8 +16,10 @@ import pytest
 
 from ela_jax import config as config_lib
 from ela_jax import parallel
+from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
+from ela_jax.training.checkpoint import Checkpointer, CheckpointError
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
 from tests.helpers import make_tiny_config, train_command
@@ -261,3 +264,110 @@ def complete_steps(directory: str) -> list[int]:
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+# ------------------------------------------------------------------------------ a damaged newest checkpoint
+
+
+def damage_checkpoint(step_dir: str, how: str) -> None:
+    state = os.path.join(step_dir, "state")
+    if how == "truncated_data_file":
+        chunks = os.path.join(state, "ocdbt.process_0", "d")
+        largest = max((os.path.join(chunks, name) for name in os.listdir(chunks)), key=os.path.getsize)
+        os.truncate(largest, os.path.getsize(largest) // 2)
+    elif how == "no_metadata":
+        os.remove(os.path.join(state, "_METADATA"))
+    elif how == "no_data_iterator":
+        shutil.rmtree(os.path.join(step_dir, "data"))
+    elif how == "zeroed_manifest":
+        manifest = os.path.join(state, "manifest.ocdbt")
+        with open(manifest, "r+b") as f:
+            f.write(bytes(os.path.getsize(manifest)))
+
+
+def listing(directory: str) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory) for root, _, names in os.walk(directory) for name in names
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["truncated_data_file", "no_metadata", "no_data_iterator", "zeroed_manifest"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_next_and_is_kept(uninterrupted, how, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    damage_checkpoint(os.path.join(checkpoints, str(RESUME_STEPS)), how)
+    damaged_files = listing(os.path.join(checkpoints, str(RESUME_STEPS)))
+    experiment = Experiment.build(load_config(workdir), workdir)
+    data_iterator = iter(pipeline.train_dataset(experiment.config, experiment.tokenizer, 0, 1))
+    checkpointer = Checkpointer(checkpoints, keep=3)
+    state, step = checkpointer.restore_newest(experiment.state_factory().abstract_with_shardings(), data_iterator)
+    checkpointer.close()
+    assert step == int(state.step) == RESUME_STEPS - RESUME_EVERY
+    skipped = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert len(skipped) == 1 and f"checkpoint step {RESUME_STEPS} in {checkpoints} does not restore (" in skipped[0]
+    assert sorted(os.listdir(checkpoints)) == ["4", "8"]  # out of orbax's reach: a new step 12 cannot collide
+    assert listing(os.path.join(checkpoints + "_damaged", str(RESUME_STEPS))) == damaged_files  # nothing deleted
+
+
+@pytest.mark.integration
+def test_a_run_resumes_past_a_damaged_checkpoint_as_if_uninterrupted(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    os.remove(os.path.join(workdir, "eval", "results.json"))
+    damage_checkpoint(os.path.join(workdir, "checkpoints", str(RESUME_STEPS)), "no_metadata")
+    loop.train(resume_config(), workdir)
+    assert_same_run(workdir, uninterrupted[0])
+    assert os.path.isdir(os.path.join(workdir, "checkpoints_damaged", str(RESUME_STEPS)))
+
+
+@pytest.mark.integration
+def test_a_workdir_none_of_whose_checkpoints_restores_stops_and_moves_nothing(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for step in os.listdir(checkpoints):
+        damage_checkpoint(os.path.join(checkpoints, step), "no_metadata")
+    with pytest.raises(CheckpointError, match=rf"no checkpoint in {checkpoints} restores \(newest, step 12: "):
+        loop.train(resume_config(), workdir)
+    assert sorted(os.listdir(checkpoints)) == ["12", "4", "8"] and not os.path.exists(checkpoints + "_damaged")
+
+
+# ------------------------------------------------------------------------------ a failed asynchronous save
+
+# The training CLI on a disk that fills up as the first checkpoint is written: the file-size limit drops then (writes
+# past it fail with EFBIG, SIGXFSZ ignored), as `ulimit -f` would.
+FULL_DISK_TRAIN = """
+import resource, signal, sys
+from absl import app
+from ela_jax import train
+from ela_jax.training import checkpoint
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+save = checkpoint.Checkpointer.save
+def save_on_a_full_disk(self, *args, **kwargs):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+    return save(self, *args, **kwargs)
+checkpoint.Checkpointer.save = save_on_a_full_disk
+sys.argv = ["ela_jax.train", *sys.argv[1:]]
+app.run(train.main)
+"""
+
+
+@pytest.mark.integration
+def test_a_failed_asynchronous_save_stops_the_run_in_one_line(tmp_path):
+    workdir = str(tmp_path / "run")
+    command = [sys.executable, "-c", FULL_DISK_TRAIN, *short_run(workdir)[3:], "--config.checkpoint.every_steps=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    # Progress lines ("[ela_jax] ...") come before; the failure itself is the one last line, reported once.
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+    assert [line for line in lines if "File too large" in line] == lines[-1:], result.stderr[-3000:]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert lines[-1].startswith(f"checkpoint error: saving a checkpoint under {checkpoints} failed: [Errno 27] ")
+    assert "File too large: " + checkpoints in lines[-1]
+    assert len(read_metrics(workdir)) <= 4  # stopped by the next save at the latest, not at the end of the run
+    assert not complete_steps(checkpoints)

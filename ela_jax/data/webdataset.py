@@ -55,16 +55,21 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray
     """Samples of one tar (structured array of SAMPLE_FIELDS); a key without an image or a caption, and the rest of a
     truncated tar, are counted in `skips`, never raised."""
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
+    file_size = os.path.getsize(path)
     try:
         with tarfile.open(path, "r:") as archive:
             for member in archive:
                 if member.isfile():
                     key, extension = split_key(member.name)
                     members.setdefault(key, {})[extension] = member
+            stopped_at = archive.offset
+        unread = _unreadable_header(path, stopped_at)
+        if unread:
+            raise tarfile.ReadError(f"{unread} at byte {stopped_at} of {file_size}")
     except (tarfile.TarError, OSError, EOFError) as error:
         skips.count_seen()
         skips.skip(f"{os.path.basename(path)} after {len(members)} keys: {type(error).__name__} {error}", "bad_tar")
-    samples, file_size = [], os.path.getsize(path)
+    samples = []
     for key, fields in members.items():
         skips.count_seen()
         image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
@@ -80,6 +85,18 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray
             (shard, image.offset, image.offset_data, image.size, caption[0].offset_data, caption[0].size, caption[1])
         )
     return np.array(samples, dtype=SAMPLE_FIELDS)
+
+
+def _unreadable_header(path: str, offset: int) -> str:
+    """Why tarfile stopped early at `offset` ('' at a proper end). Past the first member it ends quietly at a header it
+    cannot read (cut short or garbled), as at the zero blocks that end an archive; only the bytes there tell them
+    apart. A tar cut exactly between members has no end blocks and cannot be told from a whole one."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    if not block.strip(b"\0"):
+        return ""
+    return "tar header cut short" if len(block) < tarfile.BLOCKSIZE else "unreadable tar header"
 
 
 def host_samples(

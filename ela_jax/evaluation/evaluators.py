@@ -6,9 +6,7 @@ W/eval/<its output>; `scalars` picks what the metric log and TensorBoard plot.""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from typing import Protocol
 
@@ -115,9 +113,3 @@ def keyed_file(prefix: str, dataset: str, split: str = "test") -> str:
     datasets sit side by side instead of overwriting each other."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", dataset).strip("_")
     return f"{prefix}_{slug}.json" if split == "test" else f"{prefix}_{slug}_{split}.json"
-
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)

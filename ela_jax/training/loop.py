@@ -18,8 +18,8 @@ from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluators
-from ela_jax.evaluation.evaluators import write_json
 from ela_jax.experiment import Experiment
+from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
@@ -129,7 +129,11 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
     """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
-    differing = [] if resumed_step is None else restarts.workdir_config_differences(workdir, config)
+    try:
+        differing = [] if resumed_step is None else restarts.workdir_config_differences(workdir, config)
+    except ValueError as error:  # an empty or damaged record cannot be compared; the checkpoints still resume
+        log.warning("%s/config.json is unreadable (%s); it is rewritten from this run's config", workdir, error)
+        return
     if not differing:
         return
     listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
@@ -147,13 +151,14 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
 
 
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
-    """The state to start from and its step, in this order: the workdir's newest complete checkpoint (a preempted
-    or killed run continues), `config.resume` (another run's checkpoint: state and data position), the pretrained
-    towers of `config.init.*`, or a fresh initialisation."""
-    step = checkpointer.latest_step()
-    if step is not None:
-        log.warning("resuming from checkpoint step %d in %s", step, checkpointer.directory)
-        return checkpointer.restore(step, factory.abstract_with_shardings(), data_iterator), step
+    """The state to start from and its step, in this order: the workdir's newest checkpoint that restores (a
+    preempted or killed run continues; newer unreadable ones are set aside, see Checkpointer.restore_newest),
+    `config.resume` (another run's checkpoint: state and data position), the pretrained towers of `config.init.*`,
+    or a fresh initialisation."""
+    restored = checkpointer.restore_newest(factory.abstract_with_shardings(), data_iterator)
+    if restored is not None:
+        log.warning("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
+        return restored
     if config.resume:
         directory, step = locate(config.resume)
         source = Checkpointer(directory, keep=1, create=False)
@@ -216,8 +221,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
@@ -256,6 +260,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
+            checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
             window_steps += 1
             progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
