@@ -9,7 +9,7 @@ import tempfile
 
 from configs import mesh_presets
 from ela_jax import aot
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 # No model dimension of the tiny config is 24, so a [24, 24] collective can only be a batch-by-batch matrix.
 BATCH = 24

@@ -10,11 +10,12 @@ import sys
 
 import numpy as np
 
+from ela_jax import config as config_lib
+from ela_jax.models.ela import ELAModel
+
 
 def make_tiny_config(**overrides):
     """ELA with every switch of the demo on a small world and a tiny model; `overrides` are dotted keys."""
-    from ela_jax import config as config_lib
-
     config = config_lib.base_config()
     config.total_steps = 20
     config.batch_size = 32
@@ -117,3 +118,30 @@ def read_events(workdir: str) -> list:
             events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
             offset += 12 + length + 4
     return events
+
+
+def tiny_model(vocab_multiple: int = 1, chunk: int = 0, tied: bool = True):
+    """A one-layer ELA model over 50 words and 16-pixel images, for shape and padding checks."""
+    model_config = config_lib.model_config(
+        image_size=16,
+        patch_size=4,
+        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+        max_length=8,
+        embed_dim=16,
+        token_dim=8,
+    )
+    model_config.vocab_size = 50
+    model_config.vocab_multiple = vocab_multiple
+    model_config.lexicon.chunk = chunk
+    model_config.lexicon.tie_text_decoder = tied
+    return ELAModel(model_config)
+
+
+def model_inputs():
+    """Two images, two captions (5 and 8 real tokens) for `tiny_model`."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+    tokens = rng.integers(0, 50, (2, 8)).astype(np.int32)
+    mask = np.arange(8)[None, :] < np.array([[5], [8]])
+    return images, tokens, mask

@@ -18,7 +18,7 @@ import pytest
 from ela_jax.errors import ConfigError
 from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel
-from tests.test_scale import model_inputs, tiny_model
+from tests.helpers import model_inputs, tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = [("argmax", 0), ("argmax", 8), ("pallas", 0)]  # chunk 8 does not divide 37 words: padded chunks

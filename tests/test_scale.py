@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ela_jax.models import lexicon
+from tests.helpers import model_inputs, tiny_model
 
 POOLS = ("max", "mean", "logsumexp")
 
@@ -67,34 +68,6 @@ def test_chunked_pooling_never_holds_the_dense_logits():
     dense_logits_bytes = batch * tokens * vocab * 4
     assert temp_bytes(0) >= dense_logits_bytes
     assert temp_bytes(128) < dense_logits_bytes / 8
-
-
-def tiny_model(vocab_multiple: int = 1, chunk: int = 0, tied: bool = True):
-    from ela_jax import config as config_lib
-    from ela_jax.models.ela import ELAModel
-
-    model_config = config_lib.model_config(
-        image_size=16,
-        patch_size=4,
-        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        max_length=8,
-        embed_dim=16,
-        token_dim=8,
-    )
-    model_config.vocab_size = 50
-    model_config.vocab_multiple = vocab_multiple
-    model_config.lexicon.chunk = chunk
-    model_config.lexicon.tie_text_decoder = tied
-    return ELAModel(model_config)
-
-
-def model_inputs():
-    rng = np.random.default_rng(3)
-    images = rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
-    tokens = rng.integers(0, 50, (2, 8)).astype(np.int32)
-    mask = np.arange(8)[None, :] < np.array([[5], [8]])
-    return images, tokens, mask
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
