@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel, max_log_scale
 
 PRESETS = {"tiny": config_lib.tiny_model, "ela_b16": config_lib.b16_model, "ela_l14": config_lib.l14_model}
@@ -128,6 +129,37 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     assert image_out["hidden"].dtype == jnp.bfloat16
     for output in (image_out, text_out):
         assert output["vocab_logits"].dtype == jnp.float32 and output["global"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_bfloat16_lexicon_logits_are_accumulated_in_float32(chunk):
+    """The head's bfloat16 features x bfloat16 decoder, summed in float32: equal to a float64 product of the same
+    bfloat16 inputs to float32 rounding, where a bfloat16 result would be off by about 2^-9 of each logit."""
+    width, vocab = 384, 100
+    head = lexicon.LexiconHead(
+        width=width,
+        vocab_size=vocab,
+        padded_vocab_size=vocab,
+        layer_norm_eps=1e-12,
+        gelu_approximate=False,
+        tied=False,
+        chunk=chunk,
+        dtype=jnp.bfloat16,
+    )
+    hidden = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, width)), jnp.float32)
+    variables = nn.unbox(head.init(jax.random.key(1), hidden))
+    variables["params"]["decoder_bias"] = jnp.linspace(-1.0, 1.0, vocab)
+    # Jitted as the head is: eager bfloat16 ops round the intermediate features differently.
+    features = jax.jit(lambda v, x: head.apply(v, x, method=lambda module, y: module._features(y)))(variables, hidden)
+    assert features.dtype == jnp.bfloat16
+    kernel = np.asarray(variables["params"]["decoder_kernel"].astype(jnp.bfloat16), np.float64)
+    expected = np.asarray(features, np.float64) @ kernel + np.asarray(variables["params"]["decoder_bias"])
+    logits = jax.jit(head.apply)(variables, hidden)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    mask = jnp.ones((2, 6), bool)
+    pooled = jax.jit(lambda v, x, m: head.apply(v, x, m, ("max",), method="pooled"))(variables, hidden, mask)
+    np.testing.assert_allclose(pooled["max"], expected.max(axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_logit_scale_is_exp_of_its_parameter_with_gradient_at_and_past_the_cap(tiny_model_and_params):

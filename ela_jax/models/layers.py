@@ -139,12 +139,14 @@ def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
     return jnp.concatenate([attend(*part) for part in parts])
 
 
-def token_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def token_matmul(x: jax.Array, kernel: jax.Array, preferred_element_type=None) -> jax.Array:
     """[..., in] x [in, out] as one 2-D matmul over all tokens. XLA:CPU differentiates a dot whose batch and length
     dimensions are both contracted in the weight gradient through transposes and copies; flattened, the weight
     gradient is one plain [in, tokens] x [tokens, out] matmul (issue 9: the demo MLP's forward + backward 91 -> 73 ms
-    on one core, PyTorch 78)."""
-    return (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+    on one core, PyTorch 78). `preferred_element_type` sets the accumulation and output dtype (float32 for logits
+    from bfloat16 inputs)."""
+    flat = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=preferred_element_type)
+    return flat.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 class TokenDense(nn.Module):

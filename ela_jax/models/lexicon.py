@@ -72,8 +72,9 @@ class LexiconHead(nn.Module):
     def __call__(self, hidden: jax.Array, tied_embedding: jax.Array | None = None) -> jax.Array:
         """hidden [batch, len, width] -> vocabulary logits [batch, len, vocab] in float32 (dense)."""
         kernel = self._kernel(tied_embedding)
-        logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype))
-        logits = logits.astype(jnp.float32) + self.decoder_bias
+        # Accumulated in float32: a bfloat16 sum over the width would round every logit (lexicon, ELA, MLM).
+        logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype), jnp.float32)
+        logits = logits + self.decoder_bias
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
         return logits[..., : self.vocab_size]
 
@@ -125,7 +126,7 @@ def pool_vocab_logits(
     """
 
     def pool_chunk(chunk_kernel: jax.Array, chunk_bias: jax.Array) -> tuple[jax.Array, ...]:
-        logits = layers.token_matmul(features, chunk_kernel).astype(jnp.float32) + chunk_bias
+        logits = layers.token_matmul(features, chunk_kernel, jnp.float32) + chunk_bias  # float32 sums, as __call__
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
         return tuple(pool_tokens(logits, token_mask, how) for how in pools)
 
