@@ -48,7 +48,7 @@ class Experiment:
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
         mesh = parallel.create_mesh(config.mesh)
-        return cls(config, workdir, tokenizer, ELAModel(config.model), mesh)
+        return cls(config, workdir, tokenizer, ELAModel(config.model, special_ids=tokenizer.special_ids), mesh)
 
     def encoder(self, params, batch_size: int) -> Encoder:
         """Batched encoding with these params on this experiment's mesh and axis rules."""

@@ -152,3 +152,17 @@ def test_the_ela_loss_builds_its_targets_in_the_configured_form(experiment, form
     ela = config.objective.ela
     targets = objectives.expanded_targets(bags, reps["expansion"], content, ela.beta, ela.tau_q, ela.top_k, form)
     np.testing.assert_allclose(loss, objectives.ela_soft_ce(reps["image_pooled"], targets, ela.tau_p), rtol=1e-6)
+
+
+def test_the_experiment_model_masks_the_tokenizer_special_tokens(experiment):
+    experiment, state = experiment
+    special = list(experiment.tokenizer.special_ids)
+    assert sorted(special) == sorted(
+        experiment.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    )
+    assert experiment.model.special_ids == experiment.tokenizer.special_ids
+    images = jax.device_get(batch(experiment))["images"]
+    encoded = jax.jit(lambda p, x: experiment.model.apply({"params": p}, x, method="encode_image"))(
+        state.params, images
+    )
+    np.testing.assert_array_equal(np.asarray(encoded["lexicon"])[:, special], 0.0)

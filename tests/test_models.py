@@ -109,6 +109,48 @@ def test_lexicon_vectors_max_pool_saturated_logits_over_real_tokens_only(tiny_mo
     np.testing.assert_allclose(image["lexicon"], np.log1p(np.maximum(patch_logits, 0).max(axis=1)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_special_tokens_are_in_no_lexicon_vector_and_no_vocabulary_logit(tiny_model_and_params, chunk):
+    """With the special ids' decoder bias pushed far up, they would top every lexicon vector; masked, their weights
+    are 0 and their logits (what the ELA losses and MLM read) carry no mass and no gradient."""
+    model, params = tiny_model_and_params
+    special = (0, 1, 2, 3, 4)
+    model_config = model.config.copy_and_resolve_references()
+    model_config.lexicon.chunk = chunk
+    masked_model = ELAModel(model_config, special_ids=special)
+    params = {
+        **params,
+        **{
+            head: {**params[head], "decoder_bias": params[head]["decoder_bias"].at[:5].set(50.0)}
+            for head in ("image_lexicon", "text_lexicon")
+        },
+    }
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 255, size=(2, 16, 16, 3)).astype(np.uint8)
+    tokens = rng.integers(0, 50, size=(2, 12)).astype(np.int32)
+    mask = np.ones((2, 12), bool)
+    image, text, _ = jax.jit(masked_model.apply)({"params": params}, images, tokens, mask)
+    pooled = jax.jit(
+        lambda p: masked_model.apply({"params": p}, images, patch_pool="mean", method=ELAModel.encode_image)
+    )(params)
+    for lexicon_vector in (image["lexicon"], text["lexicon"]):
+        np.testing.assert_array_equal(lexicon_vector[:, :5], 0.0)
+        assert np.all(np.asarray(lexicon_vector[:, 5:]).max(axis=1) > 0)
+    for logits in (image["vocab_logits"], text["vocab_logits"], pooled["pooled_vocab_logits"]):
+        np.testing.assert_array_equal(logits[..., :5], lexicon.MASKED_LOGIT)
+    unmasked_image, _, _ = jax.jit(model.apply)({"params": params}, images, tokens, mask)
+    np.testing.assert_allclose(image["lexicon"][:, 5:], unmasked_image["lexicon"][:, 5:], rtol=1e-6)
+    assert np.all(np.asarray(unmasked_image["lexicon"][:, :5]) > 3.0), "the pushed-up special words would dominate"
+
+    def pooled_softmax_mass(p):
+        out = masked_model.apply({"params": p}, images, method=ELAModel.encode_image)
+        return jax.nn.softmax(out["pooled_vocab_logits"])[:, :5].sum()
+
+    mass, gradient = jax.jit(jax.value_and_grad(pooled_softmax_mass))(params)
+    assert float(mass) == 0.0
+    np.testing.assert_array_equal(gradient["image_lexicon"]["decoder_bias"][:5], 0.0)
+
+
 def test_global_embeddings_are_unit_vectors(tiny_model_and_params):
     model, params = tiny_model_and_params
     images = np.random.default_rng(2).integers(0, 255, size=(3, 16, 16, 3)).astype(np.uint8)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ela_jax.models import layers
 
 TOKEN_POOLS = ("max", "mean", "logsumexp")
+# The logit of a word kept out of the lexicon: saturates to 0, and has no mass in a softmax or BCE over the vocabulary
+# (finite, so a zero target times its log-probability stays 0).
+MASKED_LOGIT = -1e4
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -27,7 +31,8 @@ class LexiconHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder to the vocabulary (+ bias); the decoder may be tied to embeddings.
 
     Parameters cover `padded_vocab_size` words; every output is cut back to the real `vocab_size`, so padding words
-    never reach a loss, a lexicon vector or an exported weight.
+    never reach a loss, a lexicon vector or an exported weight. The `masked_ids` words (the tokenizer's special
+    tokens) get MASKED_LOGIT in every output: they are no word of any image or caption.
     """
 
     width: int
@@ -38,6 +43,7 @@ class LexiconHead(nn.Module):
     tied: bool
     chunk: int = 0  # vocabulary words per chunk in `pooled`; 0 computes the dense logits
     dtype: layers.Dtype = jnp.float32
+    masked_ids: tuple[int, ...] = ()
 
     def setup(self):
         self.transform = layers.TokenDense(
@@ -76,7 +82,7 @@ class LexiconHead(nn.Module):
         logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype), jnp.float32)
         logits = logits + self.decoder_bias
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
-        return logits[..., : self.vocab_size]
+        return mask_words(logits[..., : self.vocab_size], self.masked_ids)
 
     def pooled(
         self,
@@ -90,7 +96,16 @@ class LexiconHead(nn.Module):
         features = self._features(hidden)
         kernel = self._kernel(tied_embedding).astype(self.dtype)
         pooled = pool_vocab_logits(features, kernel, self.decoder_bias, token_mask, pools, self.chunk)
-        return {name: value[:, : self.vocab_size] for name, value in pooled.items()}
+        return {name: mask_words(value[:, : self.vocab_size], self.masked_ids) for name, value in pooled.items()}
+
+
+def mask_words(logits: jax.Array, word_ids: tuple[int, ...]) -> jax.Array:
+    """logits [..., vocab] with the columns of word_ids set to MASKED_LOGIT (no gradient reaches them)."""
+    if not word_ids:
+        return logits
+    masked = np.zeros(logits.shape[-1], bool)
+    masked[list(word_ids)] = True
+    return jnp.where(masked, MASKED_LOGIT, logits)
 
 
 def pool_tokens(logits: jax.Array, token_mask: jax.Array, how: str) -> jax.Array:
