@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-unit test-all lint clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The fast inner loop: everything `make test` runs except tests that train, spawn processes or convert real checkpoints.
+test-unit: setup
+	$(PY) -m pytest -q -m "not slow and not integration" tests
 
 # Also the checks marked slow (each has a faster twin in the default run).
 test-all: setup

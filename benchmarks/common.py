@@ -22,7 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 sys.path.insert(0, REPO)  # `configs` is importable from a checkout without installing
 
-import ela_jax  # noqa: E402  (its host-allocator settings must precede XLA:CPU's threads: ela_jax.host_allocator)
+import ela_jax  # noqa: E402
+from ela_jax import host_allocator  # noqa: E402
+
+host_allocator.configure()  # before XLA:CPU's threads start (ela_jax.host_allocator), as the JAX modules do
 
 BERT_VOCAB_SIZE = 30522
 MAX_DISTINCT_PAIRS = 512
@@ -108,8 +111,8 @@ def shrink_for_smoke(config):
 
 
 class JaxStep:
-    """The training loop's step (`make_train_step`, jitted with the same shardings and donation as
-    `ela_jax/training/loop.py`), its state, and batches of embedded-world pairs tokenised by the config's tokenizer."""
+    """The training loop's own jitted step (`Experiment.train_step`), its state, and batches of embedded-world pairs
+    tokenised by the config's tokenizer."""
 
     def __init__(self, config, workdir: str | None = None):
         import flax.linen as nn
@@ -117,23 +120,14 @@ class JaxStep:
 
         from ela_jax import parallel
         from ela_jax.experiment import Experiment
-        from ela_jax.training.step import Vocabulary, make_train_step
 
         self.workdir = workdir or tempfile.mkdtemp(prefix="ela_bench_")
         self.experiment = Experiment.build(config, self.workdir)
-        self.config = config
-        mesh = self.experiment.mesh
-        optimizer, schedule = self.experiment.optimizer()
-        factory = self.experiment.state_factory()
-        self.factory = factory
-        self.vocabulary = Vocabulary.from_tokenizer(self.experiment.tokenizer, config.objective.ela.stopwords)
-        self.jitted = jax.jit(
-            make_train_step(self.experiment.model, optimizer, schedule, config, self.vocabulary, mesh),
-            in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-            out_shardings=(factory.shardings, parallel.replicated(mesh)),
-            donate_argnums=(0,),
-        )
-        self.state = factory.create(config.seed)
+        self.config = config = self.experiment.config
+        self.factory = self.experiment.state_factory()
+        self.vocabulary = self.experiment.vocabulary()
+        self.jitted = self.experiment.train_step(self.factory)
+        self.state = self.factory.create(config.seed)
         self._rules = parallel.logical_rules(config.mesh)
         self._nn, self._jax, self._parallel = nn, jax, parallel
 

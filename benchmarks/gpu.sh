@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 9 in one go (under 7 minutes on one H100; installs nothing):
+# Every GPU measurement in one go (a few minutes on one H100; installs nothing):
 #   1. ViT-B/16 + BERT-base ELA train step in bfloat16 (|V| = 30522, configs/ela_b16.py's objective) at every batch
 #      from 256 doubling until a step runs out of memory: pairs/s, achieved FLOP/s and MFU against the card's measured
 #      bf16 matmul rate (8192^3 jnp.dot in the same run); the JSON is rewritten after each batch, so the time limit

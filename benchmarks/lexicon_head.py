@@ -20,7 +20,7 @@ import numpy as np
 
 from ela_jax.models import lexicon
 
-TARGET_MEMORY_RATIO = 8.0  # issue 5: chunked at least 8x below dense at batch 64, 196 patches, |V| = 30522
+TARGET_MEMORY_RATIO = 8.0  # target: chunked at least 8x below dense at batch 64, 196 patches, |V| = 30522
 
 
 def head_gradient(chunk: int):

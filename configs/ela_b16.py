@@ -1,8 +1,8 @@
 """ELA at ViT-B/16 + BERT-base (|V| = 30522 bert-base-uncased WordPieces): pre-training on image-text shards
 (WebDataset / img2dataset, e.g. CC3M or CC12M), evaluated on the MSCOCO 5K Karpathy test split.
 
-Sized for accelerators (see README "Scaling out"; 32k global batch as in CLIP-style pre-training is reached with
-`train.microbatches` when it does not fit). The objective is the one the embedded-world ablation (README "Ablation")
+Sized for accelerators (see launch/README.md; 32k global batch as in CLIP-style pre-training is reached with
+`train.microbatches` when it does not fit). The objective is the one the embedded-world ablation (configs/README.md)
 supports: lexicon-patch alignment in its in-batch contrastive form on the caption's words (beta = 0). The paper's
 expansion stays one switch away (below); the world cannot show whether it pays on real captions.
 
@@ -12,11 +12,16 @@ Run:
     [--config.init.text_tower=/models/bert-base-uncased]
 """
 
-from ela_jax import config as common
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import mesh_presets  # noqa: E402
+from ela_jax import config as common  # noqa: E402
 
 
 def get_config(arg: str | None = None):
-    """`arg`: mesh presets to overlay, e.g. `configs/ela_b16.py:fsdp_tp` (see ela_jax.config.MESH_PRESETS)."""
+    """`arg`: mesh presets to overlay, e.g. `configs/ela_b16.py:fsdp_tp` (see configs/mesh_presets.py)."""
     config = common.base_config()
     config.total_steps = 100_000
     config.batch_size = 4096
@@ -34,7 +39,7 @@ def get_config(arg: str | None = None):
     config.model.dtype = "bfloat16"  # compute; parameters, logits and losses stay float32
     config.model.global_pool = "cls"  # right for pretrained towers (init.text_tower / init.image_tower)
     config.model.vocab_multiple = 128  # 30522 -> 30592: divisible by any tensor-parallel size up to 128
-    config.model.lexicon.chunk = 2048  # never hold [batch, 196 patches, 30592] logits (README "Scaling out")
+    config.model.lexicon.chunk = 2048  # never hold [batch, 196 patches, 30592] logits (launch/README.md)
     config.model.remat = True
     config.model.remat_policy = "dots_no_batch"
     config.model.scan_layers = True
@@ -64,4 +69,4 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 50
     config.eval.every_steps = 5_000
     config.eval.batch_size = 1_000
-    return common.apply_overlays(config, arg)
+    return mesh_presets.apply_overlays(config, arg)

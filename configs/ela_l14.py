@@ -8,7 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import ela_b16  # noqa: E402
+from configs import ela_b16, mesh_presets  # noqa: E402
 from ela_jax import config as common  # noqa: E402
 
 
@@ -19,4 +19,4 @@ def get_config(arg: str | None = None):
         model[key] = config.model[key]
     model.lexicon.chunk = config.model.lexicon.chunk
     config.model = model
-    return common.apply_overlays(config, arg)
+    return mesh_presets.apply_overlays(config, arg)

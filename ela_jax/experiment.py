@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -11,7 +13,9 @@ import ml_collections
 from jax.sharding import Mesh
 
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax import parallel
+from ela_jax.paths import require_local
 from ela_jax.convert import from_pytorch
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.data import tokenizer as tokenizer_lib
@@ -20,6 +24,9 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.state import StateFactory
+from ela_jax.training.step import Vocabulary, jit_train_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -32,10 +39,13 @@ class Experiment:
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
-        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
-        config_lib.validate(config, jax.device_count(), jax.process_count())
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size and pretrained
+        towers' architectures into a copy: the experiment's config is `experiment.config`, the caller's is untouched."""
+        require_local(workdir, "the workdir")
+        validation.validate(config, jax.device_count(), jax.process_count())
+        config = copy.deepcopy(config)
         os.makedirs(workdir, exist_ok=True)
-        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
             config.model.vocab_size = tokenizer.vocab_size
@@ -47,8 +57,9 @@ class Experiment:
         check_vocab_sharding(config)
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
-        mesh = parallel.create_mesh(config.mesh)
-        return cls(config, workdir, tokenizer, ELAModel(config.model, special_ids=tokenizer.special_ids), mesh)
+        mesh_shape = config_lib.resolve_mesh_shape(config.mesh, jax.device_count())
+        model = ELAModel(model_config_for_mesh(config.model, mesh_shape), special_ids=tokenizer.special_ids)
+        return cls(config, workdir, tokenizer, model, parallel.create_mesh(config.mesh))
 
     def encoder(self, params, batch_size: int) -> Encoder:
         """Batched encoding with these params on this experiment's mesh and axis rules."""
@@ -60,6 +71,16 @@ class Experiment:
     def state_factory(self) -> StateFactory:
         words = [self.tokenizer.id_to_token(i) for i in range(self.tokenizer.vocab_size)]
         return StateFactory(self.model, self.optimizer()[0], self.config, self.mesh, words)
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_tokenizer(self.tokenizer, self.config.objective.ela.stopwords)
+
+    def train_step(self, factory: StateFactory, donate: bool = True):
+        """The jitted, sharded train step on this experiment's mesh (see `training.step.jit_train_step`)."""
+        optimizer, schedule = self.optimizer()
+        return jit_train_step(
+            self.model, optimizer, schedule, self.config, self.vocabulary(), self.mesh, factory.shardings, donate
+        )
 
     def checkpointer(self) -> Checkpointer:
         return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)
@@ -75,6 +96,26 @@ class Experiment:
         return state
 
 
+def model_config_for_mesh(model_config: ml_collections.ConfigDict, mesh_shape) -> ml_collections.ConfigDict:
+    """`config.model` as it runs on a (data, fsdp, tensor) mesh: attention slices of a batch that is split over
+    devices (presets, hand-set mesh sizes or several processes alike) would live on different devices and be
+    resharded, so `attention_batch_splits`, a single-device CPU knob, is switched off there. A copy: the caller's
+    config keeps what it asked for."""
+    batch_parallel = mesh_shape[0] * mesh_shape[1]
+    splits = model_config.attention_batch_splits
+    if batch_parallel == 1 or splits == 1:
+        return model_config
+    log.warning(
+        "model.attention_batch_splits=%d switched off: the batch is split over %d devices (mesh data x fsdp), where "
+        "slicing attention only adds resharding",
+        splits,
+        batch_parallel,
+    )
+    effective = model_config.copy_and_resolve_references()
+    effective.attention_batch_splits = 1
+    return effective
+
+
 def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:
     """The vocabulary axis shards over `mesh.tensor`: its padded size must divide evenly."""
     tensor = config_lib.resolve_mesh_shape(config.mesh, jax.device_count())[2]
@@ -88,7 +129,7 @@ def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a training run wrote to `workdir/config.json`, locked like a config file's."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(require_local(workdir, "the workdir"), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist; is {workdir!r} a training workdir?")
     with open(path) as f:

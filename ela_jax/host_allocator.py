@@ -1,28 +1,24 @@
 """glibc malloc settings that stop XLA:CPU from page-faulting its whole working set on every step.
 
-XLA:CPU allocates each execution's temporary buffer (one block: about 105 MiB for one demo ViT block's forward +
-backward, more for a train step) with `posix_memalign` from its worker threads and frees it when the step ends.
+XLA:CPU allocates each execution's temporary buffer (one block, often larger than 64 MiB for a train step) with `posix_memalign` from its worker threads and frees it when the step ends.
 glibc serves a worker thread from a per-thread arena, and an arena cannot hold a block over 64 MiB
-(HEAP_MAX_SIZE), so every step maps the block fresh and unmaps it again: ~27,000 minor page faults per block call
-and a 109 MiB `munmap`, measured with `strace` and `getrusage` on this project's 2-core CPU (issue 9). One arena
-(the main, brk-grown heap), no mmap for large blocks and no trimming of the heap's free top keep the block
-resident across steps: the same block call then faults ~30 times and runs about a quarter faster on one core, and
-the demo train step about a fifth faster (README "Performance").
+(HEAP_MAX_SIZE), so every step maps the block fresh, page-faults it in and unmaps it again. One arena (the main,
+brk-grown heap), no mmap for large blocks and no trimming of the heap's free top keep the block resident across
+steps (measurements: benchmarks/README.md).
 
 The cost is that freed host memory stays in the process for reuse rather than returning to the OS (a caching
 allocator, as PyTorch's and tcmalloc's are), and all threads share one arena's lock. Compiling leaves hundreds of
 MiB of freed LLVM memory behind, so the training loop calls `release_free_memory` after its first step and after
 each evaluation. The kept heap can still grow by a step's buffer when its free space is fragmented or two steps'
-buffers overlap (one run of the demo step jumped by ~420 MiB at steps 5 and 6 and then held steady, another did not
-grow), so peak RSS can exceed glibc's defaults by about one step's buffers (demo, two cores: 1,691 against 979
-MiB). `auto` applies the settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is installed, or
+buffers overlap, so peak RSS can exceed glibc's defaults by about one step's buffers. `auto` applies the settings only where XLA:CPU is the compute backend: no GPU/TPU plugin is installed, or
 `JAX_PLATFORMS=cpu`. On accelerator hosts, use tcmalloc if host allocation shows up in a profile
 (MaxText's TPU setup preloads it).
 
 The settings must be in place before JAX's CPU client starts its threads (a thread keeps the arena it first
-allocated from), so `import ela_jax` applies them; importing ela_jax after JAX has run a computation leaves
-XLA:CPU's threads on their own arenas (and the step as slow as before). `ELA_JAX_HOST_MALLOC`: `auto`
-(default), `on`, `off`.
+allocated from), so the JAX side of the package (ela_jax.parallel, ela_jax.models, ela_jax.objectives) applies them
+when imported; `import ela_jax` and `import ela_jax.torch_model` alone change nothing (a PyTorch process keeps its
+own malloc). Importing them after JAX has run a computation leaves XLA:CPU's threads on their own arenas (and the
+step as slow as before). `ELA_JAX_HOST_MALLOC`: `auto` (default), `on`, `off`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from ml_collections import config_flags
 from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.cli import quiet_libraries
+from ela_jax.training.workdir_lock import WorkdirBusy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; training resumes from its latest checkpoint.")
@@ -38,6 +39,8 @@ def main(argv) -> None:
         sys.exit(f"config error: {error}")
     except loop.TrainingDiverged as error:
         sys.exit(f"training stopped: {error}")
+    except WorkdirBusy as error:
+        sys.exit(f"workdir busy: {error}")
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
         return

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import objectives, parallel
 from ela_jax.experiment import Experiment
 from ela_jax.training import step as step_lib
 from ela_jax.training.contrastive import Contrastive
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 BATCH = 16
 MESHES = {"single": ("", {}), "data_fsdp_tp": ("fsdp_tp", {"mesh.data": 2})}  # name: (overlay, more keys)
@@ -48,28 +49,22 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
         }
     )
     overlay, keys = MESHES.get(preset, (preset, {}))
-    config_lib.apply_overlays(config, overlay)
+    mesh_presets.apply_overlays(config, overlay)
     for key, value in keys.items():
         config_lib.set_dotted(config, key, value)
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
-    optimizer, schedule = experiment.optimizer()
+    config = experiment.config
     factory = experiment.state_factory()
     state = factory.create(config.seed)
-    vocabulary = step_lib.Vocabulary.from_tokenizer(experiment.tokenizer, True)
-    train_step = step_lib.make_train_step(experiment.model, optimizer, schedule, config, vocabulary, experiment.mesh)
-    step_fn = jax.jit(
-        train_step,
-        in_shardings=(factory.shardings, parallel.batch_sharding(experiment.mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(experiment.mesh)),
-    )
-    objective = step_lib.ObjectiveBuilder(experiment.model, config, vocabulary, experiment.mesh)
+    objective = step_lib.ObjectiveBuilder(experiment.model, config, experiment.vocabulary(), experiment.mesh)
     first = parallel.host_batch_to_global(next(fixed_batches(experiment.tokenizer.vocab_size, 1)), experiment.mesh)
     with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):
         grads = jax.jit(jax.grad(lambda p: objective(p, state.teacher, first, state.step, jax.random.key(0))[0]))(
             state.params
         )
     log_scale_gradients = {name: float(grads[name]) for name in ("global_log_scale", "fine_log_scale")}
+    step_fn = experiment.train_step(factory)
     history = []
     for batch in fixed_batches(experiment.tokenizer.vocab_size, steps):
         with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):
@@ -112,7 +107,7 @@ def contrastive_gaps(mesh) -> dict[str, float]:
 def main(preset: str, workdir: str, steps: int) -> None:
     result = {"devices": jax.device_count(), **train_losses(preset, workdir, steps)}
     if jax.device_count() > 1:
-        mesh = parallel.create_mesh(config_lib.apply_overlays(config_lib.base_config(), "dp").mesh)
+        mesh = parallel.create_mesh(mesh_presets.apply_overlays(config_lib.base_config(), "dp").mesh)
         result["contrastive_gaps"] = contrastive_gaps(mesh)
     print(json.dumps(result))
 

@@ -11,8 +11,7 @@ from jax._src import dispatch
 from ela_jax import parallel
 from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment
-from ela_jax.training.step import Vocabulary, make_train_step
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 class CompileCounter:
@@ -40,19 +39,13 @@ class CompileCounter:
 
 @pytest.fixture(scope="module")
 def jitted_step(tmp_path_factory):
-    """The train step jitted as `ela_jax/training/loop.py` does, a state factory, and batches from the real pipeline."""
+    """The train step the loop runs (`Experiment.train_step`), a state factory, and batches from the real pipeline."""
     config = make_tiny_config(**{"batch_size": 16})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
-    optimizer, schedule = experiment.optimizer()
+    config = experiment.config
     factory = experiment.state_factory()
-    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
     mesh = experiment.mesh
-    train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
-        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.train_step(factory)
     stream = iter(pipeline.train_dataset(config, experiment.tokenizer, 0, 1))
     host_batches = [next(stream) for _ in range(4)]
     return train_step, factory, host_batches, mesh, parallel.logical_rules(config.mesh)

@@ -7,16 +7,18 @@ import subprocess
 
 import pytest
 
+from configs import mesh_presets
 from ela_jax import config as config_lib
+from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
-from tests.conftest import train_command
+from tests.helpers import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def validation_error(config, num_devices: int = 1) -> str:
     with pytest.raises(config_lib.ConfigError) as error:
-        config_lib.validate(config, num_devices)
+        validation.validate(config, num_devices)
     message = str(error.value)
     assert "\n" not in message
     return message
@@ -73,7 +75,7 @@ def test_expansion_from_a_text_head_that_nothing_trains_is_refused(tiny_config, 
     assert "nothing trains the text lexicon head" in message and "set objective.mlm_weight > 0" in message
     assert "init.text_tower" not in message, "an initialised head that nothing trains is no way out"
     # The same config validates with MLM training the head.
-    config_lib.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
+    validation.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
 
 
 def test_expansion_from_a_frozen_copy_of_a_random_text_side_is_refused(tiny_config):
@@ -90,7 +92,7 @@ def test_untrained_expansion_sources_are_accepted_when_nothing_expands(tiny_conf
     for source in ("online", "ema", "frozen", "pretrained"):
         for overrides in ({"objective.ela.beta": 0.0}, {"objective.ela.loss": "lexlip_cosine"}):
             config = tiny_config(**{"objective.mlm_weight": 0.0, "objective.ela.target_source": source, **overrides})
-            config_lib.validate(config, 1)
+            validation.validate(config, 1)
 
 
 def test_target_form_is_a_choice_defaulting_to_softmax(tiny_config):
@@ -104,10 +106,20 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
         Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
 
 
+def test_building_an_experiment_leaves_the_callers_config_untouched(tiny_config, tmp_path):
+    config = tiny_config()
+    before = config.to_json_best_effort()
+    experiment = Experiment.build(config, str(tmp_path))
+    assert config.to_json_best_effort() == before
+    assert config.model.vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER
+    assert experiment.config.model.vocab_size == experiment.tokenizer.vocab_size
+
+
 def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     result = run_training_cli(tmp_path, "--config.objective.no_such_key=1")
     assert result.returncode != 0
@@ -115,6 +127,7 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0
@@ -129,18 +142,40 @@ def test_written_config_round_trips(tiny_config, tmp_path):
 
 
 def test_mesh_presets_are_overlays_and_unknown_ones_are_named():
-    config = config_lib.apply_overlays(config_lib.base_config(), "fsdp_tp")
+    config = mesh_presets.apply_overlays(config_lib.base_config(), "fsdp_tp")
     assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.model.vocab_multiple) == (1, -1, 2, 128)
     with pytest.raises(config_lib.ConfigError, match="unknown config overlay 'zero3'.*fsdp_tp"):
-        config_lib.apply_overlays(config_lib.base_config(), "zero3")
+        mesh_presets.apply_overlays(config_lib.base_config(), "zero3")
 
 
-@pytest.mark.parametrize("preset", sorted(config_lib.MESH_PRESETS))
+@pytest.mark.parametrize("preset", sorted(mesh_presets.MESH_PRESETS))
 def test_mesh_presets_compute_attention_over_the_whole_batch(preset):
     from configs import demo
 
     assert demo.get_config().model.attention_batch_splits > 1  # the CPU demo slices it
-    assert config_lib.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+    assert mesh_presets.apply_overlays(demo.get_config(), preset).model.attention_batch_splits == 1
+
+
+@pytest.mark.parametrize(
+    "mesh, devices, effective",
+    [
+        ({"mesh.data": -1}, 1, 8),  # one device: the CPU knob pays
+        ({"mesh.data": -1}, 2, 1),  # the default mesh on two devices or processes (launch.local --processes 2)
+        ({"mesh.data": 1, "mesh.fsdp": 2}, 2, 1),  # a hand-set FSDP mesh
+        ({"mesh.data": 1, "mesh.tensor": 2}, 2, 8),  # tensor parallelism alone leaves the batch whole
+    ],
+)
+def test_attention_batch_splits_switch_off_on_a_batch_sharded_mesh(tiny_config, monkeypatch, tmp_path, caplog, mesh,
+                                                                    devices, effective):  # fmt: skip
+    from ela_jax import experiment
+
+    monkeypatch.setattr(experiment.jax, "device_count", lambda: devices)
+    monkeypatch.setattr(experiment.parallel, "create_mesh", lambda mesh_config: None)  # this process has one device
+    config = tiny_config(**mesh, **{"model.attention_batch_splits": 8, "model.vocab_multiple": 128})
+    built = experiment.Experiment.build(config, str(tmp_path))
+    assert built.model.config.attention_batch_splits == effective
+    assert config.model.attention_batch_splits == 8  # the caller's config (and config.json) keep what was asked
+    assert ("attention_batch_splits=8 switched off" in caplog.text) == (effective == 1)
 
 
 def test_a_vocabulary_that_does_not_split_over_tensor_asks_for_padding(tiny_config, monkeypatch):
@@ -162,5 +197,5 @@ def test_accelerator_configs_validate_on_a_pod_sized_mesh(name):
 
     config = importlib.import_module(f"configs.{name}").get_config("fsdp")
     config.data.update(name="world", eval_name="", manual_dir="")
-    config_lib.validate(config, num_devices=256)
+    validation.validate(config, num_devices=256)
     assert config.model.image.image_size == config.data.image_size == 224

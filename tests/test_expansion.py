@@ -13,7 +13,7 @@ from ela_jax.experiment import Experiment
 from ela_jax.models.ela import max_log_scale
 from ela_jax.training.state import teacher_params
 from ela_jax.training.step import ObjectiveBuilder, Vocabulary, make_train_step, text_token_mask
-from tests.conftest import make_tiny_config, set_keys
+from tests.helpers import make_tiny_config, set_keys
 
 pytestmark = pytest.mark.integration  # compiles and runs real train steps
 

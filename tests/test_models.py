@@ -220,7 +220,7 @@ def test_logit_scale_is_exp_of_its_parameter_with_gradient_at_and_past_the_cap(t
         np.testing.assert_allclose(jax.grad(global_scale)(jnp.asarray(log_scale)), np.exp(log_scale), rtol=1e-6)
 
 
-# --- issue 9's faster layers compute what the library layers they replace compute (same parameters, same values)
+# --- the CPU-tuned layers compute what the library layers they replace compute (same parameters, same values)
 
 
 def _reference_attention(params, x, key_mask, num_heads):
@@ -272,7 +272,7 @@ def test_attention_in_batch_slices_computes_the_same_values_and_gradients(batch_
 
 
 def test_attention_projection_init_matches_dense_general():
-    """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where they started before issue 9."""
+    """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where the library layers start."""
     from ela_jax.models import layers
 
     x = jnp.ones((1, 2, 24))

@@ -19,8 +19,9 @@ from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
-from ela_jax.training.step import Vocabulary, make_train_step
-from tests.conftest import make_tiny_config, train_command
+from tests.helpers import make_tiny_config, train_command
+
+pytestmark = pytest.mark.integration  # every test trains or spawns processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,13 +29,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_a_non_finite_step_is_skipped_and_training_goes_on(tiny_config, tmp_path):
     config = tiny_config(batch_size=8)
     experiment = Experiment.build(config, str(tmp_path))
-    optimizer, schedule = experiment.optimizer()
-    state = experiment.state_factory().create(0)
-    step = jax.jit(
-        make_train_step(
-            experiment.model, optimizer, schedule, config, Vocabulary.from_tokenizer(experiment.tokenizer, True)
-        )
-    )
+    factory = experiment.state_factory()
+    state = factory.create(0)
+    step = experiment.train_step(factory)
     rng = np.random.default_rng(0)
     good = {
         "images": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
@@ -78,9 +75,11 @@ SHORT_RUN = (
 )
 
 
-def run_to_completion(command: list[str], env: dict) -> None:
+def run_to_completion(command: list[str], env: dict) -> str:
+    """The run's stderr (a pipe, as a cluster's log file)."""
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 def short_run(workdir: str) -> list[str]:
@@ -91,8 +90,24 @@ def short_run(workdir: str) -> list[str]:
 def full_short_run(tmp_path_factory):
     """The uninterrupted CLI run that the SIGTERM and SIGKILL tests compare against."""
     full = str(tmp_path_factory.mktemp("full"))
-    run_to_completion(short_run(full), {**os.environ, "JAX_PLATFORMS": "cpu"})
+    FULL_RUN_STDERR.append(run_to_completion(short_run(full), {**os.environ, "JAX_PLATFORMS": "cpu"}))
     return full
+
+
+FULL_RUN_STDERR = []
+
+
+def test_a_log_file_reads_plain_progress_and_phase_lines(full_short_run):
+    stderr = FULL_RUN_STDERR[0]
+    assert "\r" not in stderr
+    for phase in ("preparing data", "compiling the train step", "checkpoint saved: step 8", "evaluating at step 24"):
+        assert f"[ela_jax] {phase}" in stderr, phase
+    assert (
+        f"[ela_jax] done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {full_short_run}"
+        in stderr
+    )
+    steps = [line.split()[2] for line in stderr.splitlines() if line.startswith("[ela_jax] step ")]
+    assert steps == [f"{step}/24" for step in range(1, 25)]  # log.every_steps=1, with log.progress=False too
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(full_short_run, tmp_path):

@@ -3,12 +3,11 @@ tokenised, batched) and the evaluation set (every image with all of its captions
 
 from __future__ import annotations
 
-import dataclasses
-
 import grain
 import numpy as np
 
-from ela_jax.data import world_tfds
+from ela_jax.data import real_pipeline, sources, world_tfds
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch, warn_on_unfit_data
 from ela_jax.data.tokenizer import Tokenizer
 
 
@@ -26,6 +25,12 @@ def eval_source(data_config) -> tuple[str, str]:
     return data_config.name, data_config.manual_dir
 
 
+def has_test_split(data_config) -> bool:
+    """Whether the evaluation source has a test split: a folder source's test.jsonl / test.csv is optional."""
+    name, manual_dir = eval_source(data_config)
+    return name == "world" or not sources.missing_entries(name, manual_dir, "test")
+
+
 def _decode(caption) -> str:
     return caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else str(caption)
 
@@ -38,15 +43,6 @@ class PickCaption(grain.transforms.RandomMap):
         return {"image": element["image"], "caption": _decode(captions[rng.integers(len(captions))])}
 
 
-@dataclasses.dataclass
-class TokeniseBatch(grain.transforms.Map):
-    tokenizer: Tokenizer
-
-    def map(self, batch: dict) -> dict:
-        token_ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]])
-        return {"images": batch["image"], "token_ids": token_ids, "mask": mask}
-
-
 def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_count: int) -> grain.IterDataset:
     """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}.
 
@@ -55,13 +51,13 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     the number of hosts. Real sources (`real_pipeline`) shard records per host instead.
     """
     if config.data.name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
+    sample = [_decode(source[i]["captions"][0]) for i in range(min(64, len(source)))]
+    warn_on_unfit_data(tokenizer, sample, len(source), config)
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
-    # node keeps the stream (and the results measured with it) what it was when hosts read strided shards here.
+    # node keeps the stream identical to the one every recorded result was trained on.
     dataset = dataset[:]
     dataset = dataset.shuffle().repeat()  # reshuffled every epoch, deterministically
     dataset = dataset.random_map(PickCaption())
@@ -73,20 +69,9 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     )
 
 
-@dataclasses.dataclass
-class RetrievalSet:
-    """Images [N, H, W, 3] uint8 and all captions, with caption_image[c] the index of caption c's image."""
-
-    images: np.ndarray
-    captions: list[str]
-    caption_image: np.ndarray
-
-
 def retrieval_set(data_config, split: str = "test") -> RetrievalSet:
     name, manual_dir = eval_source(data_config)
     if name != "world":
-        from ela_jax.data import real_pipeline  # imports this module
-
         return real_pipeline.retrieval_set(name, manual_dir, data_config, split)
     source = data_source(data_config, split)
     images, captions, caption_image = [], [], []

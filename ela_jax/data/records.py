@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 
+from ela_jax.errors import TooManySkipsError
+
 log = logging.getLogger(__name__)
 
 # Captions are cut to this many characters before anything else touches them: 4096 characters hold far more than
@@ -26,10 +28,6 @@ WARN_FIRST_KEYS = 5
 # Karpathy split names -> ours; "restval" (the 30,504 COCO val2014 images outside val/test) joins train, as in every
 # paper that reports the 5K test set.
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
-
-
-class TooManySkipsError(RuntimeError):
-    """A source skipped more records than `data.max_skip_fraction` allows."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The data sources a config can name and the files each needs in its manual_dir (checked by config.validate, before
+"""The data sources a config can name and the files each needs in its manual_dir (checked by ela_jax.validation, before
 anything is prepared or compiled). Imports nothing heavy."""
 
 from __future__ import annotations
@@ -6,6 +6,9 @@ from __future__ import annotations
 import glob
 import os
 
+from ela_jax.errors import ConfigError, check_choice
+
+WORLDS = ("shapes", "scenes")  # data.world: the embedded world data.name="world" generates
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
@@ -40,8 +43,6 @@ def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
 
 def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
     """Raises ConfigError (one line) when `manual_dir` cannot serve `split` of source `name`."""
-    from ela_jax.config import ConfigError
-
     if not manual_dir:
         raise ConfigError(f"data source {name!r} needs {key}: the folder holding {CONTENTS[name]}")
     if not os.path.isdir(manual_dir):
@@ -67,3 +68,46 @@ def parse_mixture_entry(entry: str) -> tuple[str, str, float]:
     if value <= 0:
         raise ValueError(f"data.train entry {entry!r} needs a positive weight")
     return name, manual_dir, value
+
+
+def validate_section(data) -> None:
+    """Raises ConfigError when the `data` section names an unknown source, lacks its files or has an impossible value."""
+    check_choice(data.name, DATA_NAMES, "data.name")
+    check_choice(data.world, WORLDS, "data.world")
+    if data.name == "mixture":
+        _validate_mixture(data.train)
+    elif data.train:
+        raise ConfigError(
+            f"data.train lists sources, which only data.name='mixture' reads; got data.name={data.name!r}"
+        )
+    elif data.name != "world":
+        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "train")
+    if data.eval_name:
+        check_choice(data.eval_name, EVAL_NAMES, "data.eval_name")
+        if data.eval_name != "world":
+            check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
+    elif data.name in ("coco", "flickr30k"):  # evaluation reads the training source's test split (a folder's is
+        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")  # optional: then no evaluation)
+    elif data.name in ("webdataset", "mixture"):
+        raise ConfigError(
+            f"data.name={data.name} has no test split to evaluate on; set data.eval_name (coco, flickr30k, folder) "
+            "and data.eval_manual_dir"
+        )
+    if not 0.0 <= data.max_skip_fraction < 1.0:
+        raise ConfigError(f"data.max_skip_fraction must lie in [0, 1), got {data.max_skip_fraction}")
+    low, high = data.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {tuple(data.crop_scale)}")
+    if data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {data.num_workers}")
+
+
+def _validate_mixture(entries) -> None:
+    if not entries:
+        raise ConfigError("data.name='mixture' needs data.train entries 'name:manual_dir:weight'")
+    for entry in entries:
+        try:
+            name, manual_dir, _ = parse_mixture_entry(entry)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        check_manual_dir(name, manual_dir, f"data.train entry {entry!r}: manual_dir", "train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ela_jax.data.pipeline import RetrievalSet
+from ela_jax.data.batching import RetrievalSet
 from ela_jax.data.tokenizer import Tokenizer
 from ela_jax.evaluation import retrieval, scores, search
 from ela_jax.evaluation.encode import Encoder

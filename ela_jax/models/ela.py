@@ -166,3 +166,11 @@ class ELAModel(nn.Module):
             self.encode_text(token_ids, mask, with_token_logits=True),
             self.logit_scales(),
         )
+
+
+def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
+    """The image lexicon head starts as the text (MLM) head; a tied decoder becomes the image decoder kernel."""
+    image_head = dict(params["text_lexicon"])
+    if tie_text_decoder:
+        image_head["decoder_kernel"] = params["text_tower"]["word_embeddings"]["embedding"].T
+    return {**params, "image_lexicon": image_head}

@@ -33,7 +33,7 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
 
 def gelu(x: jax.Array, approximate: bool) -> jax.Array:
     """Exact GELU as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's formula): the same function as `nn.gelu`'s erfc form,
-    but XLA:CPU's erf is a short polynomial while erfc needs exp and branches (issue 9: about 5% of the ViT step)."""
+    but XLA:CPU's erf is a short polynomial while erfc needs exp and branches."""
     if approximate:
         return nn.gelu(x, approximate=True)
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
@@ -85,9 +85,8 @@ class HeadMerge(nn.Module):
 class MultiHeadAttention(nn.Module):
     """`batch_splits` > 1 computes the scores, softmax and weighted sum for that many slices of the batch as separate
     ops (same results). XLA:CPU runs such independent ops concurrently on the host's cores, while one batched
-    attention over small heads leaves the second core half idle (issue 9, 2 cores, 8 slices: the demo's attention
-    forward + backward 60.8 -> 55.0 ms, its whole train step 0.461 -> 0.428 s; level on one core). Keep 1 on
-    accelerators and on a batch-sharded mesh (the mesh presets do)."""
+    attention over small heads leaves the second core half idle. Keep 1 on accelerators and on a batch-sharded mesh
+    (the mesh presets do)."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -109,7 +108,7 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Query (pre-scaled by 1 / sqrt(head_dim)), key and value as one [tokens, embed] x [embed, 3 heads kv] matmul:
-        one wide dot runs faster on XLA:CPU than three narrow ones (issue 9), and scaling the query costs
+        one wide dot runs faster on XLA:CPU than three narrow ones, and scaling the query costs
         len x embed multiplies instead of len x len x heads on the scores."""
         params = [
             HeadProjection(self.num_heads, head_dim, name=name)(x.shape[-1]) for name in ("query", "key", "value")
@@ -142,9 +141,8 @@ def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
 def token_matmul(x: jax.Array, kernel: jax.Array, preferred_element_type=None) -> jax.Array:
     """[..., in] x [in, out] as one 2-D matmul over all tokens. XLA:CPU differentiates a dot whose batch and length
     dimensions are both contracted in the weight gradient through transposes and copies; flattened, the weight
-    gradient is one plain [in, tokens] x [tokens, out] matmul (issue 9: the demo MLP's forward + backward 91 -> 73 ms
-    on one core, PyTorch 78). `preferred_element_type` sets the accumulation and output dtype (float32 for logits
-    from bfloat16 inputs)."""
+    gradient is one plain [in, tokens] x [tokens, out] matmul. `preferred_element_type` sets the accumulation and
+    output dtype (float32 for logits from bfloat16 inputs)."""
     flat = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=preferred_element_type)
     return flat.reshape(*x.shape[:-1], kernel.shape[-1])
 

@@ -13,7 +13,7 @@ from ela_jax.models import layers
 
 class PatchEmbedding(nn.Module):
     """nn.Conv(kernel = stride = patch) with the same parameters, computed as one matmul over flattened patches: the
-    same values, and XLA:CPU runs the dot's backward faster than the convolution's (issue 9)."""
+    same values, and XLA:CPU runs the dot's backward faster than the convolution's."""
 
     width: int
     patch_size: int

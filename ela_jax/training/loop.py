@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import shutil
@@ -11,27 +11,25 @@ import time
 
 import jax
 import ml_collections
-import tqdm
 from jax.experimental import multihost_utils
 
 from ela_jax import config as config_lib
 from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
-from ela_jax.evaluation.evaluator import evaluate_retrieval
+from ela_jax.evaluation import evaluators
+from ela_jax.evaluation.evaluators import write_json
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
+from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.progress import Progress
 from ela_jax.training.state import TrainState
-from ela_jax.training.step import Vocabulary, make_train_step
+from ela_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,11 +61,15 @@ class PreemptionWatch:
 
 
 class BadStepMonitor:
-    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged."""
+    """Reads each step's skip flag one step late (so dispatch stays asynchronous) and stops a run that diverged.
+
+    `in_a_row` is the length of the bad run ending at the newest step it has judged: a state whose newest update
+    was skipped is not worth a periodic checkpoint (it would rotate good ones out)."""
 
     def __init__(self, max_bad_steps: int):
         self.max_bad_steps = max_bad_steps
         self.skipped = 0
+        self.in_a_row = 0
         self.pending = None
 
     def observe(self, step: int, metrics: dict, last_checkpoint) -> None:
@@ -81,41 +83,53 @@ class BadStepMonitor:
             self.pending = None
 
     def _check(self, step: int, metrics: dict, last_checkpoint) -> None:
-        in_a_row = int(metrics["bad_steps_in_a_row"])
+        self.in_a_row = in_a_row = int(metrics["bad_steps_in_a_row"])
         if in_a_row == 0:
             return
         self.skipped += 1
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, in_a_row)
+        log.warning("step %d: non-finite loss, gradient or update, update skipped (%d in a row)", step, in_a_row)
         if in_a_row >= self.max_bad_steps:
+            good = "none" if last_checkpoint is None else f"step {last_checkpoint}"
             raise TrainingDiverged(
-                f"loss or gradients were non-finite for {in_a_row} steps in a row (steps {step - in_a_row + 1}-"
-                f"{step}); the last good checkpoint is step {last_checkpoint}. Lower optim.lr or check the data."
+                f"loss, gradients or updates were non-finite for {in_a_row} steps in a row (steps "
+                f"{step - in_a_row + 1}-{step}); the last good checkpoint is {good}. Lower optim.lr or check the data."
             )
 
 
 class Evaluation:
-    """Held-out retrieval on the current params; the eval set and the jitted encoders are built once."""
+    """The evaluators `config.evals` runs during training, on the current params; the jitted encoder and each
+    evaluator's data are built once. Results are keyed by evaluator name."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
-        self.dataset = None
         self.encoder = None
+        self.evaluators = evaluators.during_training(experiment.config, experiment.tokenizer)
+        entries = experiment.config.evals
+        self.retrieval = next((name for name in self.evaluators if entries[name].type == "retrieval"), None)
 
-    def __call__(self, params, step: int) -> dict:
-        config = self.experiment.config
-        if self.dataset is None:
-            self.dataset = pipeline.retrieval_set(config.data, "test")
-            self.encoder = self.experiment.encoder(params, config.eval.batch_size)
+    def __call__(self, params, step: int) -> dict[str, dict]:
+        if self.encoder is None:
+            self.encoder = self.experiment.encoder(params, self.experiment.config.eval.batch_size)
         self.encoder.params = params
-        results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
-        return {"step": int(step), "split": "test", **results}
+        return {name: evaluator(self.encoder, step) for name, evaluator in self.evaluators.items()}
+
+    def scalars(self, results: dict[str, dict]) -> dict[str, float]:
+        return {
+            key: value
+            for name, result in results.items()
+            for key, value in self.evaluators[name].scalars(result).items()
+        }
+
+    def write(self, workdir: str, results: dict[str, dict]) -> None:
+        for name, result in results.items():
+            write_json(os.path.join(workdir, "eval", self.evaluators[name].output), result)
 
 
 def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chief: bool) -> None:
     """The workdir's checkpoints continue the experiment its config.json records, not another one: a changed
     objective, model or data would be trained on top of them and the record rewritten. Refused unless
     train.allow_config_change, which keeps the old record as config.before_step_<N>.json."""
-    differing = [] if resumed_step is None else config_lib.workdir_config_differences(workdir, config)
+    differing = [] if resumed_step is None else restarts.workdir_config_differences(workdir, config)
     if not differing:
         return
     listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
@@ -174,7 +188,7 @@ class BestCheckpoints:
             )
 
     def offer(self, step: int, state, results: dict) -> None:
-        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+        if self.checkpointer is None or not results["scores"] or step in (self.checkpointer.manager.all_steps() or ()):
             return
         value = float(results["scores"][self.score][self.metric])
         self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
@@ -185,11 +199,19 @@ class BestCheckpoints:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results."""
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final retrieval results
+    ({} when no retrieval evaluator runs during training).
+    Raises WorkdirBusy at once when another run holds `workdir` (the chief process holds it for the whole run)."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
-    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     is_chief = jax.process_index() == 0
+    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
+        return _train(experiment, is_chief)
+
+
+def _train(experiment: Experiment, is_chief: bool) -> dict:
+    config, workdir = experiment.config, experiment.workdir
+    mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
@@ -198,13 +220,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
-    optimizer, schedule = experiment.optimizer()
     factory = experiment.state_factory()
     if is_chief:
         report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
         parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
+    progress = Progress(config.total_steps, is_chief, config.log.progress)
+    progress.phase(f"preparing data ({config.data.name}) and the train state in {workdir}")
     with parallel.process_zero_first("prepare the training data"):  # one writer in a shared data directory
         data_iterator = iter(
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
@@ -212,13 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
 
     # --- step: one jit, explicit shardings, donated state.
-    vocabulary = Vocabulary.from_tokenizer(experiment.tokenizer, config.objective.ela.stopwords)
-    train_step = jax.jit(
-        make_train_step(experiment.model, optimizer, schedule, config, vocabulary, mesh),
-        in_shardings=(factory.shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(factory.shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    train_step = experiment.train_step(factory)
 
     # --- loop
     writer = MetricWriter(workdir, start_step, enabled=is_chief)
@@ -227,54 +244,46 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
-    progress = tqdm.tqdm(
-        initial=start_step,
-        total=config.total_steps,
-        desc="train",
-        unit="step",
-        disable=not (is_chief and config.log.progress),
-        dynamic_ncols=True,
-    )
+    progress.start(start_step)
     window_start, window_steps = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
+            if step == start_step + 1:
+                progress.phase(f"compiling the train step (from step {step})")
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
             window_steps += 1
-            progress.update(1)
+            progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+                progress.logged(step, metrics)
                 window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
                 bad_steps.flush(last_checkpoint)  # never checkpoint past a run that must stop
-                checkpointer.save(step, state, data_iterator)
-                last_checkpoint = step
+                if bad_steps.in_a_row and not (preempted or step == config.total_steps):
+                    log.warning("step %d: checkpoint not saved, the step's update was skipped", step)
+                else:
+                    checkpointer.save(step, state, data_iterator)
+                    last_checkpoint = step
+                    progress.phase(f"checkpoint saved: step {step} in {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
             if config.eval.every_steps and step % config.eval.every_steps == 0 and step != config.total_steps:
+                progress.phase(f"evaluating at step {step}")
                 results = evaluation(state.params, step)
                 host_allocator.release_free_memory()
-                best.offer(step, state, results)
-                writer.write(
-                    step,
-                    {
-                        f"eval/{score}/{k}": v
-                        for score, m in results["scores"].items()
-                        for k, v in m.items()
-                        if "recall@" in k or k == "rsum"
-                    },
-                )
+                best.offer(step, state, results.get(evaluation.retrieval))
+                writer.write(step, evaluation.scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
         progress.close()
@@ -283,10 +292,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
 
     # --- final report
+    progress.phase(f"evaluating at step {config.total_steps}")
     results = evaluation(state.params, config.total_steps)
-    best.offer(config.total_steps, state, results)
+    best.offer(config.total_steps, state, results.get(evaluation.retrieval))
     best.close()
+    MetricWriter.tensorboard_only(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
     if is_chief:
-        write_json(os.path.join(workdir, "eval", "results.json"), results)
+        evaluation.write(workdir, results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
-    return results
+    progress.phase(f"done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {workdir}")
+    return results.get(evaluation.retrieval, {})

@@ -5,19 +5,37 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
 class MetricWriter:
-    """Appends to metrics.jsonl; on resume, drops lines past the restored step so the file has no duplicates."""
+    """Appends to metrics.jsonl and TensorBoard. On resume (`resume_step` given, the run's records exist) it drops the
+    lines past the restored step and hides the events past it (TensorBoard's purge_step), so neither has duplicates
+    of the steps trained again; `resume_step=None` only appends."""
 
-    def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
+    def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not enabled:
             return
-        if os.path.exists(self.path):
+        purge_step = None
+        if resume_step is not None and os.path.exists(self.path):
             self._truncate_after(resume_step)
-        self.summary = import_tensorboardx().SummaryWriter(os.path.join(workdir, "tensorboard"))
+            purge_step = resume_step + 1  # TensorBoard hides earlier files' events at steps >= purge_step
+        # Event files are named by the second they were opened in: a suffix keeps a writer opened in the same second as
+        # the last one (the final evaluation's, a quick restart's) from overwriting its file.
+        self.summary = import_tensorboardx().SummaryWriter(
+            os.path.join(workdir, "tensorboard"), purge_step=purge_step, filename_suffix=f".{time.time_ns()}"
+        )
+
+    @classmethod
+    def tensorboard_only(cls, workdir: str, step: int, metrics: dict[str, float], enabled: bool = True) -> None:
+        """Scalars for TensorBoard after the run's writer closed: the final evaluation, whose record is
+        eval/results.json (metrics.jsonl keeps one line per logged step)."""
+        writer = cls(workdir, None, enabled)
+        if enabled:
+            writer.add_scalars(step, metrics)
+        writer.close()
 
     def _truncate_after(self, step: int) -> None:
         """Keeps the records up to `step`; a line cut short by a killed process is dropped. Rewritten atomically."""
@@ -35,6 +53,9 @@ class MetricWriter:
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.add_scalars(step, metrics)
+
+    def add_scalars(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.summary.add_scalar(name, float(value), step)
 

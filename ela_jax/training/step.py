@@ -10,9 +10,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ela_jax import objectives
+from ela_jax import objectives, parallel
 from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
-from ela_jax.models.teacher import PretrainedTeacher
+from ela_jax.training.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
 
@@ -305,8 +305,15 @@ def make_train_step(
         teacher = state.teacher
         if update_teacher:
             teacher = jax.tree.map(lambda t, p: ema_decay * t + (1.0 - ema_decay) * p, teacher, teacher_params(params))
-        # A non-finite loss or gradient skips the update (params, optimizer and teacher stay as they were).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A non-finite loss, gradient, update or result skips the update (params, optimizer and teacher stay as they
+        # were): a finite gradient can still give a non-finite update (optim.eps=0, a huge or NaN learning rate).
+        # Norms overflow float32 near 1e19, so an absurdly large update or parameter counts as non-finite too.
+        finite = (
+            jnp.isfinite(loss)
+            & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.global_norm(updates))
+            & jnp.isfinite(optax.global_norm(params))
+        )
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         bad_in_a_row = jnp.where(finite, 0, state.bad_steps_in_a_row + 1)
         new_state = TrainState(
@@ -328,3 +335,24 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def jit_train_step(
+    model: ELAModel,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config,
+    vocabulary: Vocabulary,
+    mesh: Mesh,
+    state_shardings: TrainState,
+    donate: bool = True,
+):
+    """The train step exactly as the loop runs it: jitted with the state's shardings in and out, the batch sharded
+    over the batch axes, metrics replicated, and the state donated so the update reuses its buffers. The loop, the
+    benchmarks and the ahead-of-time compiler all build it here, so what they measure is what trains."""
+    return jax.jit(
+        make_train_step(model, optimizer, schedule, config, vocabulary, mesh),
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )

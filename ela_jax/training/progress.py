@@ -1,0 +1,79 @@
+"""What the trainer tells a person: a tqdm bar on a terminal; plain lines where stderr is a file (SLURM, TPU VMs and
+Kubernetes keep it as a log, in which a bar's carriage returns pack every update into one unreadable line)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import tqdm
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class Progress:
+    """Step progress and phase lines ("compiling", "evaluating", ...) on `stream`, from the chief process only.
+
+    On a terminal the bar shows when `bar` (config.log.progress); elsewhere every logged step prints one line with
+    step, loss, learning rate, pairs/s and the time left, estimated from the steps since the first one (which
+    compiles)."""
+
+    def __init__(self, total_steps: int, enabled: bool, bar: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.plain = enabled and not self.stream.isatty()
+        self.show_bar = enabled and bar and not self.plain
+        self.bar = tqdm.tqdm(disable=True)  # replaced by start(), once the first step is known
+        self.timed_from: tuple[int, float] | None = None  # (step, time) once the first step has run
+
+    def start(self, start_step: int) -> None:
+        self.bar = tqdm.tqdm(
+            initial=start_step,
+            total=self.total_steps,
+            desc="train",
+            unit="step",
+            disable=not self.show_bar,
+            dynamic_ncols=True,
+            file=self.stream,
+        )
+
+    def phase(self, message: str) -> None:
+        if self.enabled:
+            self.bar.write(f"[ela_jax] {message}", file=self.stream)
+            self.stream.flush()
+
+    def step_done(self, step: int) -> None:
+        if self.timed_from is None:
+            self.timed_from = (step, time.perf_counter())
+        self.bar.update(1)
+
+    def logged(self, step: int, metrics: dict[str, float]) -> None:
+        """A logged step's line (plain) or the bar's postfix (terminal)."""
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+        if not self.plain:
+            return
+        fields = [
+            f"step {step}/{self.total_steps}",
+            f"loss {metrics['loss']:.4f}",
+            f"lr {metrics['learning_rate']:.3g}",
+            f"pairs/s {metrics['pairs_per_second']:.1f}",
+        ]
+        eta = self.eta_seconds(step)
+        if eta is not None:
+            fields.append(f"eta {_duration(eta)}")
+        self.phase("  ".join(fields))
+
+    def eta_seconds(self, step: int) -> float | None:
+        if self.timed_from is None or step <= self.timed_from[0]:
+            return None
+        first_step, first_time = self.timed_from
+        per_step = (time.perf_counter() - first_time) / (step - first_step)
+        return per_step * (self.total_steps - step)
+
+    def close(self) -> None:
+        self.bar.close()

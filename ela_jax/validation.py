@@ -1,0 +1,179 @@
+"""Config validation that runs before anything compiles: `validate` turns a config that cannot run into one
+actionable line (ConfigError). Each data source checks its own section (ela_jax.data.sources)."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from ela_jax import config as config_lib
+from ela_jax.data import sources
+from ela_jax.errors import ConfigError, check_choice
+
+
+def _validate_eval(eval_config) -> None:
+    hybrid_weights = eval_config.hybrid_weights.to_dict()
+    if any(w < 0 for w in hybrid_weights.values()) or not any(w > 0 for w in hybrid_weights.values()):
+        raise ConfigError(f"eval.hybrid_weights must be >= 0 with at least one > 0, got {hybrid_weights}")
+    check_choice(eval_config.hybrid_normalise, ("std", "none"), "eval.hybrid_normalise")
+    check_choice(eval_config.retriever, config_lib.RETRIEVERS, "eval.retriever")
+    seismic = eval_config.seismic
+    for key in ("centroid_fraction", "summary_energy", "heap_factor"):
+        if not 0.0 < seismic[key] <= 1.0:
+            raise ConfigError(f"eval.seismic.{key} must lie in (0, 1], got {seismic[key]}")
+    for key in ("n_postings", "query_cut", "num_threads"):
+        if seismic[key] < 1:
+            raise ConfigError(f"eval.seismic.{key} must be >= 1, got {seismic[key]}")
+    zeroshot = eval_config.zeroshot
+    if zeroshot.dataset not in ("world_colour", "world_shape") and not zeroshot.dataset.startswith("tfds:"):
+        raise ConfigError(
+            f"eval.zeroshot.dataset={zeroshot.dataset!r} is not 'world_colour', 'world_shape' or 'tfds:NAME'"
+        )
+    for score in zeroshot.scores:
+        check_choice(score, config_lib.SCORES, "eval.zeroshot.scores")
+    for template in zeroshot.templates:
+        if template.count("{}") != 1:
+            raise ConfigError(f"eval.zeroshot.templates entry {template!r} must contain exactly one '{{}}'")
+    if zeroshot.num_examples < 0:
+        raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
+
+
+def _validate_evals(config: ml_collections.ConfigDict) -> None:
+    for name, entry in config.evals.items():
+        check_choice(entry.type, config_lib.EVALUATOR_TYPES, f"evals.{name}.type")
+    retrieval_in_training = any(e.type == "retrieval" and e.during_training for e in config.evals.values())
+    if config.checkpoint.best_metric and not retrieval_in_training:
+        raise ConfigError(
+            f"checkpoint.best_metric={config.checkpoint.best_metric!r} ranks checkpoints by retrieval, but no evals "
+            "entry of type 'retrieval' runs during training; set evals.retrieval.during_training=True"
+        )
+
+
+def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
+    checkpoint = config.checkpoint
+    if checkpoint.keep < 1 or checkpoint.keep_best < 1:
+        raise ConfigError(
+            f"checkpoint.keep and checkpoint.keep_best must be >= 1, got {checkpoint.keep}, {checkpoint.keep_best}"
+        )
+    check_choice(checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
+    if checkpoint.best_metric:
+        score, _, metric = checkpoint.best_metric.partition("/")
+        if score not in config.eval.scores or not metric:
+            raise ConfigError(
+                f"checkpoint.best_metric={checkpoint.best_metric!r} must be 'SCORE/METRIC' with SCORE in eval.scores "
+                f"{list(config.eval.scores)}, e.g. 'global/rsum'"
+            )
+    if config.resume and not os.path.exists(config.resume):
+        raise ConfigError(f"config.resume={config.resume!r} does not exist; give a training workdir or checkpoint")
+
+
+def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
+    """Refuses expanding from a text lexicon that nothing trains or initialises: its targets would be noise."""
+    objective, ela = config.objective, config.objective.ela
+    if objective.ela_weight <= 0 or ela.beta <= 0 or ela.loss == "lexlip_cosine":
+        return  # no expansion targets are built
+    source = f"objective.ela.beta={ela.beta} expands from objective.ela.target_source={ela.target_source!r}"
+    if ela.target_source in ("online", "ema") and objective.mlm_weight <= 0:
+        # The targets are stop-gradient, so only MLM trains the text lexicon head (and the EMA follows that head).
+        raise ConfigError(
+            f"{source}, but with objective.mlm_weight=0 nothing trains the text lexicon head; set "
+            "objective.mlm_weight > 0, or objective.ela.target_source='pretrained' with objective.ela.teacher_dir"
+        )
+    if ela.target_source == "frozen" and not config.init.text_tower:
+        raise ConfigError(
+            f"{source}, a copy of the text side at step 0, but init.text_tower is empty so that copy is random; set "
+            "init.text_tower to a BERT checkpoint with an MLM head, or use target_source 'ema' or 'pretrained'"
+        )
+    if ela.target_source == "pretrained" and not ela.teacher_dir:
+        raise ConfigError(
+            f"{source}, which needs objective.ela.teacher_dir, a Hugging Face BERT folder "
+            "(configs/ela_minilm.minilm_dir() is the offline MiniLM)"
+        )
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+    """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
+    mesh_shape = config_lib.resolve_mesh_shape(config.mesh, num_devices)
+    batch_parallel = mesh_shape[0] * mesh_shape[1]
+    if config.batch_size <= 0 or config.batch_size % batch_parallel:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by the {batch_parallel} data-parallel "
+            f"devices (mesh.data x mesh.fsdp); use a multiple of {batch_parallel}"
+        )
+    if config.batch_size % num_processes:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {num_processes} processes")
+    if config.total_steps <= 0:
+        raise ConfigError(f"total_steps must be positive, got {config.total_steps}")
+    check_choice(config.model.dtype, config_lib.DTYPES, "model.dtype")
+    check_choice(config.model.global_pool, ("cls", "mean"), "model.global_pool")
+    check_choice(config.model.remat_policy, ("full", "dots", "dots_no_batch"), "model.remat_policy")
+    splits = config.model.attention_batch_splits
+    if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
+        raise ConfigError(f"model.attention_batch_splits must be a positive integer, got {splits!r}")
+    objective = config.objective
+    check_choice(objective.ela.loss, config_lib.ELA_LOSSES, "objective.ela.loss")
+    check_choice(objective.ela.target_source, config_lib.TARGET_SOURCES, "objective.ela.target_source")
+    check_choice(objective.ela.pool, config_lib.PATCH_POOLS, "objective.ela.pool")
+    check_choice(objective.ela.target_form, config_lib.TARGET_FORMS, "objective.ela.target_form")
+    for score in config.eval.scores:
+        check_choice(score, config_lib.SCORES, "eval.scores")
+    check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
+    _validate_eval(config.eval)
+    _validate_evals(config)
+    weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
+    if not 0.0 <= objective.ela.beta <= 1.0:
+        raise ConfigError(f"objective.ela.beta must lie in [0, 1], got {objective.ela.beta}")
+    _validate_expansion_source(config)
+    sources.validate_section(config.data)
+    image = config.model.image
+    if not config.init.image_tower and config.data.image_size != image.image_size:
+        raise ConfigError(
+            f"data.image_size {config.data.image_size} differs from model.image.image_size {image.image_size}; "
+            "images reach the model at data.image_size, so set both to the same size"
+        )
+    if image.image_size % image.patch_size:
+        raise ConfigError(
+            f"model.image.image_size {image.image_size} is not a multiple of patch_size {image.patch_size}"
+        )
+    for tower in ("image", "text"):
+        tower_config_ = config.model[tower]
+        if tower_config_.width % tower_config_.num_heads:
+            raise ConfigError(
+                f"model.{tower}.width {tower_config_.width} is not divisible by num_heads {tower_config_.num_heads}"
+            )
+    if config.tokenizer.max_length > config.model.text.max_position_embeddings:
+        raise ConfigError(
+            f"tokenizer.max_length {config.tokenizer.max_length} exceeds "
+            f"model.text.max_position_embeddings {config.model.text.max_position_embeddings}"
+        )
+    vocab = config.tokenizer.vocab
+    if vocab not in ("world", "bert-base-uncased") and not os.path.isfile(vocab):
+        raise ConfigError(
+            f"tokenizer.vocab file {vocab!r} does not exist; give a vocab.txt path, 'world' or 'bert-base-uncased'"
+        )
+    for tower in ("text_tower", "image_tower"):
+        path = config.init[tower]
+        if path and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"init.{tower}={path!r} holds no config.json; point it at a Hugging Face model directory")
+    for key in ("checkpoint.every_steps", "log.every_steps", "eval.every_steps"):
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")
+    microbatches = config.train.microbatches
+    if microbatches < 1 or config.batch_size % (microbatches * batch_parallel):
+        raise ConfigError(
+            f"batch_size {config.batch_size} must split into train.microbatches={microbatches} micro-batches, each "
+            f"divisible by the {batch_parallel} data-parallel devices; use a multiple of {microbatches * batch_parallel}"
+        )
+    if config.model.vocab_multiple < 1:
+        raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
+    if config.model.lexicon.chunk < 0:
+        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
+    _validate_checkpointing(config)
+    if config.train.max_bad_steps < 1:
+        raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")
+    if config.log.every_steps == 0:
+        raise ConfigError("log.every_steps must be positive")
