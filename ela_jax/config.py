@@ -219,9 +219,10 @@ def base_config() -> ml_collections.ConfigDict:
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",
                 "stopwords": True,
-                # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
-                # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
-                # the model's vocabulary with its tied word embeddings (ela_jax/training/teacher.py).
+                # online: the text lexicon head being trained (by MLM); ema: its moving average (MLM on too);
+                # frozen: a copy of the text side at step 0, so init.text_tower must be a checkpoint with an MLM
+                # head; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring the model's vocabulary with
+                # its tied word embeddings (ela_jax/training/teacher.py). Validation refuses a source nothing trains.
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",

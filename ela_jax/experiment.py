@@ -62,7 +62,7 @@ class Experiment:
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
         mesh_shape = config_lib.resolve_mesh_shape(config.mesh, len(devices))
-        model = ELAModel(model_config_for_mesh(config.model, mesh_shape))
+        model = ELAModel(model_config_for_mesh(config.model, mesh_shape), special_ids=tokenizer.special_ids)
         return cls(config, workdir, tokenizer, model, parallel.create_mesh(config.mesh, devices))
 
     def encoder(self, params, batch_size: int) -> Encoder:

@@ -20,10 +20,13 @@ def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(torch.clamp(torch.sum(x * x, dim=-1, keepdim=True), min=eps * eps))
 
 
-def pool_lexicon(logits: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """log(1 + max over tokens with token_mask of ReLU(logits)): [batch, len, vocab] -> [batch, vocab]."""
+def pool_lexicon(logits: torch.Tensor, token_mask: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
+    """log(1 + max over tokens with token_mask of ReLU(logits)): [batch, len, vocab] -> [batch, vocab], 0 on the
+    special tokens (as ela_jax's lexicon heads)."""
     activated = torch.relu(logits) * token_mask[..., None].to(logits.dtype)
-    return torch.log1p(activated.amax(dim=1))
+    lexicon = torch.log1p(activated.amax(dim=1))
+    lexicon[:, special_ids] = 0.0
+    return lexicon
 
 
 class ELATorch(torch.nn.Module):
@@ -41,6 +44,7 @@ class ELATorch(torch.nn.Module):
         super().__init__()
         self.text_model, self.image_model, self.tokenizer = text_model, image_model, tokenizer
         self.ela_config, self.batch_size = ela_config, batch_size
+        self.special_ids = list(ela_config.get("special_ids", ()))  # absent from exports made before it was masked
         text_width, image_width = text_model.config.hidden_size, image_model.config.hidden_size
         # The image lexicon head is a BERT MLM head (untied) on the image tower's width.
         image_head_config = transformers.BertConfig(
@@ -117,7 +121,7 @@ class ELATorch(torch.nn.Module):
         patch_logits = self.image_lexicon(patches)  # [b, patches, vocab]
         outputs = {
             "global": l2_normalise(self.image_global(self._pool(hidden, torch.ones(hidden.shape[:2])))),
-            "lexicon": pool_lexicon(patch_logits, torch.ones(patches.shape[:2], dtype=torch.bool)),
+            "lexicon": pool_lexicon(patch_logits, torch.ones(patches.shape[:2], dtype=torch.bool), self.special_ids),
         }
         if return_tokens:
             outputs["tokens"] = hidden
@@ -154,7 +158,7 @@ class ELATorch(torch.nn.Module):
         token_mask[:, 0] = False  # CLS is not a word
         outputs = {
             "global": l2_normalise(self.text_global(self._pool(hidden, mask))),
-            "lexicon": pool_lexicon(token_logits, token_mask),
+            "lexicon": pool_lexicon(token_logits, token_mask, self.special_ids),
         }
         if return_tokens:
             outputs["tokens"] = hidden

@@ -1,6 +1,9 @@
-"""Subprocess helper for test_sharding (the device count is fixed per process): trains the tiny ELA step for a few
-steps on fixed batches under a mesh preset and prints, as JSON, the metrics of every step, the sharding report and,
-with several devices, how far the row-sharded contrastive terms are from the dense ones (values and gradients).
+"""Subprocess helper for test_sharding (the device count is fixed per process): trains the tiny ELA step (with the
+in-batch lex_contrastive ELA loss) for a few steps on fixed batches under a mesh preset and prints, as JSON, the
+metrics of every step, the gradient of the loss with respect to the log logit scales at the first batch, the
+sharding report and, with several devices, how far the row-sharded contrastive terms are from the dense ones (values
+and gradients). Besides the presets, `data_fsdp_tp` is fsdp_tp with mesh.data = 2: on 8 devices a 2 x 2 x 2 mesh
+that splits the batch over `data` and `fsdp` together.
 
 Run: XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharded_losses fsdp_tp WORKDIR [STEPS]
 """
@@ -23,6 +26,7 @@ from ela_jax.training.contrastive import Contrastive
 from tests.helpers import make_tiny_config
 
 BATCH = 16
+MESHES = {"single": ("", {}), "data_fsdp_tp": ("fsdp_tp", {"mesh.data": 2})}  # name: (overlay, more keys)
 
 
 def fixed_batches(vocab_size: int, steps: int):
@@ -36,13 +40,30 @@ def fixed_batches(vocab_size: int, steps: int):
 
 
 def train_losses(preset: str, workdir: str, steps: int) -> dict:
-    config = make_tiny_config(**{"batch_size": BATCH, "objective.fine_weight": 0.5, "model.lexicon.chunk": 16})
-    mesh_presets.apply_overlays(config, "" if preset == "single" else preset)
+    config = make_tiny_config(
+        **{
+            "batch_size": BATCH,
+            "objective.fine_weight": 0.5,
+            "objective.ela.loss": "lex_contrastive",
+            "model.lexicon.chunk": 16,
+        }
+    )
+    overlay, keys = MESHES.get(preset, (preset, {}))
+    mesh_presets.apply_overlays(config, overlay)
+    for key, value in keys.items():
+        config_lib.set_dotted(config, key, value)
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
     config = experiment.config
     factory = experiment.state_factory()
     state = factory.create(config.seed)
+    objective = step_lib.ObjectiveBuilder(experiment.model, config, experiment.vocabulary(), experiment.mesh)
+    first = parallel.host_batch_to_global(next(fixed_batches(experiment.tokenizer.vocab_size, 1)), experiment.mesh)
+    with parallel.sharding_context(experiment.mesh, parallel.logical_rules(config.mesh)):
+        grads = jax.jit(jax.grad(lambda p: objective(p, state.teacher, first, state.step, jax.random.key(0))[0]))(
+            state.params
+        )
+    log_scale_gradients = {name: float(grads[name]) for name in ("global_log_scale", "fine_log_scale")}
     step_fn = experiment.train_step(factory)
     history = []
     for batch in fixed_batches(experiment.tokenizer.vocab_size, steps):
@@ -50,7 +71,7 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
             state, metrics = step_fn(state, parallel.host_batch_to_global(batch, experiment.mesh))
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     report = parallel.sharding_report(experiment.mesh, factory.param_shardings, factory.abstract_params)
-    return {"mesh": report["mesh"], "losses": history, "sharding": report}
+    return {"mesh": report["mesh"], "losses": history, "log_scale_gradients": log_scale_gradients, "sharding": report}
 
 
 def contrastive_gaps(mesh) -> dict[str, float]:

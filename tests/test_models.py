@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
+from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel, max_log_scale
 
 PRESETS = {"tiny": config_lib.tiny_model, "ela_b16": config_lib.b16_model, "ela_l14": config_lib.l14_model}
@@ -108,6 +109,48 @@ def test_lexicon_vectors_max_pool_saturated_logits_over_real_tokens_only(tiny_mo
     np.testing.assert_allclose(image["lexicon"], np.log1p(np.maximum(patch_logits, 0).max(axis=1)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_special_tokens_are_in_no_lexicon_vector_and_no_vocabulary_logit(tiny_model_and_params, chunk):
+    """With the special ids' decoder bias pushed far up, they would top every lexicon vector; masked, their weights
+    are 0 and their logits (what the ELA losses and MLM read) carry no mass and no gradient."""
+    model, params = tiny_model_and_params
+    special = (0, 1, 2, 3, 4)
+    model_config = model.config.copy_and_resolve_references()
+    model_config.lexicon.chunk = chunk
+    masked_model = ELAModel(model_config, special_ids=special)
+    params = {
+        **params,
+        **{
+            head: {**params[head], "decoder_bias": params[head]["decoder_bias"].at[:5].set(50.0)}
+            for head in ("image_lexicon", "text_lexicon")
+        },
+    }
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 255, size=(2, 16, 16, 3)).astype(np.uint8)
+    tokens = rng.integers(0, 50, size=(2, 12)).astype(np.int32)
+    mask = np.ones((2, 12), bool)
+    image, text, _ = jax.jit(masked_model.apply)({"params": params}, images, tokens, mask)
+    pooled = jax.jit(
+        lambda p: masked_model.apply({"params": p}, images, patch_pool="mean", method=ELAModel.encode_image)
+    )(params)
+    for lexicon_vector in (image["lexicon"], text["lexicon"]):
+        np.testing.assert_array_equal(lexicon_vector[:, :5], 0.0)
+        assert np.all(np.asarray(lexicon_vector[:, 5:]).max(axis=1) > 0)
+    for logits in (image["vocab_logits"], text["vocab_logits"], pooled["pooled_vocab_logits"]):
+        np.testing.assert_array_equal(logits[..., :5], lexicon.MASKED_LOGIT)
+    unmasked_image, _, _ = jax.jit(model.apply)({"params": params}, images, tokens, mask)
+    np.testing.assert_allclose(image["lexicon"][:, 5:], unmasked_image["lexicon"][:, 5:], rtol=1e-6)
+    assert np.all(np.asarray(unmasked_image["lexicon"][:, :5]) > 3.0), "the pushed-up special words would dominate"
+
+    def pooled_softmax_mass(p):
+        out = masked_model.apply({"params": p}, images, method=ELAModel.encode_image)
+        return jax.nn.softmax(out["pooled_vocab_logits"])[:, :5].sum()
+
+    mass, gradient = jax.jit(jax.value_and_grad(pooled_softmax_mass))(params)
+    assert float(mass) == 0.0
+    np.testing.assert_array_equal(gradient["image_lexicon"]["decoder_bias"][:5], 0.0)
+
+
 def test_global_embeddings_are_unit_vectors(tiny_model_and_params):
     model, params = tiny_model_and_params
     images = np.random.default_rng(2).integers(0, 255, size=(3, 16, 16, 3)).astype(np.uint8)
@@ -128,6 +171,37 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     assert image_out["hidden"].dtype == jnp.bfloat16
     for output in (image_out, text_out):
         assert output["vocab_logits"].dtype == jnp.float32 and output["global"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_bfloat16_lexicon_logits_are_accumulated_in_float32(chunk):
+    """The head's bfloat16 features x bfloat16 decoder, summed in float32: equal to a float64 product of the same
+    bfloat16 inputs to float32 rounding, where a bfloat16 result would be off by about 2^-9 of each logit."""
+    width, vocab = 384, 100
+    head = lexicon.LexiconHead(
+        width=width,
+        vocab_size=vocab,
+        padded_vocab_size=vocab,
+        layer_norm_eps=1e-12,
+        gelu_approximate=False,
+        tied=False,
+        chunk=chunk,
+        dtype=jnp.bfloat16,
+    )
+    hidden = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, width)), jnp.float32)
+    variables = nn.unbox(head.init(jax.random.key(1), hidden))
+    variables["params"]["decoder_bias"] = jnp.linspace(-1.0, 1.0, vocab)
+    # Jitted as the head is: eager bfloat16 ops round the intermediate features differently.
+    features = jax.jit(lambda v, x: head.apply(v, x, method=lambda module, y: module._features(y)))(variables, hidden)
+    assert features.dtype == jnp.bfloat16
+    kernel = np.asarray(variables["params"]["decoder_kernel"].astype(jnp.bfloat16), np.float64)
+    expected = np.asarray(features, np.float64) @ kernel + np.asarray(variables["params"]["decoder_bias"])
+    logits = jax.jit(head.apply)(variables, hidden)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    mask = jnp.ones((2, 6), bool)
+    pooled = jax.jit(lambda v, x, m: head.apply(v, x, m, ("max",), method="pooled"))(variables, hidden, mask)
+    np.testing.assert_allclose(pooled["max"], expected.max(axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_logit_scale_is_exp_of_its_parameter_with_gradient_at_and_past_the_cap(tiny_model_and_params):

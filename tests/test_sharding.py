@@ -40,11 +40,12 @@ def single_device(tmp_path_factory):
 @pytest.mark.parametrize(
     "preset, mesh",
     [
-        # fsdp_tp exercises all three mesh axes' code paths (batch over fsdp, kernels over fsdp and tensor); the pure
-        # presets repeat them on one axis each.
+        # fsdp_tp with mesh.data = 2 exercises all three mesh axes' code paths (the batch over data and fsdp together,
+        # as a multi-host FSDP run splits it; kernels over fsdp and tensor); the presets repeat them on fewer axes.
         pytest.param("dp", [8, 1, 1], marks=pytest.mark.slow),
         pytest.param("fsdp", [1, 8, 1], marks=pytest.mark.slow),
-        ("fsdp_tp", [1, 4, 2]),
+        pytest.param("fsdp_tp", [1, 4, 2], marks=pytest.mark.slow),
+        ("data_fsdp_tp", [2, 2, 2]),
     ],
 )
 def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_path):
@@ -54,6 +55,9 @@ def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_pat
     for step, (reference, actual) in enumerate(zip(single_device["losses"], sharded["losses"])):
         for key in COMPARED:
             np.testing.assert_allclose(actual[key], reference[key], rtol=1e-4, err_msg=f"{key} at step {step}")
+    for name, reference in single_device["log_scale_gradients"].items():
+        assert reference != 0.0, f"the loss does not depend on {name}"
+        np.testing.assert_allclose(sharded["log_scale_gradients"][name], reference, rtol=1e-4, err_msg=name)
     for name, gap in sharded["contrastive_gaps"].items():
         assert gap < 1e-5, f"row-sharded {name} differs from the dense term by {gap:.2e} (relative)"
     parameters = sharded["sharding"]["parameters"]
@@ -64,9 +68,10 @@ def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_pat
     if preset == "fsdp":  # each device stores 1/8 of every large kernel
         assert kernel["spec"][0] == "fsdp"  # (its `mlp` axis maps to `tensor`, of size 1 here)
         assert kernel["per_device_shape"] == [kernel["shape"][0] // 8, kernel["shape"][1]]
-    if preset == "fsdp_tp":
+    if preset in ("fsdp_tp", "data_fsdp_tp"):
+        fsdp, tensor = mesh[1:]
         assert kernel["spec"] == ["fsdp", "tensor"]
-        assert kernel["per_device_shape"] == [kernel["shape"][0] // 4, kernel["shape"][1] // 2]
+        assert kernel["per_device_shape"] == [kernel["shape"][0] // fsdp, kernel["shape"][1] // tensor]
         assert embedding["spec"] == ["tensor", "fsdp"]
         assert embedding["shape"][0] % 128 == 0  # the vocabulary is padded to split over `tensor`
-        assert embedding["per_device_shape"] == [embedding["shape"][0] // 2, embedding["shape"][1] // 4]
+        assert embedding["per_device_shape"] == [embedding["shape"][0] // tensor, embedding["shape"][1] // fsdp]

@@ -148,6 +148,7 @@ def export(
             "layer_norm_eps": model_config.image.layer_norm_eps,
         },
         "min_temperature": model_config.min_temperature,  # logit scales are clipped at 1 / min_temperature
+        "special_ids": list(tokenizer.special_ids),  # words no lexicon vector holds
         "source": source or {},
     }
     with open(os.path.join(output_dir, ELA_CONFIG_FILE), "w") as f:

@@ -41,6 +41,8 @@ def projection(features: int, name: str, dtype) -> layers.TokenDense:
 
 class ELAModel(nn.Module):
     config: ml_collections.ConfigDict  # config.model with vocab_size resolved
+    # The tokenizer's special tokens ([PAD], [CLS], ...): kept out of every lexicon vector and vocabulary logit.
+    special_ids: tuple[int, ...] = ()
 
     def setup(self):
         config = self.config
@@ -66,6 +68,7 @@ class ELAModel(nn.Module):
             impl=config.lexicon.impl,
             interpret=config.lexicon.pallas_interpret,
             dtype=dtype,
+            masked_ids=self.special_ids,
         )
         self.image_lexicon = lexicon_head(config.image, tied=False)
         self.text_lexicon = lexicon_head(config.text, tied=config.lexicon.tie_text_decoder)

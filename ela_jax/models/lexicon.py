@@ -16,12 +16,16 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ela_jax.models import layers
 from ela_jax.models.lexicon_kernel import pallas_max_argmax
 
 TOKEN_POOLS = ("max", "mean", "logsumexp")
 ROWS_BUDGET_BYTES = 2**28  # the argmax backward's gathered rows per scan step on an accelerator
+# The logit of a word kept out of the lexicon: saturates to 0, and has no mass in a softmax or BCE over the vocabulary
+# (finite, so a zero target times its log-probability stays 0).
+MASKED_LOGIT = -1e4
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -34,7 +38,8 @@ class LexiconHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder to the vocabulary (+ bias); the decoder may be tied to embeddings.
 
     Parameters cover `padded_vocab_size` words; every output is cut back to the real `vocab_size`, so padding words
-    never reach a loss, a lexicon vector or an exported weight.
+    never reach a loss, a lexicon vector or an exported weight. The `masked_ids` words (the tokenizer's special
+    tokens) get MASKED_LOGIT in every output: they are no word of any image or caption.
     """
 
     width: int
@@ -47,6 +52,7 @@ class LexiconHead(nn.Module):
     impl: str = "chunked"  # how `pooled` computes the pools: one of config.LEXICON_IMPLS (see pool_vocab_logits)
     interpret: bool = False  # impl "pallas" in Pallas's interpret mode (CPU tests)
     dtype: layers.Dtype = jnp.float32
+    masked_ids: tuple[int, ...] = ()
 
     def setup(self):
         self.transform = layers.TokenDense(
@@ -83,10 +89,11 @@ class LexiconHead(nn.Module):
     def __call__(self, hidden: jax.Array, tied_embedding: jax.Array | None = None) -> jax.Array:
         """hidden [batch, len, width] -> vocabulary logits [batch, len, vocab] in float32 (dense)."""
         kernel = self._kernel(tied_embedding)
-        logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype))
-        logits = logits.astype(jnp.float32) + self.decoder_bias
+        # Accumulated in float32: a bfloat16 sum over the width would round every logit (lexicon, ELA, MLM).
+        logits = layers.token_matmul(self._features(hidden), kernel.astype(self.dtype), jnp.float32)
+        logits = logits + self.decoder_bias
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
-        return logits[..., : self.vocab_size]
+        return mask_words(logits[..., : self.vocab_size], self.masked_ids)
 
     def pooled(
         self,
@@ -102,7 +109,16 @@ class LexiconHead(nn.Module):
         pooled = pool_vocab_logits(
             features, kernel, self.decoder_bias, token_mask, pools, self.chunk, self.impl, self.interpret
         )
-        return {name: value[:, : self.vocab_size] for name, value in pooled.items()}
+        return {name: mask_words(value[:, : self.vocab_size], self.masked_ids) for name, value in pooled.items()}
+
+
+def mask_words(logits: jax.Array, word_ids: tuple[int, ...]) -> jax.Array:
+    """logits [..., vocab] with the columns of word_ids set to MASKED_LOGIT (no gradient reaches them)."""
+    if not word_ids:
+        return logits
+    masked = np.zeros(logits.shape[-1], bool)
+    masked[list(word_ids)] = True
+    return jnp.where(masked, MASKED_LOGIT, logits)
 
 
 def pool_tokens(logits: jax.Array, token_mask: jax.Array, how: str) -> jax.Array:
