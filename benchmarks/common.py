@@ -22,7 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 sys.path.insert(0, REPO)  # `configs` is importable from a checkout without installing
 
-import ela_jax  # noqa: E402  (its host-allocator settings must precede XLA:CPU's threads: ela_jax.host_allocator)
+import ela_jax  # noqa: E402
+from ela_jax import host_allocator  # noqa: E402
+
+host_allocator.configure()  # before XLA:CPU's threads start (ela_jax.host_allocator), as the JAX modules do
 
 BERT_VOCAB_SIZE = 30522
 MAX_DISTINCT_PAIRS = 512
@@ -120,7 +123,7 @@ class JaxStep:
 
         self.workdir = workdir or tempfile.mkdtemp(prefix="ela_bench_")
         self.experiment = Experiment.build(config, self.workdir)
-        self.config = config
+        self.config = config = self.experiment.config
         self.factory = self.experiment.state_factory()
         self.vocabulary = self.experiment.vocabulary()
         self.jitted = self.experiment.train_step(self.factory)

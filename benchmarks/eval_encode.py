@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
 
     machine = common.machine()
     experiment = Experiment.build(config, common.tempfile.mkdtemp(prefix="ela_bench_"))
+    config = experiment.config
     params = experiment.state_factory().create(config.seed).params
     encoder = experiment.encoder(params, config.eval.batch_size)
     images = common.world_batch(config, experiment.tokenizer, args.images)["images"]

@@ -23,9 +23,8 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ela_jax.data import images, pipeline, records, tokenizer  # noqa: E402
-from tests import data_fixtures  # noqa: E402
-from tests.conftest import make_tiny_config  # noqa: E402
+from ela_jax import config as config_lib  # noqa: E402
+from ela_jax.data import images, pipeline, records, tokenizer, webdataset  # noqa: E402
 
 CAPTION = "a man riding a wave on top of a surfboard near the beach on a sunny day"  # a typical COCO caption
 PHOTO_SIZES = {"640x480": (640, 480), "1600x1200": (1600, 1200)}
@@ -80,23 +79,24 @@ def single_core_rates(jpegs: list[bytes], image_size: int, vocab: str) -> dict:
 
 def write_shard(jpegs: list[bytes], shard_dir: str) -> None:
     samples = [(f"{i:06d}", {"jpg": data, "txt": CAPTION.encode()}) for i, data in enumerate(jpegs)]
-    data_fixtures.tar_shard(os.path.join(shard_dir, "00000.tar"), samples)
+    webdataset.tar_shard(os.path.join(shard_dir, "00000.tar"), samples)
 
 
 def grain_pipeline_rate(shard_dir: str, num_images: int, image_size: int, vocab: str, threads: int) -> float:
     """images/s through pipeline.train_dataset over WebDataset shards with `threads` grain threads (batch 64)."""
-    config = make_tiny_config(
-        **{
-            "data.name": "webdataset",
-            "data.manual_dir": shard_dir,
-            "data.image_size": image_size,
-            "data.num_threads": threads,
-            "data.prefetch_buffer_size": 8,
-            "batch_size": 64,
-            "tokenizer.vocab": vocab,
-            "tokenizer.max_length": 32,
-        }
-    )
+    config = config_lib.base_config()
+    settings = {
+        "data.name": "webdataset",
+        "data.manual_dir": shard_dir,
+        "data.image_size": image_size,
+        "data.num_threads": threads,
+        "data.prefetch_buffer_size": 8,
+        "batch_size": 64,
+        "tokenizer.vocab": vocab,
+        "tokenizer.max_length": 32,
+    }
+    for key, value in settings.items():
+        config_lib.set_dotted(config, key, value)
     stream = iter(pipeline.train_dataset(config, tokenizer.from_config(config.tokenizer, shard_dir), 0, 1))
     next(stream)  # start-up (indexing, thread pool) is not throughput
     batches = max(4, 2 * num_images // 64)

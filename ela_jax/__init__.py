@@ -1,11 +1,11 @@
-"""ela_jax: ELA (expansive lexicon-patch alignment) vision-language pre-training in JAX/Flax."""
+"""ela_jax: ELA (expansive lexicon-patch alignment) vision-language pre-training in JAX/Flax.
 
-from ela_jax import host_allocator
+The package itself changes nothing in the process: `import ela_jax.torch_model` leaves a PyTorch process's malloc
+settings alone. The JAX side (ela_jax.parallel, ela_jax.models, ela_jax.objectives) applies ela_jax.host_allocator's
+settings when it is imported, before JAX starts XLA:CPU's threads.
+"""
 
 __version__ = "0.1.0"
-
-# Before JAX starts XLA:CPU's threads: see ela_jax.host_allocator (about a fifth off the demo's CPU train step).
-host_allocator.configure()
 
 
 def load(workdir: str, step: int | None = None, batch_size: int = 256):

@@ -1,5 +1,6 @@
 """python -m ela_jax.ablate: trains a grid of config overrides x seeds, one workdir per run, and tabulates held-out
-retrieval as mean ± std over seeds (table.json, table.md, ablation.png).
+retrieval (and, on the scenes world, the unnamed-object measure) as mean ± std over seeds, with each row's
+differences to a reference row (--reference, default beta0) paired by seed (table.json, table.md, ablation.png).
 
     python -m ela_jax.ablate --config configs/demo.py --grid ela --seeds 0,1,2 --workdir runs/ablation \
         [--grid_file configs/ablation.py] [--config.KEY=VALUE ...]
@@ -32,6 +33,7 @@ from ml_collections import config_flags
 
 from ela_jax import config as config_lib
 from ela_jax.cli import quiet_libraries
+from ela_jax.paths import require_local
 from ela_jax.training import restarts
 from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
 
@@ -48,6 +50,29 @@ METRICS = (
     ("rsum", "RSUM"),
 )
 NONZERO_SIDES = (("image", "nnz/image"), ("text", "nnz/caption"))
+# The unnamed-object measure (ela_jax/evaluation/unnamed.py), per variant: the image lexicon and the global embeddings.
+UNNAMED_KEY = "unnamed_objects"
+UNNAMED_VARIANTS = ("lexicon", "global")
+UNNAMED_METRICS = (
+    ("auc", "AUC"),
+    ("recall@1", "R@1"),
+    ("recall@5", "R@5"),
+    ("query_recall@1", "query R@1"),
+    ("query_recall@5", "R@5"),
+    ("query_recall@10", "R@10"),
+)
+# Paired differences against the reference row, by seed: (label, path into a run's results).
+PAIRED = (
+    ("global RSUM", ("scores", "global", "rsum")),
+    ("lexicon RSUM", ("scores", "lexicon", "rsum")),
+    ("unnamed AUC (lexicon)", (UNNAMED_KEY, "lexicon", "auc")),
+    ("unnamed AUC (global)", (UNNAMED_KEY, "global", "auc")),
+    ("unnamed R@5 (lexicon)", (UNNAMED_KEY, "lexicon", "recall@5")),
+    ("query R@10 (lexicon)", (UNNAMED_KEY, "lexicon", "query_recall@10")),
+    ("query R@10 (global)", (UNNAMED_KEY, "global", "query_recall@10")),
+    ("nnz/image", ("lexicon_nonzeros", "image")),
+)
+REFERENCE = "beta0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,9 +249,11 @@ def run_grid(
     seeds: list[int],
     root: str,
     only: frozenset[str] | None = None,
+    reference: str = REFERENCE,
 ) -> GridReport:
     """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N> (of the entries named in `only`,
     when given), rewriting the table of the whole grid after each run."""
+    require_local(root, "the grid's root")
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
     for entry, seed in schedule([entry for entry in entries if only is None or entry.name in only], seeds):
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
@@ -258,8 +285,8 @@ def run_grid(
             report.failed[name] = detail
         else:
             report.trained.append(name)
-        report.table = write_outputs(entries, seeds, root, report.failed)
-    report.table = write_outputs(entries, seeds, root, report.failed)
+        report.table = write_outputs(entries, seeds, root, report.failed, reference)
+    report.table = write_outputs(entries, seeds, root, report.failed, reference)
     return report
 
 
@@ -281,11 +308,50 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(array.mean()), "std": std, "values": [float(v) for v in array]}
 
 
-def summarise(entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str] | None = None) -> dict:
-    """The table as JSON: per entry, per score, mean ± std over the finished seeds of every metric."""
+def lookup(results: dict, path: tuple[str, ...]) -> float | None:
+    """The number at `path` in a run's results, None where the run has none (e.g. no lexicon score)."""
+    for key in path:
+        if not isinstance(results, dict) or key not in results:
+            return None
+        results = results[key]
+    return float(results)
+
+
+def paired_differences(results: dict[int, dict], reference: dict[int, dict]) -> dict:
+    """Per PAIRED metric, mean ± std over the seeds both rows finished of (row - reference); metrics either side
+    lacks are left out."""
+    seeds = sorted(set(results) & set(reference))
+    differences = {}
+    for label, path in PAIRED:
+        pairs = [(lookup(results[s], path), lookup(reference[s], path)) for s in seeds]
+        if pairs and all(a is not None and b is not None for a, b in pairs):
+            differences[label] = mean_std([a - b for a, b in pairs])
+    return {"seeds": seeds, "metrics": differences}
+
+
+def unnamed_summary(runs: list[dict]) -> dict:
+    """variant -> metric -> mean ± std over the runs, when every run reports the unnamed-object measure."""
+    if not runs or not all(UNNAMED_KEY in r for r in runs):
+        return {}
+    return {
+        variant: {key: mean_std([r[UNNAMED_KEY][variant][key] for r in runs]) for key, _ in UNNAMED_METRICS}
+        for variant in UNNAMED_VARIANTS
+    }
+
+
+def summarise(
+    entries: list[Entry],
+    seeds: list[int],
+    root: str,
+    failed: dict[str, str] | None = None,
+    reference: str = REFERENCE,
+) -> dict:
+    """The table as JSON: per entry, per score, mean ± std over the finished seeds of every metric; the unnamed-object
+    measure; and the differences to the `reference` entry paired by seed (when the grid has that entry)."""
+    by_name = {entry.name: read_results(entry, seeds, root) for entry in entries}
     rows = []
     for entry in entries:
-        results = read_results(entry, seeds, root)
+        results = by_name[entry.name]
         row = {
             "entry": entry.name,
             "description": entry.description,
@@ -294,7 +360,10 @@ def summarise(entries: list[Entry], seeds: list[int], root: str, failed: dict[st
             "seeds_finished": sorted(results),
             "scores": {},
             "lexicon_nonzeros": {},
+            UNNAMED_KEY: unnamed_summary(list(results.values())),
         }
+        if reference in by_name and entry.name != reference:
+            row["paired_vs_reference"] = paired_differences(results, by_name[reference])
         if results:
             runs = list(results.values())
             common_scores = [score for score in runs[0]["scores"] if all(score in r["scores"] for r in runs)]
@@ -306,15 +375,16 @@ def summarise(entries: list[Entry], seeds: list[int], root: str, failed: dict[st
                     side: mean_std([r["lexicon_nonzeros"][side] for r in runs]) for side, _ in NONZERO_SIDES
                 }
         rows.append(row)
-    return {"rows": rows, "failed": dict(failed or {})}
+    return {"rows": rows, "failed": dict(failed or {}), "reference": reference if reference in by_name else None}
 
 
-def format_cell(stat: dict | None) -> str:
+def format_cell(stat: dict | None, signed: bool = False) -> str:
     if not stat:
         return "–"
+    mean = f"{stat['mean']:+.1f}" if signed else f"{stat['mean']:.1f}"
     if stat["std"] is None:
-        return f"{stat['mean']:.1f}"
-    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+        return mean
+    return f"{mean} ± {stat['std']:.1f}"
 
 
 def markdown_table(table: dict) -> str:
@@ -330,11 +400,43 @@ def markdown_table(table: dict) -> str:
             nonzeros = row["lexicon_nonzeros"] if score == "lexicon" else {}
             cells += [format_cell(nonzeros.get(side)) for side, _ in NONZERO_SIDES]
             lines.append(f"| {row['entry']} | {seeds} | {score} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + unnamed_table(table) + paired_table(table)
     if table["failed"]:
         text += "\nFailed runs (retried by the next invocation):\n\n"
         text += "".join(f"- {run}: {reason}\n" for run, reason in sorted(table["failed"].items()))
     return text
+
+
+def unnamed_table(table: dict) -> str:
+    """Markdown: the unnamed-object measure per entry and variant ("" when no run reports it)."""
+    rows = [row for row in table["rows"] if row.get(UNNAMED_KEY)]
+    if not rows:
+        return ""
+    header = ["entry", "seeds", "scored by"] + [label for _, label in UNNAMED_METRICS]
+    lines = ["", "Objects no caption names (held-out, %):", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * len(header))
+    for row in rows:
+        seeds = f"{len(row['seeds_finished'])}/{len(row['seeds_planned'])}"
+        for variant, metrics in row[UNNAMED_KEY].items():
+            cells = [format_cell(metrics[key]) for key, _ in UNNAMED_METRICS]
+            lines.append(f"| {row['entry']} | {seeds} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(table: dict) -> str:
+    """Markdown: each entry minus the reference entry, paired by seed ("" without a reference)."""
+    rows = [row for row in table["rows"] if row.get("paired_vs_reference", {}).get("seeds")]
+    if not table.get("reference") or not rows:
+        return ""
+    labels = [label for label, _ in PAIRED if any(label in row["paired_vs_reference"]["metrics"] for row in rows)]
+    header = ["entry", "paired seeds"] + labels
+    lines = ["", f"Difference to `{table['reference']}`, paired by seed (mean ± std):", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        paired = row["paired_vs_reference"]
+        cells = [format_cell(paired["metrics"].get(label), signed=True) for label in labels]
+        lines.append(f"| {row['entry']} | {len(paired['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def bar_chart(table: dict, path: str) -> str:
@@ -366,9 +468,11 @@ def bar_chart(table: dict, path: str) -> str:
     return path
 
 
-def write_outputs(entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str]) -> dict:
+def write_outputs(
+    entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str], reference: str = REFERENCE
+) -> dict:
     """table.json, table.md and ablation.png under root; returns the table."""
-    table = summarise(entries, seeds, root, failed)
+    table = summarise(entries, seeds, root, failed, reference)
     os.makedirs(root, exist_ok=True)
     # Written aside and renamed: workers sharing the grid rewrite these concurrently, and a reader never sees half.
     prefix = f".tmp.{socket.gethostname()}.{os.getpid()}."  # the extension stays last: matplotlib reads the format
@@ -394,6 +498,9 @@ _ENTRIES = flags.DEFINE_list(
     "still covers every entry.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Root of the per-run workdirs and the table.")
+_REFERENCE = flags.DEFINE_string(
+    "reference", REFERENCE, "Entry the table's paired differences are taken against (absent from the grid: none)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -406,7 +513,7 @@ def main(argv) -> None:
         only = select_entries(entries, _ENTRIES.value)
     except (FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"ablation error: {error}")
-    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value, only)
+    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value, only, _REFERENCE.value)
     print(markdown_table(report.table))
     print(
         f"trained {len(report.trained)}, already finished {len(report.skipped)}, held by other workers "

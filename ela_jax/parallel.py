@@ -19,7 +19,12 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
+from ela_jax import host_allocator
 from ela_jax.errors import DistributedConfigError
+
+# The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
+# computation (see ela_jax.host_allocator); the package's own import leaves a PyTorch process alone.
+host_allocator.configure()
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -259,7 +264,8 @@ def sharding_report(mesh: Mesh, param_shardings: Any, abstract_params: Any) -> d
             "shape": list(abstract.shape),
             "per_device_shape": list(sharding.shard_shape(abstract.shape)),
         }
-    return {"mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape))), "parameters": parameters}
+    # mesh.shape, not its devices: an AbstractMesh (no devices) gives the same report, as the sharding goldens need.
+    return {"mesh": {name: int(size) for name, size in mesh.shape.items()}, "parameters": parameters}
 
 
 def write_sharding_report(path: str, report: dict) -> None:

@@ -65,8 +65,11 @@ class ELATorch(torch.nn.Module):
         with open(os.path.join(directory, "ela_config.json")) as f:
             ela_config = json.load(f)
         text_dir, image_dir = (os.path.join(directory, ela_config[name]) for name in ("text", "image"))
-        text_model = transformers.BertForMaskedLM.from_pretrained(text_dir, dtype=torch.float32)
-        image_model = transformers.ViTModel.from_pretrained(image_dir, add_pooling_layer=False, dtype=torch.float32)
+        # safetensors only: a pickled .bin beside them would run code on load.
+        text_model = transformers.BertForMaskedLM.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True)
+        image_model = transformers.ViTModel.from_pretrained(
+            image_dir, add_pooling_layer=False, dtype=torch.float32, use_safetensors=True
+        )
         tokenizer = transformers.BertTokenizerFast.from_pretrained(text_dir)
         model = cls(text_model, image_model, tokenizer, ela_config, batch_size)
         heads = load_file(os.path.join(directory, ela_config["heads"]))

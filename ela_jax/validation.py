@@ -18,6 +18,13 @@ def _validate_eval(eval_config) -> None:
         raise ConfigError(f"eval.hybrid_weights must be >= 0 with at least one > 0, got {hybrid_weights}")
     check_choice(eval_config.hybrid_normalise, ("std", "none"), "eval.hybrid_normalise")
     check_choice(eval_config.retriever, config_lib.RETRIEVERS, "eval.retriever")
+    seismic = eval_config.seismic
+    for key in ("centroid_fraction", "summary_energy", "heap_factor"):
+        if not 0.0 < seismic[key] <= 1.0:
+            raise ConfigError(f"eval.seismic.{key} must lie in (0, 1], got {seismic[key]}")
+    for key in ("n_postings", "query_cut", "num_threads"):
+        if seismic[key] < 1:
+            raise ConfigError(f"eval.seismic.{key} must be >= 1, got {seismic[key]}")
     zeroshot = eval_config.zeroshot
     if zeroshot.dataset not in ("world_colour", "world_shape") and not zeroshot.dataset.startswith("tfds:"):
         raise ConfigError(
@@ -30,6 +37,17 @@ def _validate_eval(eval_config) -> None:
             raise ConfigError(f"eval.zeroshot.templates entry {template!r} must contain exactly one '{{}}'")
     if zeroshot.num_examples < 0:
         raise ConfigError(f"eval.zeroshot.num_examples must be >= 0 (0: all), got {zeroshot.num_examples}")
+
+
+def _validate_evals(config: ml_collections.ConfigDict) -> None:
+    for name, entry in config.evals.items():
+        check_choice(entry.type, config_lib.EVALUATOR_TYPES, f"evals.{name}.type")
+    retrieval_in_training = any(e.type == "retrieval" and e.during_training for e in config.evals.values())
+    if config.checkpoint.best_metric and not retrieval_in_training:
+        raise ConfigError(
+            f"checkpoint.best_metric={config.checkpoint.best_metric!r} ranks checkpoints by retrieval, but no evals "
+            "entry of type 'retrieval' runs during training; set evals.retrieval.during_training=True"
+        )
 
 
 def _validate_checkpointing(config: ml_collections.ConfigDict) -> None:
@@ -102,6 +120,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         check_choice(score, config_lib.SCORES, "eval.scores")
     check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
     _validate_eval(config.eval)
+    _validate_evals(config)
     weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")

@@ -1,4 +1,4 @@
-"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot.json
+"""python -m ela_jax.zeroshot --workdir W [--step N] [--config.KEY=VALUE ...] -> W/eval/zeroshot_<dataset>.json
 
 Zero-shot classification with a checkpoint of W, configured by `eval.zeroshot`, e.g.
 `--config.eval.zeroshot.dataset=world_shape` or `--config.eval.zeroshot.dataset=tfds:cifar10 --config.data.dir=D`.
@@ -6,31 +6,23 @@ Zero-shot classification with a checkpoint of W, configured by `eval.zeroshot`, 
 
 from __future__ import annotations
 
-import os
 import sys
 
-from absl import app, flags
+from absl import app
 
 from ela_jax import evaluate
+from ela_jax.evaluation import evaluators
 
 
 def main(argv) -> None:
     del argv
     experiment = evaluate.experiment_from_flags()
-    from ela_jax.evaluation import zeroshot
-
-    config, workdir = experiment.config, experiment.workdir
-    zeroshot_config = config.eval.zeroshot
+    zeroshot_config = experiment.config.eval.zeroshot
     try:
-        dataset = zeroshot.labelled_set(zeroshot_config, config.data, config.model.image.image_size)
+        evaluator = evaluators.build("zeroshot", experiment.config, experiment.tokenizer)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"zero-shot data error: {error}")
-    templates = tuple(zeroshot_config.templates) or zeroshot.default_templates(zeroshot_config.dataset)
-    state = experiment.restore_state(flags.FLAGS.step)
-    encoder = experiment.encoder(state.params, config.eval.batch_size)
-    results = zeroshot.evaluate_zeroshot(encoder, experiment.tokenizer, dataset, templates, config.eval)
-    results = {"step": int(state.step), "dataset": zeroshot_config.dataset, "split": zeroshot_config.split, **results}
-    evaluate.write_on_chief(os.path.join(workdir, "eval", "zeroshot.json"), results)
+    results = evaluate.run_evaluator(experiment, evaluator)
     for score, metrics in results["scores"].items():
         print(
             f"{zeroshot_config.dataset} {score}: acc1 {metrics['acc1']:.1f}  acc5 {metrics['acc5']:.1f}  "

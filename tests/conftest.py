@@ -1,13 +1,16 @@
-"""Shared fixtures: offline environment, a private TFDS data dir, and a tiny config that trains in seconds."""
+"""Shared fixtures: offline environment, a private TFDS data dir, and a tiny config that trains in seconds (helpers
+that tests import live in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-import ela_jax  # noqa: F401  (first: its host-allocator settings must precede XLA:CPU's threads)
+from ela_jax import host_allocator
+
+host_allocator.configure()  # first: the settings must precede XLA:CPU's threads (ela_jax.host_allocator)
+from tests.helpers import make_tiny_config  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,64 +50,6 @@ def private_data_dir(tmp_path_factory):
         os.environ.pop("ELA_JAX_DATA_DIR", None)
     else:
         os.environ["ELA_JAX_DATA_DIR"] = previous
-
-
-def make_tiny_config(**overrides):
-    """ELA with every switch of the demo on a small world and a tiny model; `overrides` are dotted keys."""
-    from ela_jax import config as config_lib
-
-    config = config_lib.base_config()
-    config.total_steps = 20
-    config.batch_size = 32
-    config.data.num_train = 256
-    config.data.num_test = 64
-    config.tokenizer.max_length = 16
-    config.model = config_lib.model_config(
-        image_size=32,
-        patch_size=8,
-        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        max_length=16,
-        embed_dim=32,
-        token_dim=16,
-    )
-    config.model.global_pool = "mean"
-    config.objective.ela_weight = 1.0
-    config.objective.mlm_weight = 0.5
-    config.objective.flops_weight = 1e-3
-    config.optim.lr = 2e-3
-    config.optim.warmup_steps = 5
-    config.checkpoint.every_steps = 10
-    config.log.every_steps = 5
-    config.log.progress = False
-    config.eval.batch_size = 64
-    return set_keys(config, overrides)
-
-
-def set_keys(config, overrides: dict):
-    """Sets dotted keys ("objective.ela.beta") of a config in place and returns it."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
-
-
-# A process that takes a workdir lock (argv: workdir, lock file name), says "held", and keeps it until killed.
-HOLD_LOCK = """
-import sys, time
-from ela_jax.training.workdir_lock import WorkdirLock
-assert WorkdirLock(sys.argv[1], sys.argv[2]).acquire()
-print("held", flush=True)
-time.sleep(600)
-"""
-
-
-def train_command(workdir: str, *overrides: str) -> list[str]:
-    """The training CLI on the demo config, as a user types it."""
-    return [sys.executable, "-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", workdir, *overrides]
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 
 import numpy as np
 from PIL import Image
+
+from ela_jax.data.webdataset import tar_shard
 
 TAG_STEP = 20
 
@@ -112,17 +113,6 @@ def write_jsonl(path: str, rows: list) -> None:
         for row in rows:
             f.write(row if isinstance(row, bytes) else json.dumps(row).encode())
             f.write(b"\n")
-
-
-def tar_shard(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    """A WebDataset shard: for each (key, {extension: bytes}) one member `key.extension`."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tarfile.open(path, "w") as archive:
-        for key, fields in samples:
-            for extension, data in fields.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
 
 
 def write_shards(

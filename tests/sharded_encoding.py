@@ -12,7 +12,7 @@ import numpy as np
 from ela_jax import parallel
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 def main(data: int, fsdp: int, workdir: str) -> None:

@@ -20,7 +20,7 @@ from ela_jax import objectives, parallel
 from ela_jax.experiment import Experiment
 from ela_jax.training import step as step_lib
 from ela_jax.training.contrastive import Contrastive
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 BATCH = 16
 
@@ -40,6 +40,7 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
     mesh_presets.apply_overlays(config, "" if preset == "single" else preset)
     config.model.vocab_multiple = 128  # as fsdp_tp sets it: every mesh starts from the same (padded) parameters
     experiment = Experiment.build(config, workdir)
+    config = experiment.config
     factory = experiment.state_factory()
     state = factory.create(config.seed)
     step_fn = experiment.train_step(factory)

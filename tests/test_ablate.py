@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import importlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from ela_jax import ablate
 from ela_jax import config as config_lib
 from ela_jax import validation
-from tests.conftest import HOLD_LOCK, make_tiny_config
+from tests.helpers import HOLD_LOCK, make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +24,7 @@ def results_path(root: str, run: str) -> str:
     return os.path.join(root, run, ablate.RESULTS_FILE)
 
 
+@pytest.mark.integration  # trains a grid
 def test_grid_trains_writes_tables_and_resumes(tmp_path, compilation_cache):
     """(The session's compilation cache lets the second run load the programs the first compiled.)"""
     # CLIP-only steps keep the compile small; the entries differ in what they evaluate, not in what they compile.
@@ -105,6 +107,48 @@ def test_table_is_mean_and_sample_std_over_finished_seeds(tmp_path):
     assert "| b | 1/1 | global |" in text and "| c | 0/2 | – |" in text and "c/seed0: config error: x" in text
 
 
+def write_scenes_results(root: str, run: str, rsum: float, auc: float) -> None:
+    """Results of a scenes-world run: global and lexicon scores and the unnamed-object measure of both variants."""
+    scores = {score: {key: rsum / 7 for key, _ in ablate.METRICS} for score in ("global", "lexicon")}
+    scores["global"]["rsum"], scores["lexicon"]["rsum"] = rsum, rsum - 10
+    measure = {key: auc / 2 for key, _ in ablate.UNNAMED_METRICS}
+    unnamed = {"lexicon": {**measure, "auc": auc}, "global": {**measure, "auc": auc - 5}, "num_images": 500}
+    results = {"scores": scores, "lexicon_nonzeros": {"image": 9.0, "text": 4.0}, ablate.UNNAMED_KEY: unnamed}
+    os.makedirs(os.path.dirname(results_path(root, run)), exist_ok=True)
+    with open(results_path(root, run), "w") as f:
+        json.dump(results, f)
+
+
+def test_table_reports_the_unnamed_measure_and_differences_paired_by_seed(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("beta0", {}, seeds=3), ablate.Entry("expand", {}, seeds=3), ablate.Entry("clip", {})]
+    reference, expand = {0: (50.0, 60.0), 1: (58.0, 61.0), 2: (52.0, 64.0)}, {0: (53.0, 70.0), 2: (60.0, 66.0)}
+    for seed, (rsum, auc) in reference.items():
+        write_scenes_results(root, f"beta0/seed{seed}", rsum, auc)
+    for seed, (rsum, auc) in expand.items():
+        write_scenes_results(root, f"expand/seed{seed}", rsum, auc)
+    write_results(root, "clip/seed0", 45.0, None)  # no lexicon score, no measure
+    table = ablate.summarise(entries, [0, 1, 2], root)
+    beta0, row, clip = table["rows"]
+    assert "paired_vs_reference" not in beta0 and table["reference"] == "beta0"
+    assert row[ablate.UNNAMED_KEY]["lexicon"]["auc"]["mean"] == pytest.approx(68.0)
+    assert row[ablate.UNNAMED_KEY]["global"]["auc"]["values"] == pytest.approx([65.0, 61.0])
+    paired = row["paired_vs_reference"]
+    assert paired["seeds"] == [0, 2]  # seed 1 of `expand` is not finished: its reference run is left unpaired
+    rsum_differences = [53.0 - 50.0, 60.0 - 52.0]
+    assert paired["metrics"]["global RSUM"]["mean"] == pytest.approx(np.mean(rsum_differences))
+    assert paired["metrics"]["global RSUM"]["std"] == pytest.approx(np.std(rsum_differences, ddof=1))
+    assert paired["metrics"]["unnamed AUC (lexicon)"]["values"] == pytest.approx([10.0, 2.0])
+    assert paired["metrics"]["nnz/image"]["values"] == pytest.approx([0.0, 0.0])
+    # CLIP-only has no lexicon score: its paired lexicon and unnamed differences are left out, not zero.
+    assert set(clip["paired_vs_reference"]["metrics"]) == {"global RSUM", "nnz/image"}
+    assert not clip[ablate.UNNAMED_KEY]
+    text = ablate.markdown_table(table)
+    assert "| expand | 2/3 | lexicon | 68.0 ± 2.8 |" in text
+    assert "| expand | 2 | +5.5 ± 3.5 | +5.5 ± 3.5 | +6.0 ± 5.7 |" in text
+    assert "Difference to `beta0`" not in ablate.markdown_table(ablate.summarise(entries[1:], [0, 1, 2], root))
+
+
 def test_seed_major_schedule_and_seed_parsing():
     entries = [ablate.Entry("key", {}, seeds=3), ablate.Entry("rest", {}, seeds=2)]
     order = [(entry.name, seed) for entry, seed in ablate.schedule(entries, [5, 6, 7])]
@@ -153,6 +197,18 @@ def test_every_entry_of_the_shipped_grid_is_a_valid_demo_config():
 ENV = {**os.environ, "PYTHONPATH": REPO}
 
 
+@pytest.mark.parametrize(("grid", "config_name"), [("scenes", "scenes"), ("demo", "demo")])
+def test_every_entry_of_the_expansion_grids_is_a_valid_config(grid, config_name):
+    base = importlib.import_module(f"configs.{config_name}").get_config()
+    entries = ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), grid)
+    assert {"clip", "beta0"} <= {entry.name for entry in entries} and all(entry.seeds == 3 for entry in entries)
+    for entry in entries:
+        validation.validate(ablate.entry_config(base, entry, seed=2), jax.device_count())
+    if grid == "scenes":  # clip, beta0, and 3 sources x 2 target forms x 2 beta schedules
+        assert len(entries) == 14 and len({tuple(sorted(e.overrides.items())) for e in entries}) == 14
+
+
+@pytest.mark.integration  # spawns processes
 def test_workers_share_a_grid_through_run_locks(tmp_path):
     root = str(tmp_path)
     entries = [ablate.Entry("done", {}, seeds=1), ablate.Entry("held", {}, seeds=1)]

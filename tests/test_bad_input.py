@@ -14,7 +14,7 @@ from PIL import Image
 
 from ela_jax.data import captions_tfds, images, pipeline, records, tokenizer
 from tests import data_fixtures as fixtures
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 def encode(image: Image.Image, format_: str, **options) -> bytes:

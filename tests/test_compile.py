@@ -11,7 +11,7 @@ from jax._src import dispatch
 from ela_jax import parallel
 from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 class CompileCounter:
@@ -42,6 +42,7 @@ def jitted_step(tmp_path_factory):
     """The train step the loop runs (`Experiment.train_step`), a state factory, and batches from the real pipeline."""
     config = make_tiny_config(**{"batch_size": 16})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
+    config = experiment.config
     factory = experiment.state_factory()
     mesh = experiment.mesh
     train_step = experiment.train_step(factory)

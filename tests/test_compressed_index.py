@@ -15,7 +15,7 @@ from ela_jax.retrieval import compressed, index
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from sparse_vs_dense import zipf_sparse  # noqa: E402
-from tests.test_sparse_retrieval import brute_force_top_k, dyadic_sparse  # noqa: E402
+from tests.helpers import brute_force_top_k, dyadic_sparse  # noqa: E402
 
 
 @pytest.mark.parametrize("width", [0, 1, 3, 7, 8, 13, 20])

@@ -11,7 +11,7 @@ from configs import mesh_presets
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.experiment import Experiment, load_config
-from tests.conftest import train_command
+from tests.helpers import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,7 +75,7 @@ def test_expansion_from_a_text_head_that_nothing_trains_is_refused(tiny_config, 
     assert "nothing trains the text lexicon head" in message and "set objective.mlm_weight > 0" in message
     assert "init.text_tower" not in message, "an initialised head that nothing trains is no way out"
     # The same config validates with MLM training the head.
-    config_lib.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
+    validation.validate(tiny_config(**{"objective.ela.beta": 0.5, "objective.ela.target_source": source}), 1)
 
 
 def test_expansion_from_a_frozen_copy_of_a_random_text_side_is_refused(tiny_config):
@@ -92,7 +92,7 @@ def test_untrained_expansion_sources_are_accepted_when_nothing_expands(tiny_conf
     for source in ("online", "ema", "frozen", "pretrained"):
         for overrides in ({"objective.ela.beta": 0.0}, {"objective.ela.loss": "lexlip_cosine"}):
             config = tiny_config(**{"objective.mlm_weight": 0.0, "objective.ela.target_source": source, **overrides})
-            config_lib.validate(config, 1)
+            validation.validate(config, 1)
 
 
 def test_target_form_is_a_choice_defaulting_to_softmax(tiny_config):
@@ -106,10 +106,20 @@ def test_vocab_size_that_disagrees_with_tokenizer_is_refused(tiny_config, tmp_pa
         Experiment.build(tiny_config(**{"model.vocab_size": 5}), str(tmp_path))
 
 
+def test_building_an_experiment_leaves_the_callers_config_untouched(tiny_config, tmp_path):
+    config = tiny_config()
+    before = config.to_json_best_effort()
+    experiment = Experiment.build(config, str(tmp_path))
+    assert config.to_json_best_effort() == before
+    assert config.model.vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER
+    assert experiment.config.model.vocab_size == experiment.tokenizer.vocab_size
+
+
 def run_training_cli(workdir, override: str) -> subprocess.CompletedProcess:
     return subprocess.run(train_command(str(workdir), override), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     result = run_training_cli(tmp_path, "--config.objective.no_such_key=1")
     assert result.returncode != 0
@@ -117,6 +127,7 @@ def test_unknown_override_key_fails_on_the_command_line(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
+@pytest.mark.integration  # runs the training CLI in a subprocess
 def test_bad_config_on_the_command_line_is_one_line_before_compiling(tmp_path):
     result = run_training_cli(tmp_path, "--config.batch_size=0")
     assert result.returncode != 0

@@ -29,7 +29,7 @@ from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
 from ela_jax.training.state import example_inputs
-from tests.conftest import make_tiny_config, set_keys
+from tests.helpers import make_tiny_config, set_keys
 
 TOLERANCE = 1e-4
 TEXTS = [
@@ -174,12 +174,14 @@ def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
         assert scale == pytest.approx(np.exp(min(params[f"{name}_log_scale"], max_log_scale)), rel=1e-6)
 
 
+@pytest.mark.integration  # trains, then converts
 @pytest.mark.slow  # trains (about a minute of compilation); the random-weight test checks the same contract
 def test_elatorch_matches_ela_jax_load_after_training(trained_export):
     workdir, output = trained_export
     assert_same_encodings(ela_jax.load(workdir), ELATorch.from_pretrained(output), random_images(5, 16, seed=1), TEXTS)
 
 
+@pytest.mark.integration  # spawns a process
 def test_elatorch_imports_no_jax():
     code = (
         "import sys, ela_jax.torch_model; "
@@ -239,6 +241,7 @@ def test_jax_to_pytorch_to_jax_is_bit_identical(random_export):
     )
 
 
+@pytest.mark.integration  # trains, then converts
 @pytest.mark.slow  # trains; the random-weight round trip covers every parameter too
 def test_jax_to_pytorch_to_jax_is_bit_identical_after_training(trained_export):
     workdir, output = trained_export
@@ -249,6 +252,7 @@ def test_jax_to_pytorch_to_jax_is_bit_identical_after_training(trained_export):
     )
 
 
+@pytest.mark.integration  # converts the real MiniLM checkpoint
 def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
     """Architecture from MiniLM's config.json, weights into the params; MiniLM has no MLM head, so that is kept."""
     config = small_config(
@@ -260,6 +264,7 @@ def test_text_tower_from_minilm_reproduces_bert_model(tmp_path):
         }
     )
     experiment = Experiment.build(config, str(tmp_path))
+    config = experiment.config
     assert (config.model.text.width, config.model.text.depth, config.model.text.num_heads) == (384, 6, 12)
     zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_params(experiment))
     params = from_pytorch.load_pretrained_towers(config, zeros)
@@ -285,6 +290,7 @@ def test_image_tower_import_takes_architecture_pixels_and_weights(random_export,
     config = small_config(**{"init.image_tower": os.path.join(output, "image")})
     config.model.image.update(depth=1, gelu_approximate=False, layer_norm_eps=1e-12)  # overwritten by the import
     importer = Experiment.build(config, str(tmp_path))
+    config = importer.config
     image = config.model.image
     assert (image.depth, image.gelu_approximate, image.layer_norm_eps) == (2, True, 1e-6)
     assert image.pixel_mean == pytest.approx((0.48, 0.46, 0.41))
@@ -381,3 +387,28 @@ def test_vit_for_another_resolution_is_a_config_error(tmp_path):
     config = small_config(**{"init.image_tower": _vit_dir_for(tmp_path, 224)})
     with pytest.raises(ConfigError, match=r"is for 224px images but data.image_size is 16; set data.image_size=224"):
         Experiment.build(config, str(tmp_path / "workdir"))
+
+
+def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
+    """A pickled pytorch_model.bin beside (or instead of) the safetensors must never be loaded: it can run code."""
+    calls = []
+
+    class Recorded(Exception):
+        pass
+
+    def record(name):
+        def from_pretrained(directory, **kwargs):
+            calls.append((name, kwargs.get("use_safetensors")))
+            raise Recorded  # the recorded call is all this test needs
+
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.BertForMaskedLM, "from_pretrained", record("text"))
+    monkeypatch.setattr(transformers.ViTModel, "from_pretrained", record("image"))
+    (tmp_path / "ela_config.json").write_text(json.dumps({"text": "text", "image": "image"}))
+    with pytest.raises(Recorded):
+        ELATorch.from_pretrained(str(tmp_path))
+    monkeypatch.setattr(transformers.BertForMaskedLM, "from_pretrained", lambda directory, **kwargs: None)
+    with pytest.raises(Recorded):
+        ELATorch.from_pretrained(str(tmp_path))
+    assert calls == [("text", True), ("image", True)]

@@ -96,7 +96,7 @@ def test_bert_vocabulary_ships_offline():
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     config = make_tiny_config(**{"data.num_train": 40, "data.num_test": 12, "batch_size": 8})
     workdir = str(tmp_path_factory.mktemp("vocab"))

@@ -10,10 +10,10 @@ import pytest
 
 from ela_jax import config as config_lib
 from ela_jax import validation
-from ela_jax.data import captions_tfds, pipeline, records, tokenizer, webdataset
-from ela_jax.evaluation import retrieval
+from ela_jax.data import batching, captions_tfds, pipeline, records, tokenizer, webdataset
+from ela_jax.evaluation import evaluators, retrieval
 from tests import data_fixtures as fixtures
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 
 def real_config(name: str, manual_dir: str, **overrides):
@@ -88,12 +88,36 @@ def test_folder_groups_jsonl_and_csv_lines_per_image(tmp_path):
     assert test == {"imgs/2.jpg": ["photo 2 x", "photo 2 y"], "imgs/3.jpg": ["photo 3, with a comma"]}
 
 
-def test_folder_without_a_test_split_says_what_to_add(tmp_path):
+def test_a_folder_trains_without_a_test_split_and_is_then_not_evaluated(tmp_path):
+    """The test split is optional: the config validates, training's evaluation reports no scores, and reading the
+    missing split says what to add."""
     fixtures.write_file(str(tmp_path / "a.jpg"), fixtures.jpeg_bytes(1))
     fixtures.write_jsonl(str(tmp_path / "captions.jsonl"), [{"image": "a.jpg", "caption": "photo 1"}])
     config = real_config("folder", str(tmp_path))
+    validation.validate(config, num_devices=1)
+    assert not pipeline.has_test_split(config.data)
+    evaluation = evaluators.RetrievalEvaluator(config, tokenizer=None)
+    assert evaluation(encoder=None, step=7) == {"step": 7, "split": "test", "scores": {}}
     with pytest.raises(ValueError, match="splits \\['train'\\], not 'test'; add a test.jsonl"):
         pipeline.retrieval_set(config.data, "test")
+
+
+REAL_CAPTIONS = ["a brown dog runs along the beach at sunset", "two people ride bicycles through a busy street"]
+
+
+def test_real_captions_under_the_world_vocabulary_and_a_batch_beyond_the_data_each_warn(tmp_path, caplog):
+    for index, caption in enumerate(REAL_CAPTIONS):
+        fixtures.write_file(str(tmp_path / f"{index}.jpg"), fixtures.jpeg_bytes(index))
+    fixtures.write_jsonl(
+        str(tmp_path / "captions.jsonl"), [{"image": f"{i}.jpg", "caption": c} for i, c in enumerate(REAL_CAPTIONS)]
+    )
+    config = real_config("folder", str(tmp_path), **{"tokenizer.vocab": "world", "batch_size": 4})
+    world = tokenizer.from_config(config.tokenizer, str(tmp_path))
+    pipeline.train_dataset(config, world, 0, 1)
+    assert "of the caption words in a sample of folder are [UNK] under tokenizer.vocab='world'" in caplog.text
+    assert "batch_size 4 exceeds the 2 training images of folder" in caplog.text
+    bert = tokenizer.from_config(real_config("folder", "", **{"tokenizer.vocab": "bert-base-uncased"}).tokenizer, "")
+    assert batching.unknown_share(world, REAL_CAPTIONS) > 0.5 and batching.unknown_share(bert, REAL_CAPTIONS) == 0.0
 
 
 def test_evaluation_sees_every_caption_of_every_image(coco, tmp_path):
@@ -237,7 +261,6 @@ def test_crops_keep_image_content_and_differ_across_epochs(tmp_path):
         ({"data.name": "coco", "data.manual_dir": "{empty}"}, "lacks dataset_coco.json, train2014, val2014"),
         ({"data.name": "flickr30k", "data.manual_dir": "{empty}"}, "lacks dataset_flickr30k.json, flickr30k-images"),
         ({"data.name": "folder", "data.manual_dir": "{empty}"}, "lacks captions.jsonl or captions.csv or train.jsonl"),
-        ({"data.name": "folder", "data.manual_dir": "{train_only}"}, "lacks test.jsonl or test.csv for the test split"),
         ({"data.name": "webdataset", "data.manual_dir": "{empty}"}, "lacks \\*.tar shards"),
         ({"data.name": "webdataset", "data.manual_dir": "{shards}"}, "has no test split to evaluate on"),
         ({"data.eval_name": "webdataset"}, "data.eval_name='webdataset' is not one of"),

@@ -11,8 +11,8 @@ import pytest
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax.evaluation import retrieval, scores, search
-from tests.conftest import make_tiny_config
-from tests.test_retrieval_metrics import dense_ranks, random_protocol
+from tests.helpers import make_tiny_config
+from tests.helpers import dense_ranks, random_protocol
 
 
 def eval_config(**overrides) -> types.SimpleNamespace:
@@ -23,6 +23,7 @@ def eval_config(**overrides) -> types.SimpleNamespace:
         hybrid_weights={"global": 1.0, "lexicon": 0.5, "fine": 1.0},
         hybrid_normalise="std",
         retriever="matrix",
+        seismic=config_lib.base_config().eval.seismic,
     )
     return types.SimpleNamespace(**{**settings, **overrides})
 
@@ -208,6 +209,8 @@ def test_eval_config_validation_names_the_bad_key():
         "eval.zeroshot.templates": (("a photo",), "exactly one"),
         "eval.zeroshot.scores": (("global", "bm25"), "eval.zeroshot.scores"),
         "eval.zeroshot.num_examples": (-1, "num_examples"),
+        "eval.seismic.summary_energy": (0.0, r"eval.seismic.summary_energy must lie in \(0, 1\], got 0.0"),
+        "eval.seismic.query_cut": (0, "eval.seismic.query_cut must be >= 1"),
     }
     for key, (value, message) in cases.items():
         with pytest.raises(config_lib.ConfigError, match=message):
@@ -216,6 +219,29 @@ def test_eval_config_validation_names_the_bad_key():
     with pytest.raises(config_lib.ConfigError, match="hybrid_weights"):
         validation.validate(make_tiny_config(**zero_weights), num_devices=1)
     validation.validate(make_tiny_config(**{"eval.scores": config_lib.SCORES}), num_devices=1)
+
+
+def test_seismic_path_takes_its_knobs_from_the_config_and_is_exact_with_full_summaries():
+    """eval.seismic reaches the index: one query term and thin summaries miss matches; whole summaries, every query
+    term and no heap pruning find the exact lists."""
+    pytest.importorskip("seismic")
+    rng, caption_image = random_protocol(8, num_images=30, num_captions=90)
+    image_out = random_outputs(rng, 30, tokens=2, first_token_masked=False)
+    text_out = random_outputs(rng, 90, tokens=2, first_token_masked=True)
+    text_out["lexicon"] += 0.5 * image_out["lexicon"][caption_image]
+    matrix_ranks = retrieval.retrieval_ranks(
+        scores.score_function("lexicon", image_out, text_out, eval_config()), 30, caption_image
+    )
+
+    def agreement(**knobs) -> list[float]:
+        seismic = config_lib.base_config().eval.seismic
+        seismic.update(**knobs)
+        config = eval_config(batch_size=16, retriever="seismic", seismic=seismic)
+        index_ranks = search.index_ranks("seismic", "lexicon", image_out, text_out, caption_image, 10, config)
+        return [np.mean(np.minimum(matrix, 10) == index) for matrix, index in zip(matrix_ranks, index_ranks)]
+
+    assert max(agreement(query_cut=1, summary_energy=0.05, heap_factor=0.1)) < 0.9
+    assert agreement(summary_energy=1.0, heap_factor=1.0, query_cut=image_out["lexicon"].shape[1]) == [1.0, 1.0]
 
 
 def test_compressed_index_path_is_close_to_the_matrix_lexicon_recall():
@@ -235,3 +261,20 @@ def test_compressed_index_path_is_close_to_the_matrix_lexicon_recall():
     assert metrics["rsum"] == pytest.approx(expected["rsum"], abs=10.0)
     for matrix, index in zip(matrix_ranks, index_ranks):
         assert np.mean(np.minimum(matrix, 10) == index) >= 0.9
+
+
+def test_evaluation_outputs_are_keyed_by_dataset():
+    """Training's data keeps W/eval/results.json; other datasets and zero-shot sets each get their own file."""
+    from ela_jax.evaluate import keyed_file, results_file
+
+    trained = make_tiny_config().data
+    assert results_file(trained, trained) == "results.json"
+    coco = make_tiny_config(**{"data.eval_name": "coco", "data.eval_manual_dir": "/data/coco/"}).data
+    folder = make_tiny_config(**{"data.eval_name": "folder", "data.eval_manual_dir": "/data/pets"}).data
+    assert (results_file(coco, trained), results_file(folder, trained)) == (
+        "results_coco.json",
+        "results_folder_pets.json",
+    )
+    names = {keyed_file("zeroshot", d) for d in ("world_colour", "world_shape", "tfds:cifar10")}
+    assert names == {"zeroshot_world_colour.json", "zeroshot_world_shape.json", "zeroshot_tfds_cifar10.json"}
+    assert keyed_file("zeroshot", "world_shape", "train") == "zeroshot_world_shape_train.json"

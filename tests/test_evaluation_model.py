@@ -16,7 +16,7 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluator, retrieval, zeroshot
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,6 +26,7 @@ def tiny(tmp_path_factory):
     """A randomly initialised tiny model with its encoder (chunks of 24: the 64-image test set needs padding)."""
     config = make_tiny_config(**{"eval.batch_size": 24, "data.num_test": 40})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("tiny")))
+    config = experiment.config
     images, token_ids, mask = np.zeros((1, 32, 32, 3), np.uint8), np.ones((1, 16), np.int32), np.ones((1, 16), bool)
     params = jax.jit(lambda key: experiment.model.init(key, images, token_ids, mask))(jax.random.key(0))["params"]
     return config, experiment, experiment.encoder(params, config.eval.batch_size)

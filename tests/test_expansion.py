@@ -10,8 +10,9 @@ import pytest
 
 from ela_jax import objectives, parallel
 from ela_jax.experiment import Experiment
+from ela_jax.models.ela import max_log_scale
 from ela_jax.training.step import ObjectiveBuilder, Vocabulary, make_train_step, text_token_mask
-from tests.conftest import make_tiny_config, set_keys
+from tests.helpers import make_tiny_config, set_keys
 
 pytestmark = pytest.mark.integration  # every test here compiles and runs real train steps
 
@@ -101,3 +102,16 @@ def test_the_ela_loss_builds_its_targets_in_the_configured_form(experiment, form
     ela = config.objective.ela
     targets = objectives.expanded_targets(bags, reps["expansion"], content, ela.beta, ela.tau_q, ela.top_k, form)
     np.testing.assert_allclose(loss, objectives.ela_soft_ce(reps["image_pooled"], targets, ela.tau_p), rtol=1e-6)
+
+
+def test_the_log_logit_scales_are_clamped_after_the_update(experiment):
+    """An optimizer that adds 1 to every parameter: the log scales end at log(1 / min_temperature), the rest moves."""
+    add_one = optax.stateless(lambda updates, params: jax.tree.map(jax.numpy.ones_like, updates))
+    cap = max_log_scale(experiment.config.model)
+    state = experiment.state_factory().create(0)
+    near_cap = {name: jax.numpy.asarray(cap - 0.5) for name in ("global_log_scale", "fine_log_scale")}
+    state = state.replace(params={**state.params, **near_cap})
+    before, after, _ = one_step(experiment, {}, optimizer=add_one, state=state.replace(opt_state=add_one.init(None)))
+    for name in ("global_log_scale", "fine_log_scale"):
+        np.testing.assert_allclose(after.params[name], cap, rtol=1e-7, err_msg=name)
+    np.testing.assert_allclose(after.params["text_global"]["kernel"], before.params["text_global"]["kernel"] + 1.0)

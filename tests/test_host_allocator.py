@@ -15,8 +15,9 @@ from ela_jax import host_allocator
 # What XLA:CPU does each step, without JAX: a worker thread allocates a block larger than a glibc thread arena
 # holds, writes it and frees it. Then the freed memory is handed back to the OS.
 WORKER_ALLOCATIONS = """
-import ctypes, json, resource, threading
-import ela_jax
+import ctypes, json, resource, sys, threading
+import ela_jax, ela_jax.host_allocator
+exec(sys.argv[1])  # the import under test
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -45,9 +46,10 @@ print(json.dumps({"faults": faults, "state": ela_jax.host_allocator.state(), "re
 """
 
 
-def worker_allocations(policy: str) -> dict:
+def worker_allocations(policy: str, import_line: str = "import ela_jax.parallel") -> dict:
     env = {**os.environ, host_allocator.POLICY_ENV: policy}
-    result = subprocess.run([sys.executable, "-c", WORKER_ALLOCATIONS], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-c", WORKER_ALLOCATIONS, import_line]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -60,6 +62,7 @@ def transparent_huge_pages_always() -> bool:
         return False
 
 
+@pytest.mark.integration  # spawns a process
 @pytest.mark.skipif(host_allocator.glibc() is None, reason="glibc's malloc only")
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages for every mapping: 4 KiB fault counts differ")
 def test_a_worker_threads_large_block_is_reused_not_faulted_in_again_and_can_be_released():
@@ -73,6 +76,15 @@ def test_a_worker_threads_large_block_is_reused_not_faulted_in_again_and_can_be_
     # Kept until released: the training loop releases what compiling freed.
     assert applied["released"] and applied["rss_drop_mib"] > 100, applied
     assert not default["released"], default
+
+
+@pytest.mark.skipif(host_allocator.glibc() is None, reason="glibc's malloc only")
+@pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages for every mapping: 4 KiB fault counts differ")
+def test_importing_the_pytorch_model_leaves_the_processs_malloc_alone():
+    torch_side = worker_allocations("on", "import ela_jax.torch_model")
+    assert not torch_side["state"]["applied"], torch_side
+    pages = 128 * 2**20 // resource.getpagesize()
+    assert min(torch_side["faults"]) > pages // 2, torch_side  # glibc's defaults: mapped afresh every time
 
 
 @pytest.mark.parametrize(

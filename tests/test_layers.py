@@ -111,7 +111,9 @@ def test_library_never_imports_tests_or_benchmarks():
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            offenders += [f"{module} imports {n}" for n in names if n.split(".")[0] in ("tests", "benchmarks", "common")]
+            offenders += [
+                f"{module} imports {n}" for n in names if n.split(".")[0] in ("tests", "benchmarks", "common")
+            ]
     assert offenders == []
 
 
@@ -122,3 +124,56 @@ def test_scan_sees_upward_imports_and_cycles():
     table = [("ela_jax.config", "foundation", 0), ("ela_jax.training", "machinery", 2)]
     assert layer_of("ela_jax.training.loop", table) == ("machinery", 2)
     assert layer_of("ela_jax.configx", table) is None
+
+
+def top_level_imports_under(folder: str) -> dict[str, set[str]]:
+    """Every imported module name (inside functions too) of each .py file under `folder` of the repository."""
+    found = {}
+    for path in sorted((PACKAGE.parent / folder).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        found[str(path.relative_to(PACKAGE.parent))] = names
+    return found
+
+
+def test_benchmarks_do_not_import_tests():
+    offenders = [
+        f"{path} imports {name}"
+        for path, names in top_level_imports_under("benchmarks").items()
+        for name in sorted(names)
+        if name.split(".")[0] == "tests"
+    ]
+    assert offenders == []
+
+
+def test_test_files_import_helpers_not_each_other():
+    offenders = [
+        f"{path} imports {name}"
+        for path, names in top_level_imports_under("tests").items()
+        for name in sorted(names)
+        if name.startswith(("tests.test_", "tests.conftest"))
+    ]
+    assert offenders == []
+
+
+def imported_closure(module: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, stack = set(), [module]
+    while stack:
+        for target in graph.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_evaluation_commands_import_no_trainer_code():
+    """`python -m ela_jax.evaluate` / `zeroshot` run the evaluators without the training loop."""
+    graph = import_graph()
+    for command in ("ela_jax.evaluate", "ela_jax.zeroshot"):
+        assert "ela_jax.training.loop" not in imported_closure(command, graph), command
+    assert "ela_jax.training.loop" in imported_closure("ela_jax.train", graph)  # the scan does see the loop

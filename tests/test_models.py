@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ela_jax import config as config_lib
-from ela_jax.models.ela import ELAModel
+from ela_jax.models.ela import ELAModel, max_log_scale
 
 PRESETS = {"tiny": config_lib.tiny_model, "ela_b16": config_lib.b16_model, "ela_l14": config_lib.l14_model}
 
@@ -130,11 +130,20 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
         assert output["vocab_logits"].dtype == jnp.float32 and output["global"].dtype == jnp.float32
 
 
-def test_logit_scale_is_clipped_at_the_minimum_temperature(tiny_model_and_params):
+def test_logit_scale_is_exp_of_its_parameter_with_gradient_at_and_past_the_cap(tiny_model_and_params):
+    """The cap is a clamp of the parameter after each update (training/step.py); a clip here would stop the
+    gradient once the parameter reaches it."""
     model, params = tiny_model_and_params
-    params = {**params, "global_log_scale": jnp.asarray(50.0)}
-    scales = model.apply({"params": params}, method=ELAModel.logit_scales)
-    np.testing.assert_allclose(scales["global"], 1.0 / model.config.min_temperature, rtol=1e-5)
+    cap = max_log_scale(model.config)
+
+    def global_scale(log_scale):
+        return model.apply({"params": {**params, "global_log_scale": log_scale}}, method=ELAModel.logit_scales)[
+            "global"
+        ]
+
+    for log_scale in (cap - 0.5, cap, cap + 0.5):
+        np.testing.assert_allclose(global_scale(jnp.asarray(log_scale)), np.exp(log_scale), rtol=1e-6)
+        np.testing.assert_allclose(jax.grad(global_scale)(jnp.asarray(log_scale)), np.exp(log_scale), rtol=1e-6)
 
 
 # --- the CPU-tuned layers compute what the library layers they replace compute (same parameters, same values)

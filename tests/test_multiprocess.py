@@ -16,15 +16,17 @@ import pytest
 from ela_jax.data import world_tfds
 from ela_jax.training.metrics import read_metrics
 from launch import local
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
+
+pytestmark = pytest.mark.integration  # every test spawns processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The shared tiny model (tests/conftest.py), logging every step and saving once; a config file for the training CLI.
+# The shared tiny model (tests/helpers.py), logging every step and saving once; a config file for the training CLI.
 TINY_OVERRIDES = {"log.every_steps": 1, "checkpoint.every_steps": 0, "data.num_test": 32}
 TINY_CONFIG = textwrap.dedent(
     f"""
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
 
     def get_config(arg=None):

@@ -20,7 +20,7 @@ from ela_jax.training import loop, optimizer as optimizer_lib
 from ela_jax.training.checkpoint import Checkpointer
 from ela_jax.training.step import Vocabulary, make_train_step
 from ela_jax.training.workdir_lock import WorkdirBusy, WorkdirLock
-from tests.conftest import HOLD_LOCK, make_tiny_config, set_keys, train_command
+from tests.helpers import HOLD_LOCK, make_tiny_config, set_keys, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,9 @@ from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
-from tests.conftest import make_tiny_config, train_command
+from tests.helpers import make_tiny_config, train_command
+
+pytestmark = pytest.mark.integration  # every test trains or spawns processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import struct
 
+from ela_jax.evaluation import evaluators
 from ela_jax.training import metrics as metrics_lib
 from ela_jax.training.progress import Progress
+from tests.helpers import read_events
 
 
 class Terminal(io.StringIO):
@@ -52,22 +51,6 @@ def test_only_the_chief_prints():
     assert stream.getvalue() == ""
 
 
-def read_events(workdir: str) -> list:
-    """Every event of workdir/tensorboard, file by file in creation order (TFRecord framing, tensorboardX's proto)."""
-    from tensorboardX.proto import event_pb2
-
-    events = []
-    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")), key=os.path.getmtime):
-        with open(path, "rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset : offset + 8])
-            events.append(event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length]))
-            offset += 12 + length + 4
-    return events
-
-
 def test_a_resumed_writer_hides_the_events_past_its_checkpoint(tmp_path):
     workdir = str(tmp_path)
     writer = metrics_lib.MetricWriter(workdir, 0)
@@ -89,7 +72,7 @@ def test_the_final_evaluation_reaches_tensorboard_only(tmp_path):
     writer.write(5, {"loss": 1.0})
     writer.close()
     results = {"scores": {"global": {"rsum": 250.0, "image_retrieval_recall@1": 40.0, "mean_rank": 3.0}}}
-    metrics_lib.MetricWriter.tensorboard_only(workdir, 5, metrics_lib.eval_scalars(results))
+    metrics_lib.MetricWriter.tensorboard_only(workdir, 5, evaluators.eval_scalars(results))
     scalars = {(v.tag, e.step): v.simple_value for e in read_events(workdir) for v in e.summary.value}
     assert scalars == {
         ("loss", 5): 1.0,

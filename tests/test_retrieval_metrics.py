@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ela_jax.evaluation import retrieval
+from tests.helpers import dense_ranks, random_protocol
 
 # 3 images, 9 captions; image 1 has six captions and its only top-1 caption is the sixth (caption 6).
 CAPTION_IMAGE = np.array([0, 1, 1, 1, 1, 1, 1, 2, 2])
@@ -24,20 +25,6 @@ CAPTION_RANKS = np.array([1, 2, 0, 2, 2, 0, 0, 2, 1])
 
 def matrix_score_fn(scores: np.ndarray) -> retrieval.ScoreFn:
     return lambda rows, columns: scores[np.ix_(np.asarray(rows), np.asarray(columns))]
-
-
-def dense_ranks(scores: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reference on the full matrix, one image and one caption at a time."""
-    num_images, num_captions = scores.shape
-    image_ranks = np.zeros(num_images, np.int64)
-    for i in range(num_images):
-        best = max(scores[i, c] for c in range(num_captions) if caption_image[c] == i)
-        image_ranks[i] = sum(1 for c in range(num_captions) if caption_image[c] != i and scores[i, c] >= best)
-    caption_ranks = np.zeros(num_captions, np.int64)
-    for c in range(num_captions):
-        own = scores[caption_image[c], c]
-        caption_ranks[c] = sum(1 for i in range(num_images) if i != caption_image[c] and scores[i, c] >= own)
-    return image_ranks, caption_ranks
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 256])
@@ -132,13 +119,6 @@ def test_rsum_is_the_sum_of_all_six_recalls_at_the_default_ks():
     np.testing.assert_allclose(metrics["rsum"], sum(recalls), rtol=1e-12)
     np.testing.assert_allclose(metrics["text_retrieval_mean_rank"], np.mean(image_ranks) + 1, rtol=1e-12)
     np.testing.assert_allclose(metrics["image_retrieval_median_rank"], np.median(caption_ranks) + 1, rtol=1e-12)
-
-
-def random_protocol(seed: int, num_images: int = 13, num_captions: int = 47):
-    rng = np.random.default_rng(seed)
-    caption_image = np.concatenate([np.arange(num_images), rng.integers(0, num_images, num_captions - num_images)])
-    caption_image = rng.permutation(caption_image)  # every image has a caption; captions interleaved
-    return rng, caption_image
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 1000])

@@ -158,6 +158,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_config, tmp_pa
 
     config = tiny_config(batch_size=16, **overrides)
     experiment = Experiment.build(config, str(tmp_path))
+    config = experiment.config
     state = experiment.state_factory().create(config.seed)
     objective = ObjectiveBuilder(experiment.model, config, Vocabulary.from_tokenizer(experiment.tokenizer, True))
     rng = np.random.default_rng(4)

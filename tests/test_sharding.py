@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # spawns an 8-device process
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
 COMPARED = ("loss", "loss_global", "loss_fine", "loss_ela", "loss_mlm", "loss_flops", "grad_norm")

@@ -12,19 +12,7 @@ from PIL import Image
 from scipy import sparse
 
 from ela_jax.retrieval import export, index
-
-
-def brute_force_top_k(queries: np.ndarray, documents: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 dot products, best first, ties to the lower document id: (scores [q, k], ids [q, k])."""
-    scores = queries.astype(np.float64) @ documents.astype(np.float64).T  # [q, documents]
-    ids = np.stack([np.lexsort((np.arange(len(documents)), -row))[:k] for row in scores])
-    return np.take_along_axis(scores, ids, axis=1), ids
-
-
-def dyadic_sparse(rng: np.random.Generator, rows: int, vocab: int, density: float) -> np.ndarray:
-    """Weights in quarters (exact in float32 and in any summation order), so ties are real ties."""
-    weights = rng.integers(1, 8, (rows, vocab)) / 4.0
-    return np.where(rng.random((rows, vocab)) < density, weights, 0.0).astype(np.float32)
+from tests.helpers import brute_force_top_k, dyadic_sparse
 
 
 def test_exact_sparse_index_returns_the_brute_force_top10_with_ties_and_empty_vectors():
@@ -142,12 +130,14 @@ def test_export_jsonl_round_trips_and_counts_stats(tmp_path, quantize_scale):
     )
     documents = export.prune_and_quantize(image_lexicon, top_k=2, threshold=0.0, quantize_scale=quantize_scale)
     queries = export.prune_and_quantize(caption_lexicon, top_k=2, threshold=0.0, quantize_scale=quantize_scale)
-    stats = export.export_vectors(str(tmp_path), documents, queries, vocabulary, {"documents": [0, 1, 2]}, {"top_k": 2})
-    assert sorted(os.listdir(tmp_path)) == ["documents.jsonl", "id_map.json", "queries.jsonl", "stats.json"]
-    lines = (tmp_path / "documents.jsonl").read_text().splitlines()
+    stats = export.export_vectors(
+        str(tmp_path), documents, queries, vocabulary, {"documents": [0, 1, 2]}, {"top_k": 2}, relevant=[0, 0, 2, 1]
+    )
+    assert sorted(os.listdir(tmp_path)) == ["documents", "id_map.json", "qrels.txt", "queries", "stats.json"]
+    lines = (tmp_path / "documents" / "documents.jsonl").read_text().splitlines()
     assert json.loads(lines[1]) == {"id": 1, "vector": {}}
     assert set(json.loads(lines[2])["vector"]) == {"circle", "blue"}  # top 2: 0.1 ("top") is pruned
-    for name, written in (("documents.jsonl", documents), ("queries.jsonl", queries)):
+    for name, written in ((export.DOCUMENTS_FILE, documents), (export.QUERIES_FILE, queries)):
         ids, parsed = export.read_jsonl(str(tmp_path / name), vocabulary)
         np.testing.assert_array_equal(ids, np.arange(written.shape[0]))
         assert parsed.dtype == (np.int32 if quantize_scale else np.float32)
@@ -174,13 +164,57 @@ def test_export_jsonl_round_trips_and_counts_stats(tmp_path, quantize_scale):
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
 
 
+def anserini_pseudo_documents(folder) -> dict[str, dict[str, int]]:
+    """What Anserini's JsonVectorCollection indexes: every file in the folder, each line's `id` as text and each
+    vector entry repeated asInt(weight) times (Jackson's asInt truncates a float)."""
+    documents = {}
+    for name in sorted(os.listdir(folder)):
+        for line in (folder / name).read_text().splitlines():
+            record = json.loads(line)
+            documents[str(record["id"])] = {
+                term: int(weight) for term, weight in record["vector"].items() if int(weight)
+            }
+    return documents
+
+
+def test_the_export_loads_in_anserini_readers_with_integer_impacts(tmp_path):
+    """Documents alone in their folder with integer weights, queries keyed `qid` (JsonIntVectorTopicReader), and a
+    TREC qrels file naming each caption's image; a float export would index almost nothing."""
+    vocabulary = ["[PAD]", "red", "circle", "blue"]
+    images = np.array([[0.0, 1.25, 0.3, 0.0], [0.0, 0.0, 0.7, 0.4]], np.float32)
+    captions = np.array([[0.0, 0.9, 0.0, 0.0], [0.0, 0.0, 0.5, 0.6], [0.0, 0.2, 0.8, 0.0]], np.float32)
+    scale = export.ANSERINI_SCALE
+    for folder, quantize_scale in ((tmp_path / "int", scale), (tmp_path / "float", None)):
+        export.export_vectors(
+            str(folder),
+            export.prune_and_quantize(images, None, 0.0, quantize_scale),
+            export.prune_and_quantize(captions, None, 0.0, quantize_scale),
+            vocabulary,
+            {},
+            {},
+            relevant=[0, 1, 1],
+        )
+    assert anserini_pseudo_documents(tmp_path / "int" / "documents") == {
+        "0": {"red": 125, "circle": 30},
+        "1": {"circle": 70, "blue": 40},
+    }
+    assert anserini_pseudo_documents(tmp_path / "float" / "documents") == {"0": {"red": 1}, "1": {}}
+    topics = [json.loads(line) for line in (tmp_path / "int" / export.QUERIES_FILE).read_text().splitlines()]
+    assert [(topic["qid"], topic["vector"]) for topic in topics] == [
+        (0, {"red": 90}),
+        (1, {"circle": 50, "blue": 60}),
+        (2, {"red": 20, "circle": 80}),
+    ]
+    assert (tmp_path / "int" / "qrels.txt").read_text() == "0 0 0 1\n1 0 1 1\n2 0 1 1\n"
+
+
 def test_heatmap_of_a_tiny_model_marks_caption_words_and_each_words_best_patch(tmp_path):
     import jax
 
     from ela_jax.experiment import Experiment
     from ela_jax.models.ela import ELAModel
     from ela_jax.retrieval import heatmap
-    from tests.conftest import make_tiny_config
+    from tests.helpers import make_tiny_config
 
     experiment = Experiment.build(make_tiny_config(), str(tmp_path / "run"))
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

@@ -17,9 +17,9 @@ from ela_jax import validation
 from ela_jax.data import tokenizer as tokenizer_lib
 from ela_jax.data import world
 from ela_jax.experiment import Experiment
-from ela_jax.models import teacher as teacher_lib
+from ela_jax.training import teacher as teacher_lib
 from ela_jax.training import loop
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
 
 MINILM = ela_minilm.minilm_dir()
 WORDS = list(tokenizer_lib.SPECIAL_TOKENS) + list(world.vocabulary_words())
@@ -54,6 +54,7 @@ def test_pretrained_source_needs_a_checkpoint_directory():
         validation.validate(teacher_config(**{"objective.ela.teacher_dir": ""}), num_devices=1)
 
 
+@pytest.mark.integration  # loads the real MiniLM checkpoint
 def test_teacher_equals_the_pytorch_checkpoint_on_single_piece_words():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -83,12 +84,14 @@ def test_teacher_equals_the_pytorch_checkpoint_on_single_piece_words():
     assert {"big", "large"} & set(top)  # the expansion reaches synonyms the caption does not use
 
 
+@pytest.mark.integration  # trains
 def test_training_keeps_the_teacher_frozen_and_resume_restores_it(tmp_path):
     config = teacher_config(total_steps=2, **{"checkpoint.every_steps": 1, "log.every_steps": 1})
     workdir = str(tmp_path / "run")
     results = loop.train(config, workdir)
     assert np.isfinite(results["scores"]["global"]["rsum"])
     experiment = Experiment.build(config, workdir)
+    config = experiment.config
     restored = experiment.restore_state()  # the newest checkpoint, as a restarted job resumes
     assert int(restored.step) == 2
     teacher = teacher_lib.PretrainedTeacher.from_config(config)

@@ -11,7 +11,9 @@ import pytest
 import ela_jax
 from ela_jax.training import loop
 from ela_jax.training.metrics import read_metrics
-from tests.conftest import make_tiny_config
+from tests.helpers import make_tiny_config
+
+pytestmark = pytest.mark.integration  # trains
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +100,27 @@ def test_loaded_model_reproduces_the_evaluation_encodings(trained):
     assert similarity.shape == (6, 6)
     with pytest.raises(ValueError, match="uint8"):
         model.encode_images(dataset.images[:2].astype(np.float32))
+
+
+def test_the_sparse_search_snippet_in_the_retrieval_docs_runs_as_printed(trained, capsys):
+    """The python block of ela_jax/retrieval/README.md that builds an ExactSparseIndex, with W this trained workdir."""
+    _, workdir, _ = trained
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "ela_jax", "retrieval", "README.md")) as f:
+        blocks = f.read().split("```python\n")[1:]
+    snippet = next(block.split("```")[0] for block in blocks if "ExactSparseIndex" in block)
+    namespace = {}
+    exec(compile(snippet.replace('"W"', repr(workdir)), "retrieval/README.md", "exec"), namespace)
+    printed = float(capsys.readouterr().out.split("text->image recall@10:")[1])
+    # The same recall from numpy's brute force over the snippet's vectors (stable sort: ties to the lower id).
+    scores = namespace["queries"].toarray() @ namespace["documents"].toarray().T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    expected = (top == namespace["dataset"].caption_image[:, None]).any(axis=1).mean()
+    assert printed == pytest.approx(expected) and printed > 0.1  # 100 images: chance is 0.1
+
+
+def test_the_final_evaluation_reaches_tensorboard(trained):
+    from tests.helpers import read_events
+
+    _, workdir, results = trained
+    scalars = {(v.tag, e.step): v.simple_value for e in read_events(workdir) for v in e.summary.value}
+    assert scalars[("eval/global/rsum", 300)] == pytest.approx(results["scores"]["global"]["rsum"], rel=1e-6)

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from ela_jax.config import ConfigError
 from ela_jax.convert import keymap
 from ela_jax.models import layers
-from ela_jax.training.state import copy_text_lexicon_to_image, needs_teacher
+from ela_jax.models.ela import copy_text_lexicon_to_image
+from ela_jax.objectives import needs_teacher
 
 log = logging.getLogger(__name__)
 

@@ -1,167 +1,57 @@
 """Export a trained ELA model to PyTorch: `O/text` (BertForMaskedLM + tokenizer), `O/image` (ViTModel + image
 processor), `O/ela_heads.safetensors` and `O/ela_config.json` for `ela_jax.torch_model.ELATorch`.
 
+This module is the command line (it restores a workdir's checkpoint); ela_jax.convert.hf_export writes the files.
+
 Run: python -m ela_jax.convert.to_pytorch --workdir W --output O [--step N]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 
 import jax
-import ml_collections
-import numpy as np
-import transformers
-from safetensors.numpy import save_file
 
 from ela_jax.cli import quiet_libraries
-from ela_jax.convert import keymap
-from ela_jax.data.tokenizer import Tokenizer
+from ela_jax.convert.hf_export import (
+    ELA_CONFIG_FILE,
+    HEADS_FILE,
+    IMAGE_DIR,
+    TEXT_DIR,
+    WEIGHTS_FILE,
+    bert_config,
+    export,
+    hidden_act,
+    image_processor_config,
+    save_weights,
+    vit_config,
+    write_tokenizer,
+)
 from ela_jax.experiment import Experiment, load_config
-from ela_jax.models import layers
+from ela_jax.paths import require_local
 
-TEXT_DIR, IMAGE_DIR, HEADS_FILE, ELA_CONFIG_FILE = "text", "image", "ela_heads.safetensors", "ela_config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def hidden_act(gelu_approximate: bool) -> str:
-    """transformers' name of the GELU the tower uses: "gelu" is the exact erf form, the other the tanh one."""
-    return "gelu_pytorch_tanh" if gelu_approximate else "gelu"
-
-
-def bert_config(model_config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> transformers.BertConfig:
-    text = model_config.text
-    return transformers.BertConfig(
-        architectures=["BertForMaskedLM"],
-        vocab_size=model_config.vocab_size,
-        hidden_size=text.width,
-        num_hidden_layers=text.depth,
-        num_attention_heads=text.num_heads,
-        intermediate_size=text.mlp_dim,
-        hidden_act=hidden_act(text.gelu_approximate),
-        # ela_jax trains without dropout; transformers' 0.1 default would change fine-tuning in PyTorch.
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        max_position_embeddings=text.max_position_embeddings,
-        type_vocab_size=text.type_vocab_size,
-        layer_norm_eps=text.layer_norm_eps,
-        pad_token_id=tokenizer.pad_id,
-        tie_word_embeddings=model_config.lexicon.tie_text_decoder,
-    )
-
-
-def vit_config(model_config: ml_collections.ConfigDict) -> transformers.ViTConfig:
-    image = model_config.image
-    return transformers.ViTConfig(
-        architectures=["ViTModel"],
-        hidden_size=image.width,
-        num_hidden_layers=image.depth,
-        num_attention_heads=image.num_heads,
-        intermediate_size=image.mlp_dim,
-        hidden_act=hidden_act(image.gelu_approximate),
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        layer_norm_eps=image.layer_norm_eps,
-        image_size=image.image_size,
-        patch_size=image.patch_size,
-        num_channels=3,
-        qkv_bias=True,
-    )
-
-
-def image_processor_config(image_config: ml_collections.ConfigDict) -> dict:
-    """ViTImageProcessor settings that give the pixels the JAX model normalises on device: x / 255, then mean/std."""
-    return {
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": True,
-        "size": {"height": image_config.image_size, "width": image_config.image_size},
-        "resample": 2,  # PIL bilinear; images already at image_size pass through unchanged
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(image_config.pixel_mean),
-        "image_std": list(image_config.pixel_std),
-    }
-
-
-def write_tokenizer(tokenizer: Tokenizer, lowercase: bool, directory: str) -> None:
-    """vocab.txt (read by every BERT tokenizer) plus tokenizer.json / tokenizer_config.json with max length and
-    lowercasing, so `BertTokenizerFast.from_pretrained(directory)` splits text exactly as ela_jax does."""
-    vocab_path = os.path.join(directory, "vocab.txt")
-    shutil.copyfile(tokenizer.vocab_file, vocab_path)
-    with open(vocab_path, encoding="utf-8") as f:
-        vocab = {line.rstrip("\n"): index for index, line in enumerate(f)}
-    hf_tokenizer = transformers.BertTokenizerFast(
-        vocab=vocab, do_lower_case=lowercase, model_max_length=tokenizer.max_length
-    )
-    hf_tokenizer.save_pretrained(directory)
-
-
-def save_weights(state_dict: dict[str, np.ndarray], path: str) -> None:
-    # transformers refuses safetensors files whose metadata does not name the framework.
-    save_file(state_dict, path, metadata={"format": "pt"})
-
-
-def export(
-    config: ml_collections.ConfigDict, tokenizer: Tokenizer, params, output_dir: str, source: dict | None = None
-) -> None:
-    """Writes `params` (host numpy tree of an ELAModel built from `config`) as the PyTorch layout into output_dir.
-
-    `source` (e.g. workdir and step) is recorded in ela_config.json for provenance."""
-    model_config = config.model
-    if model_config.scan_layers:  # the key map speaks the unrolled layer_{i} layout
-        params = layers.unstack_layers(params)
-    layout = keymap.export_layout(model_config)
-    uncovered = keymap.uncovered_paths(params, layout.values())
-    if uncovered:
-        raise ValueError(
-            f"parameters {uncovered[:5]} have no rule in ela_jax/convert/keymap.py and would be lost in "
-            "PyTorch; add rules for them"
-        )
-
-    text_dir, image_dir = os.path.join(output_dir, TEXT_DIR), os.path.join(output_dir, IMAGE_DIR)
-    os.makedirs(text_dir, exist_ok=True)
-    os.makedirs(image_dir, exist_ok=True)
-    bert_config(model_config, tokenizer).save_pretrained(text_dir)
-    save_weights(layout["text"].to_torch(params, model_config.vocab_size), os.path.join(text_dir, WEIGHTS_FILE))
-    write_tokenizer(tokenizer, config.tokenizer.lowercase, text_dir)
-
-    vit_config(model_config).save_pretrained(image_dir)
-    save_weights(layout["image"].to_torch(params, model_config.vocab_size), os.path.join(image_dir, WEIGHTS_FILE))
-    with open(os.path.join(image_dir, "preprocessor_config.json"), "w") as f:
-        json.dump(image_processor_config(model_config.image), f, indent=2)
-
-    save_weights(layout["heads"].to_torch(params, model_config.vocab_size), os.path.join(output_dir, HEADS_FILE))
-    ela_config = {
-        "text": TEXT_DIR,
-        "image": IMAGE_DIR,
-        "heads": HEADS_FILE,
-        "max_length": tokenizer.max_length,
-        "image_size": model_config.image.image_size,
-        "pixel_mean": list(model_config.image.pixel_mean),
-        "pixel_std": list(model_config.image.pixel_std),
-        "vocab_size": model_config.vocab_size,
-        "embed_dim": model_config.embed_dim,
-        "token_dim": model_config.token_dim,
-        "global_pool": model_config.global_pool,  # "cls" or "mean" over real tokens
-        "tie_text_decoder": model_config.lexicon.tie_text_decoder,
-        # The image lexicon head has the image tower's activation and LayerNorm epsilon (as in ELAModel).
-        "image_lexicon": {
-            "hidden_act": hidden_act(model_config.image.gelu_approximate),
-            "layer_norm_eps": model_config.image.layer_norm_eps,
-        },
-        "min_temperature": model_config.min_temperature,  # logit scales are clipped at 1 / min_temperature
-        "source": source or {},
-    }
-    with open(os.path.join(output_dir, ELA_CONFIG_FILE), "w") as f:
-        json.dump(ela_config, f, indent=1)
+__all__ = [
+    "ELA_CONFIG_FILE",
+    "HEADS_FILE",
+    "IMAGE_DIR",
+    "TEXT_DIR",
+    "WEIGHTS_FILE",
+    "bert_config",
+    "export",
+    "hidden_act",
+    "image_processor_config",
+    "save_weights",
+    "vit_config",
+    "write_tokenizer",
+    "convert",
+    "main",
+]  # the library half is re-exported
 
 
 def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
     """Exports checkpoint `step` (latest when None) of `workdir`; returns the step exported."""
+    require_local(output_dir, "--output")
     experiment = Experiment.build(load_config(workdir), workdir)
     if step is None:
         checkpointer = experiment.checkpointer()

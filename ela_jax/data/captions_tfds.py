@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from ela_jax.data import images, records
 from ela_jax.data.sources import FLICKR_IMAGE_DIR, FOLDER_EXTENSIONS, FOLDER_SPLIT_FILES, KARPATHY_FILES
+from ela_jax.data.world_tfds import default_data_dir
 
 # Prepare-time check: JPEGs are decoded at DCT scale (up to 8x smaller), which still reads every byte, so
 # truncation is caught at a fraction of a full decode.
@@ -158,8 +159,6 @@ def _fingerprint(name: str, manual_dir: str) -> str:
 
 def captions_builder(name: str, data_config, manual_dir: str, prepare: bool = True) -> _CaptionedImages:
     """The prepared builder for source `name` ('coco', 'flickr30k', 'folder') reading `manual_dir`."""
-    from ela_jax.data.world_tfds import default_data_dir
-
     config = CaptionsConfig(
         name=f"src_{_fingerprint(name, manual_dir)}",
         manual_dir=os.path.abspath(manual_dir),

@@ -3,12 +3,11 @@ tokenised, batched) and the evaluation set (every image with all of its captions
 
 from __future__ import annotations
 
-
 import grain
 import numpy as np
 
-from ela_jax.data import real_pipeline, world_tfds
-from ela_jax.data.batching import RetrievalSet, TokeniseBatch
+from ela_jax.data import real_pipeline, sources, world_tfds
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch, warn_on_unfit_data
 from ela_jax.data.tokenizer import Tokenizer
 
 
@@ -24,6 +23,12 @@ def eval_source(data_config) -> tuple[str, str]:
     if data_config.eval_name:
         return data_config.eval_name, data_config.eval_manual_dir
     return data_config.name, data_config.manual_dir
+
+
+def has_test_split(data_config) -> bool:
+    """Whether the evaluation source has a test split: a folder source's test.jsonl / test.csv is optional."""
+    name, manual_dir = eval_source(data_config)
+    return name == "world" or not sources.missing_entries(name, manual_dir, "test")
 
 
 def _decode(caption) -> str:
@@ -48,6 +53,8 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     if config.data.name != "world":
         return real_pipeline.train_dataset(config, tokenizer, process_index, process_count)
     source = data_source(config.data, "train")
+    sample = [_decode(source[i]["captions"][0]) for i in range(min(64, len(source)))]
+    warn_on_unfit_data(tokenizer, sample, len(source), config)
     dataset = grain.MapDataset.source(source).seed(config.seed)
     # A slice that keeps every record: grain derives the shuffle's seed from its depth in the pipeline, and this
     # node keeps the stream identical to the one every recorded result was trained on.

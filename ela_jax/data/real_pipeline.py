@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 
 from ela_jax.data import captions_tfds, images, records, sources, webdataset
-from ela_jax.data.batching import RetrievalSet, TokeniseBatch
+from ela_jax.data.batching import RetrievalSet, TokeniseBatch, warn_on_unfit_data
 from ela_jax.data.tokenizer import Tokenizer
 
 
@@ -74,12 +74,20 @@ def train_source(config, name: str, manual_dir: str, process_index: int, process
 def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_count: int) -> grain.IterDataset:
     """Infinite stream of host-local batches {images uint8 [b,H,W,3], token_ids int32 [b,L], mask bool [b,L]}."""
     data = config.data
-    parts, weights = [], []
+    parts, weights, sample, num_examples = [], [], [], 0
     for name, manual_dir, weight in training_sources(data):
         skips = records.SkipCounter(f"{name} train (host {process_index})", data.max_skip_fraction)
-        part = train_source(config, name, manual_dir, process_index, process_count).shuffle().repeat()
+        host_records = train_source(config, name, manual_dir, process_index, process_count)
+        num_examples += len(host_records) * process_count
+        sample += [
+            caption
+            for i in range(min(64, len(host_records)))
+            for caption in records.clean_captions(host_records[i]["captions"])[:1]
+        ]
+        part = host_records.shuffle().repeat()
         parts.append(part.random_map(DecodeAndCrop(data.image_size, tuple(data.crop_scale), data.random_flip, skips)))
         weights.append(weight)
+    warn_on_unfit_data(tokenizer, sample, num_examples, config)
     # Mixing infinite parts interleaves them deterministically in proportion to the weights.
     dataset = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     stream = dataset.to_iter_dataset(

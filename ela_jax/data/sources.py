@@ -8,6 +8,7 @@ import os
 
 from ela_jax.errors import ConfigError, check_choice
 
+WORLDS = ("shapes", "scenes")  # data.world: the embedded world data.name="world" generates
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split
@@ -72,6 +73,7 @@ def parse_mixture_entry(entry: str) -> tuple[str, str, float]:
 def validate_section(data) -> None:
     """Raises ConfigError when the `data` section names an unknown source, lacks its files or has an impossible value."""
     check_choice(data.name, DATA_NAMES, "data.name")
+    check_choice(data.world, WORLDS, "data.world")
     if data.name == "mixture":
         _validate_mixture(data.train)
     elif data.train:
@@ -84,8 +86,8 @@ def validate_section(data) -> None:
         check_choice(data.eval_name, EVAL_NAMES, "data.eval_name")
         if data.eval_name != "world":
             check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
-    elif data.name in ("coco", "flickr30k", "folder"):  # evaluation reads the training source's test split
-        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")
+    elif data.name in ("coco", "flickr30k"):  # evaluation reads the training source's test split (a folder's is
+        check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "test")  # optional: then no evaluation)
     elif data.name in ("webdataset", "mixture"):
         raise ConfigError(
             f"data.name={data.name} has no test split to evaluate on; set data.eval_name (coco, flickr30k, folder) "

@@ -8,7 +8,10 @@ import os
 import numpy as np
 import tokenizers
 
-from ela_jax.data import world
+from ela_jax.data import scenes, world
+
+# data.world -> the module whose vocabulary_words() tokenizer.vocab='world' writes.
+WORLD_MODULES = {"shapes": world, "scenes": scenes}
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Function words that name nothing in an image; excluded from the explicit words B_T when stopwords are on.
@@ -28,21 +31,21 @@ def bert_base_uncased_vocab() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model", "vocab.txt")
 
 
-def write_world_vocab(path: str) -> str:
-    """Writes the embedded world's word-level vocabulary (special tokens first) to `path` and returns it."""
+def write_world_vocab(path: str, world_kind: str = "shapes") -> str:
+    """Writes an embedded world's word-level vocabulary (special tokens first) to `path` and returns it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Written aside and renamed: the processes of a multi-host job write it at once and must never read half a file.
     partial = f"{path}.{os.getpid()}.partial"
     with open(partial, "w") as f:
-        f.write("\n".join(SPECIAL_TOKENS + tuple(world.vocabulary_words())) + "\n")
+        f.write("\n".join(SPECIAL_TOKENS + tuple(WORLD_MODULES[world_kind].vocabulary_words())) + "\n")
     os.replace(partial, path)
     return path
 
 
-def resolve_vocab(vocab: str, workdir: str) -> str:
-    """The vocab.txt a config's tokenizer.vocab names ('world' is written into the workdir)."""
+def resolve_vocab(vocab: str, workdir: str, world_kind: str = "shapes") -> str:
+    """The vocab.txt a config's tokenizer.vocab names ('world': the words of data.world, written into the workdir)."""
     if vocab == "world":
-        return write_world_vocab(os.path.join(workdir, "world_vocab.txt"))
+        return write_world_vocab(os.path.join(workdir, "world_vocab.txt"), world_kind)
     if vocab == "bert-base-uncased":
         return bert_base_uncased_vocab()
     return vocab
@@ -61,6 +64,7 @@ class Tokenizer:
         self.pad_id = self.token_to_id("[PAD]")
         self._tokenizer.enable_padding(length=max_length, pad_id=self.pad_id, pad_token="[PAD]")
         self.mask_id = self.token_to_id("[MASK]")
+        self.unk_id = self.token_to_id("[UNK]")
         self.special_ids = tuple(self.token_to_id(token) for token in SPECIAL_TOKENS)
 
     @property
@@ -95,6 +99,7 @@ class Tokenizer:
         return keep
 
 
-def from_config(tokenizer_config, workdir: str) -> Tokenizer:
-    vocab_file = resolve_vocab(tokenizer_config.vocab, workdir)
+def from_config(tokenizer_config, workdir: str, world_kind: str = "shapes") -> Tokenizer:
+    """`world_kind`: the config's data.world, whose words tokenizer.vocab='world' means."""
+    vocab_file = resolve_vocab(tokenizer_config.vocab, workdir, world_kind)
     return Tokenizer(vocab_file, tokenizer_config.max_length, tokenizer_config.lowercase)

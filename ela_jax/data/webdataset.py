@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
+import io
 import json
 import logging
 import os
@@ -162,3 +163,14 @@ def shard_source(data_config, shard_dir: str, process_index: int, process_count:
     paths, samples = host_samples(shard_paths(shard_dir), process_index, process_count, skips, data_config.num_threads)
     skips.finish()
     return ShardSource(paths, samples, data_config.caption_field)
+
+
+def tar_shard(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """A WebDataset shard: for each (key, {extension: bytes}) one member `key.extension`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for key, fields in samples:
+            for extension, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))

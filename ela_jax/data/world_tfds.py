@@ -1,4 +1,7 @@
-"""The embedded world as a TFDS builder (ArrayRecord, no TensorFlow), read back through grain like real data."""
+"""The embedded worlds as a TFDS builder (ArrayRecord, no TensorFlow), read back through grain like real data.
+
+`data.world` picks the world: "shapes" (ela_jax/data/world.py) or "scenes" (ela_jax/data/scenes.py, which also
+records each image's scene and its present and named objects)."""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ela_jax.data import world
+from ela_jax.data import scenes, world
 
 
 @dataclasses.dataclass
 class WorldBuilderConfig(tfds.core.BuilderConfig):
-    spec: world.WorldSpec = world.WorldSpec()
+    spec: world.WorldSpec | scenes.ScenesSpec = world.WorldSpec()
     num_train: int = 6000
     num_test: int = 1000
 
@@ -25,21 +28,25 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Shapes world: 2-4 objects on a 3x3 grid, 5 partial captions with synonyms.",
+        "1.1.0": "The scenes world (builder configs named scenes_*), whose captions mostly leave background objects out.",
         "2.0.0": "Shapes world: 2-3 objects on a 2x2 grid, so shapes span several patches.",
     }
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.spec.image_size
+        features = {
+            "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+            "captions": tfds.features.Sequence(tfds.features.Text()),
+            "image_id": tfds.features.Scalar(dtype=np.int64),
+        }
+        is_scenes = isinstance(self.builder_config.spec, scenes.ScenesSpec)
+        if is_scenes:
+            # Object ids (indices into scenes.OBJECT_NAMES), padded with scenes.PAD to a fixed length.
+            objects = tfds.features.Tensor(shape=(scenes.MAX_OBJECTS,), dtype=np.int64)
+            features.update(scene=tfds.features.Scalar(dtype=np.int64), objects_present=objects, objects_named=objects)
+        description = (scenes if is_scenes else world).__doc__
         return tfds.core.DatasetInfo(
-            builder=self,
-            description=world.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
-                    "captions": tfds.features.Sequence(tfds.features.Text()),
-                    "image_id": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
+            builder=self, description=description, features=tfds.features.FeaturesDict(features)
         )
 
     def _split_generators(self, dl_manager):
@@ -53,8 +60,22 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, count: int):
         spec = self.builder_config.spec
         for index in range(count):
-            image, captions = world.generate_example(spec, split, index)
-            yield index, {"image": image, "captions": captions, "image_id": index}
+            if isinstance(spec, scenes.ScenesSpec):
+                example = scenes.generate_example(spec, split, index)
+                yield (
+                    index,
+                    {
+                        "image": example.image,
+                        "captions": example.captions,
+                        "image_id": index,
+                        "scene": example.scene,
+                        "objects_present": scenes.padded(example.present),
+                        "objects_named": scenes.padded(example.named),
+                    },
+                )
+            else:
+                image, captions = world.generate_example(spec, split, index)
+                yield index, {"image": image, "captions": captions, "image_id": index}
 
 
 def default_data_dir() -> str:
@@ -63,11 +84,13 @@ def default_data_dir() -> str:
 
 def world_builder(data_config, prepare: bool = True) -> ElaWorld:
     """The builder for `config.data`; prepared on first use (a few seconds per thousand images)."""
-    spec = world.WorldSpec(
+    spec_class = scenes.ScenesSpec if data_config.world == "scenes" else world.WorldSpec
+    spec = spec_class(
         seed=data_config.seed, image_size=data_config.image_size, captions_per_image=data_config.captions_per_image
     )
+    # The world kind leads the name: the two worlds never share a prepared copy.
     name = (
-        f"seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
+        f"{data_config.world}_seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
         f"_train{data_config.num_train}_test{data_config.num_test}"
     )
     builder = ElaWorld(

@@ -15,6 +15,13 @@ from ela_jax.models.vit import VisionTransformer
 
 # The text-side parameter groups: what an EMA or frozen expansion teacher keeps a copy of.
 TEXT_PARAM_GROUPS = ("text_tower", "text_lexicon")
+# The learnable log logit scales (1 / temperature), clamped at max_log_scale after every update.
+LOG_SCALE_PARAMS = ("global_log_scale", "fine_log_scale")
+
+
+def max_log_scale(model_config: ml_collections.ConfigDict) -> float:
+    """log(1 / min_temperature): the largest log logit scale training allows (CLIP: log 100)."""
+    return math.log(1.0 / model_config.min_temperature)
 
 
 def l2_normalise(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -69,12 +76,9 @@ class ELAModel(nn.Module):
         self.fine_log_scale = self.param("fine_log_scale", layers.partitioned(init_log_scale), ())
 
     def logit_scales(self) -> dict[str, jax.Array]:
-        """exp(learnable log scale), clipped at 1 / min_temperature (CLIP clips at 100)."""
-        max_log_scale = math.log(1.0 / self.config.min_temperature)
-        return {
-            "global": jnp.exp(jnp.minimum(self.global_log_scale, max_log_scale)),
-            "fine": jnp.exp(jnp.minimum(self.fine_log_scale, max_log_scale)),
-        }
+        """exp(learnable log scale). Training clamps the parameter at `max_log_scale` after each update (as CLIP
+        does) instead of clipping here: a clip in the forward pass has zero gradient past the cap and can stick."""
+        return {"global": jnp.exp(self.global_log_scale), "fine": jnp.exp(self.fine_log_scale)}
 
     def pool(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
         """The global head's input: the CLS state, or the mean over real tokens (CLS included), [b, width]."""
@@ -159,3 +163,11 @@ class ELAModel(nn.Module):
             self.encode_text(token_ids, mask, with_token_logits=True),
             self.logit_scales(),
         )
+
+
+def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
+    """The image lexicon head starts as the text (MLM) head; a tied decoder becomes the image decoder kernel."""
+    image_head = dict(params["text_lexicon"])
+    if tie_text_decoder:
+        image_head["decoder_kernel"] = params["text_tower"]["word_embeddings"]["embedding"].T
+    return {**params, "image_lexicon": image_head}

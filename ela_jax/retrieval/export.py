@@ -1,5 +1,5 @@
-"""Lexicon vectors -> JSONL `{"id": int, "vector": {wordpiece: weight}}` (the Seismic/Anserini layout) for documents
-(images) and queries (captions), with an id map, optional pruning and integer quantisation, and stats.json.
+"""Command line: a training workdir's held-out split as sparse JSONL for Anserini / Seismic
+(ela_jax.retrieval.sparse_vectors writes the files; this entry point loads the workdir's model).
 
 Run: python -m ela_jax.retrieval.export --workdir W --output O [--split test] [--top_k K] [--threshold T]
      [--quantize SCALE]
@@ -8,167 +8,47 @@ Run: python -m ela_jax.retrieval.export --workdir W --output O [--split test] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from collections.abc import Sequence
 
-import numpy as np
-from scipy import sparse
+import ela_jax
+from ela_jax.cli import quiet_libraries
+from ela_jax.data.pipeline import retrieval_set
+from ela_jax.paths import require_local
+from ela_jax.retrieval.sparse_vectors import (
+    ANSERINI_SCALE,
+    DOCUMENTS_FILE,
+    ID_MAP_FILE,
+    QRELS_FILE,
+    QUERIES_FILE,
+    STATS_FILE,
+    export_vectors,
+    log,
+    prune_and_quantize,
+    quantize,
+    read_jsonl,
+    sparsify,
+    vector_stats,
+    write_jsonl,
+)
 
-DOCUMENTS_FILE = "documents.jsonl"
-QUERIES_FILE = "queries.jsonl"
-ID_MAP_FILE = "id_map.json"
-STATS_FILE = "stats.json"
-
-
-def sparsify(lexicon: np.ndarray, top_k: int | None = None, threshold: float = 0.0) -> sparse.csr_matrix:
-    """lexicon [N, V] -> float32 CSR [N, V] keeping, per row, the weights above `threshold` and of those the `top_k`
-    largest (ties go to the lower vocabulary id, so the result does not depend on the sort)."""
-    lexicon = np.asarray(lexicon)
-    if lexicon.ndim != 2:
-        raise ValueError(f"lexicon must be [num_vectors, vocab_size], got shape {lexicon.shape}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
-    # In row chunks: a dense copy of a whole caption set's [N, 30522] lexicon would double its gigabytes.
-    vectors = sparse.vstack(
-        [
-            sparse.csr_matrix(np.where(chunk > threshold, chunk, 0.0), dtype=np.float32)
-            for chunk in np.array_split(lexicon, max(1, -(-len(lexicon) // 4096)))
-        ],
-        format="csr",
-    )
-    vectors.sort_indices()
-    if top_k is None:
-        return vectors
-    keep = np.zeros(vectors.nnz, bool)
-    for row in range(vectors.shape[0]):
-        start, end = vectors.indptr[row], vectors.indptr[row + 1]
-        # lexsort's last key is primary: weight descending, then vocabulary id ascending.
-        order = np.lexsort((vectors.indices[start:end], -vectors.data[start:end]))
-        keep[start + order[:top_k]] = True
-    return _keep_entries(vectors, keep)
-
-
-def quantize(vectors: sparse.csr_matrix, scale: float) -> sparse.csr_matrix:
-    """Integer impacts round(weight * scale) as int32 CSR (Anserini indexes integer term weights). Entries that round
-    to 0 are dropped: an impact of 0 is no posting."""
-    if scale <= 0:
-        raise ValueError(f"quantize scale must be positive, got {scale}")
-    impacts = np.rint(vectors.data.astype(np.float64) * scale)
-    if impacts.size and impacts.max() > np.iinfo(np.int32).max:
-        raise ValueError(
-            f"quantize scale {scale} turns weight {vectors.data.max()} into {impacts.max():.0f}, "
-            "beyond int32; use a smaller scale"
-        )
-    quantized = sparse.csr_matrix((impacts.astype(np.int32), vectors.indices, vectors.indptr), shape=vectors.shape)
-    return _keep_entries(quantized, quantized.data != 0)
-
-
-def _keep_entries(vectors: sparse.csr_matrix, keep: np.ndarray) -> sparse.csr_matrix:
-    """The CSR matrix with only the stored entries where `keep` [nnz] is True (rows stay, possibly empty)."""
-    row_of_entry = np.repeat(np.arange(vectors.shape[0]), np.diff(vectors.indptr))
-    counts = np.bincount(row_of_entry[keep], minlength=vectors.shape[0])
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(vectors.indptr.dtype)
-    return sparse.csr_matrix((vectors.data[keep], vectors.indices[keep], indptr), shape=vectors.shape)
-
-
-def _json_weight(value) -> int | float:
-    """Integers stay integers; a float32 is written in its shortest decimal form, which parses back to itself."""
-    if np.issubdtype(type(value), np.integer):
-        return int(value)
-    return float(str(np.float32(value)))
-
-
-def write_jsonl(path: str, vectors: sparse.csr_matrix, vocabulary: Sequence[str], ids: Sequence[int] | None = None):
-    """One line `{"id": id, "vector": {wordpiece: weight}}` per row of `vectors` [N, V]; an empty row is `{}`."""
-    ids = range(vectors.shape[0]) if ids is None else ids
-    with open(path, "w") as f:
-        for row, vector_id in enumerate(ids):
-            start, end = vectors.indptr[row], vectors.indptr[row + 1]
-            vector = {
-                vocabulary[term]: _json_weight(weight)
-                for term, weight in zip(vectors.indices[start:end], vectors.data[start:end])
-            }
-            f.write(json.dumps({"id": int(vector_id), "vector": vector}) + "\n")
-
-
-def read_jsonl(path: str, vocabulary: Sequence[str]) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """The inverse of write_jsonl: ids int64 [N] and vectors CSR [N, V] (int32 when every weight is an integer)."""
-    token_ids = {token: index for index, token in enumerate(vocabulary)}
-    ids, indptr, indices, weights = [], [0], [], []
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            record = json.loads(line)
-            ids.append(record["id"])
-            for token, weight in record["vector"].items():
-                if token not in token_ids:
-                    raise KeyError(
-                        f"{path}:{line_number}: word {token!r} is not in the vocabulary; read the file with "
-                        "the vocabulary it was exported with"
-                    )
-                indices.append(token_ids[token])
-                weights.append(weight)
-            indptr.append(len(indices))
-    integer = all(isinstance(w, int) for w in weights) and bool(weights)
-    data = np.asarray(weights, np.int32 if integer else np.float32)
-    vectors = sparse.csr_matrix(
-        (data, np.asarray(indices, np.int32), np.asarray(indptr, np.int64)), shape=(len(ids), len(vocabulary))
-    )
-    vectors.sort_indices()
-    return np.asarray(ids, np.int64), vectors
-
-
-def vector_stats(vectors: sparse.csr_matrix) -> dict:
-    """count, avg/min/max non-zeros per vector, empty vectors, and the fraction of vocabulary ids used at least once."""
-    nonzeros = np.diff(vectors.indptr)
-    used = np.unique(vectors.indices[vectors.data != 0])
-    return {
-        "count": int(vectors.shape[0]),
-        "avg_nonzeros": float(nonzeros.mean()) if len(nonzeros) else 0.0,
-        "min_nonzeros": int(nonzeros.min()) if len(nonzeros) else 0,
-        "max_nonzeros": int(nonzeros.max()) if len(nonzeros) else 0,
-        "empty": int(np.sum(nonzeros == 0)),
-        "vocabulary_coverage": float(len(used) / vectors.shape[1]),
-    }
-
-
-def export_vectors(
-    output_dir: str,
-    documents: sparse.csr_matrix,
-    queries: sparse.csr_matrix,
-    vocabulary: Sequence[str],
-    id_map: dict,
-    settings: dict,
-) -> dict:
-    """Writes documents.jsonl, queries.jsonl, id_map.json and stats.json into `output_dir`; returns the stats."""
-    if documents.shape[1] != len(vocabulary) or queries.shape[1] != len(vocabulary):
-        raise ValueError(
-            f"vectors have {documents.shape[1]} (documents) and {queries.shape[1]} (queries) dimensions "
-            f"but the vocabulary has {len(vocabulary)} words; export with the model's own tokenizer"
-        )
-    os.makedirs(output_dir, exist_ok=True)
-    write_jsonl(os.path.join(output_dir, DOCUMENTS_FILE), documents, vocabulary)
-    write_jsonl(os.path.join(output_dir, QUERIES_FILE), queries, vocabulary)
-    with open(os.path.join(output_dir, ID_MAP_FILE), "w") as f:
-        json.dump(id_map, f, indent=1)
-    both = sparse.vstack([documents, queries]).tocsr()
-    stats = {
-        "vocabulary_size": len(vocabulary),
-        "documents": vector_stats(documents),
-        "queries": vector_stats(queries),
-        "vocabulary_coverage": vector_stats(both)["vocabulary_coverage"],
-        "settings": settings,
-    }
-    with open(os.path.join(output_dir, STATS_FILE), "w") as f:
-        json.dump(stats, f, indent=1)
-    return stats
-
-
-def prune_and_quantize(
-    lexicon: np.ndarray, top_k: int | None, threshold: float, quantize_scale: float | None
-) -> sparse.csr_matrix:
-    vectors = sparsify(lexicon, top_k, threshold)
-    return vectors if quantize_scale is None else quantize(vectors, quantize_scale)
+__all__ = [
+    "ANSERINI_SCALE",
+    "DOCUMENTS_FILE",
+    "ID_MAP_FILE",
+    "QRELS_FILE",
+    "QUERIES_FILE",
+    "STATS_FILE",
+    "export_vectors",
+    "log",
+    "prune_and_quantize",
+    "quantize",
+    "read_jsonl",
+    "sparsify",
+    "vector_stats",
+    "write_jsonl",
+    "export_workdir",
+    "main",
+]  # the library half is re-exported
 
 
 def export_workdir(
@@ -181,9 +61,13 @@ def export_workdir(
 ) -> dict:
     """Encodes `split` of the workdir's dataset with its latest checkpoint: images become documents (id = image index),
     captions queries (id = caption index, mapped to their image in id_map.json)."""
-    import ela_jax
-    from ela_jax.data.pipeline import retrieval_set
-
+    require_local(output_dir, "--output")
+    if quantize_scale is None:
+        log.warning(
+            "writing float weights: Anserini's JsonVectorCollection reads weights as integers, so weights below 1 "
+            "index nothing there; pass --quantize %g for Anserini (Seismic reads floats)",
+            ANSERINI_SCALE,
+        )
     model = ela_jax.load(workdir)
     dataset = retrieval_set(model.experiment.config.data, split)
     image_lexicon = model.encode_images(dataset.images)["lexicon"]  # [images, V]
@@ -211,6 +95,7 @@ def export_workdir(
         vocabulary,
         id_map,
         settings,
+        relevant=dataset.caption_image,
     )
 
 
@@ -226,11 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         metavar="SCALE",
-        help="write integer weights round(weight * SCALE), as Anserini wants (default: floats)",
+        help=f"write integer weights round(weight * SCALE), as Anserini needs: use {ANSERINI_SCALE:g} (default: floats)",
     )
     args = parser.parse_args(argv)
-    from ela_jax.cli import quiet_libraries
-
     quiet_libraries()
     stats = export_workdir(args.workdir, args.output, args.split, args.top_k, args.threshold, args.quantize)
     for side in ("documents", "queries"):
@@ -241,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         f"vocabulary coverage {stats['vocabulary_coverage']:.3f}; wrote {DOCUMENTS_FILE}, {QUERIES_FILE}, "
-        f"{ID_MAP_FILE}, {STATS_FILE} to {args.output}"
+        f"{QRELS_FILE}, {ID_MAP_FILE}, {STATS_FILE} to {args.output}"
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -18,11 +17,12 @@ from ela_jax import config as config_lib
 from ela_jax import host_allocator, parallel, plots
 from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
-from ela_jax.evaluation.evaluator import evaluate_retrieval
+from ela_jax.evaluation import evaluators
+from ela_jax.evaluation.evaluators import write_json
 from ela_jax.experiment import Experiment
 from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
-from ela_jax.training.metrics import MetricWriter, eval_scalars
+from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.progress import Progress
 from ela_jax.training.state import TrainState
 from ela_jax.training.workdir_lock import WorkdirLock
@@ -30,12 +30,6 @@ from ela_jax.training.workdir_lock import WorkdirLock
 log = logging.getLogger(__name__)
 
 RUN_LOCK_FILE = "train.lock"  # held by the chief process for the life of a run
-
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,21 +97,32 @@ class BadStepMonitor:
 
 
 class Evaluation:
-    """Held-out retrieval on the current params; the eval set and the jitted encoders are built once."""
+    """The evaluators `config.evals` runs during training, on the current params; the jitted encoder and each
+    evaluator's data are built once. Results are keyed by evaluator name."""
 
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
-        self.dataset = None
         self.encoder = None
+        self.evaluators = evaluators.during_training(experiment.config, experiment.tokenizer)
+        entries = experiment.config.evals
+        self.retrieval = next((name for name in self.evaluators if entries[name].type == "retrieval"), None)
 
-    def __call__(self, params, step: int) -> dict:
-        config = self.experiment.config
-        if self.dataset is None:
-            self.dataset = pipeline.retrieval_set(config.data, "test")
-            self.encoder = self.experiment.encoder(params, config.eval.batch_size)
+    def __call__(self, params, step: int) -> dict[str, dict]:
+        if self.encoder is None:
+            self.encoder = self.experiment.encoder(params, self.experiment.config.eval.batch_size)
         self.encoder.params = params
-        results = evaluate_retrieval(self.encoder, self.experiment.tokenizer, self.dataset, config.eval)
-        return {"step": int(step), "split": "test", **results}
+        return {name: evaluator(self.encoder, step) for name, evaluator in self.evaluators.items()}
+
+    def scalars(self, results: dict[str, dict]) -> dict[str, float]:
+        return {
+            key: value
+            for name, result in results.items()
+            for key, value in self.evaluators[name].scalars(result).items()
+        }
+
+    def write(self, workdir: str, results: dict[str, dict]) -> None:
+        for name, result in results.items():
+            write_json(os.path.join(workdir, "eval", self.evaluators[name].output), result)
 
 
 def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chief: bool) -> None:
@@ -183,7 +188,7 @@ class BestCheckpoints:
             )
 
     def offer(self, step: int, state, results: dict) -> None:
-        if self.checkpointer is None or step in (self.checkpointer.manager.all_steps() or ()):
+        if self.checkpointer is None or not results["scores"] or step in (self.checkpointer.manager.all_steps() or ()):
             return
         value = float(results["scores"][self.score][self.metric])
         self.checkpointer.save(step, state, metrics={f"{self.score}/{self.metric}": value})
@@ -194,7 +199,8 @@ class BestCheckpoints:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final eval results.
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, and returns the final retrieval results
+    ({} when no retrieval evaluator runs during training).
     Raises WorkdirBusy at once when another run holds `workdir` (the chief process holds it for the whole run)."""
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
@@ -276,8 +282,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 progress.phase(f"evaluating at step {step}")
                 results = evaluation(state.params, step)
                 host_allocator.release_free_memory()
-                best.offer(step, state, results)
-                writer.write(step, eval_scalars(results))
+                best.offer(step, state, results.get(evaluation.retrieval))
+                writer.write(step, evaluation.scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
         progress.close()
@@ -288,11 +294,11 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     # --- final report
     progress.phase(f"evaluating at step {config.total_steps}")
     results = evaluation(state.params, config.total_steps)
-    best.offer(config.total_steps, state, results)
+    best.offer(config.total_steps, state, results.get(evaluation.retrieval))
     best.close()
-    MetricWriter.tensorboard_only(workdir, config.total_steps, eval_scalars(results), enabled=is_chief)
+    MetricWriter.tensorboard_only(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
     if is_chief:
-        write_json(os.path.join(workdir, "eval", "results.json"), results)
+        evaluation.write(workdir, results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))
     progress.phase(f"done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {workdir}")
-    return results
+    return results.get(evaluation.retrieval, {})

@@ -64,16 +64,6 @@ class MetricWriter:
             self.summary.close()
 
 
-def eval_scalars(results: dict) -> dict[str, float]:
-    """The curves worth plotting from an evaluation's results: recall@K and RSUM per score."""
-    return {
-        f"eval/{score}/{name}": value
-        for score, metrics in results["scores"].items()
-        for name, value in metrics.items()
-        if "recall@" in name or name == "rsum"
-    }
-
-
 def import_tensorboardx():
     """tensorboardX, imported without PyTorch: it only imports torch to accept torch tensors (we log floats), and that
     import costs seconds at every process start."""

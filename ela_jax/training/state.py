@@ -12,8 +12,9 @@ import optax
 from jax.sharding import Mesh
 
 from ela_jax import parallel
-from ela_jax.models.ela import TEXT_PARAM_GROUPS, ELAModel
-from ela_jax.models.teacher import PretrainedTeacher
+from ela_jax.objectives import needs_teacher
+from ela_jax.models.ela import TEXT_PARAM_GROUPS, ELAModel, copy_text_lexicon_to_image
+from ela_jax.training.teacher import PretrainedTeacher
 
 
 @flax.struct.dataclass
@@ -28,22 +29,9 @@ class TrainState:
     longest_bad_run: jax.Array
 
 
-def needs_teacher(config) -> bool:
-    ela = config.objective.ela
-    return config.objective.ela_weight > 0 and ela.beta > 0 and ela.target_source in ("ema", "frozen", "pretrained")
-
-
 def example_inputs(config) -> tuple[jax.Array, jax.Array, jax.Array]:
     size, length = config.model.image.image_size, config.tokenizer.max_length
     return (jnp.zeros((1, size, size, 3), jnp.uint8), jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool))
-
-
-def copy_text_lexicon_to_image(params: dict, tie_text_decoder: bool) -> dict:
-    """The image lexicon head starts as the text (MLM) head; a tied decoder becomes the image decoder kernel."""
-    image_head = dict(params["text_lexicon"])
-    if tie_text_decoder:
-        image_head["decoder_kernel"] = params["text_tower"]["word_embeddings"]["embedding"].T
-    return {**params, "image_lexicon": image_head}
 
 
 def teacher_params(params: dict) -> dict:

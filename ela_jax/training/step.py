@@ -11,8 +11,8 @@ import optax
 from jax.sharding import Mesh
 
 from ela_jax import objectives, parallel
-from ela_jax.models.ela import ELAModel
-from ela_jax.models.teacher import PretrainedTeacher
+from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
+from ela_jax.training.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
 
@@ -267,6 +267,11 @@ def filip_logits(image: tuple, text: tuple, scale: jax.Array) -> tuple[jax.Array
     return scale * s_image, scale * s_text
 
 
+def clamp_log_scales(params: dict, largest: float) -> dict:
+    """params with each log logit scale clamped at `largest` (the minimum temperature)."""
+    return {**params, **{name: jnp.minimum(params[name], largest) for name in LOG_SCALE_PARAMS}}
+
+
 def make_train_step(
     model: ELAModel,
     optimizer: optax.GradientTransformation,
@@ -282,6 +287,7 @@ def make_train_step(
     ema_decay = config.objective.ela.ema_decay
     microbatches = config.train.microbatches
     update_teacher = objective.needs.expansion and config.objective.ela.target_source == "ema"
+    largest_log_scale = max_log_scale(config.model)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_rng, state.step)
@@ -295,6 +301,7 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        params = clamp_log_scales(params, largest_log_scale)
         teacher = state.teacher
         if update_teacher:
             teacher = jax.tree.map(lambda t, p: ema_decay * t + (1.0 - ema_decay) * p, teacher, teacher_params(params))

@@ -20,7 +20,7 @@ import numpy as np
 import tokenizers
 
 from ela_jax.config import ConfigError
-from ela_jax.convert import keymap
+from ela_jax.convert import from_pytorch, keymap
 from ela_jax.models import lexicon
 from ela_jax.models.bert import BertEncoder
 
@@ -33,8 +33,6 @@ def _described_as(directory: str) -> str:
 
 def teacher_text_config(directory: str, max_length: int) -> ml_collections.ConfigDict:
     """The BERT shape of the checkpoint in `directory` (a Hugging Face BertModel or BertForMaskedLM folder)."""
-    from ela_jax.convert import from_pytorch  # imports training.state, which imports this module
-
     described_as = _described_as(directory)
     hf_config = from_pytorch.read_json(os.path.join(directory, "config.json"), described_as)
     if hf_config.get("model_type") != "bert":
@@ -93,8 +91,6 @@ class PretrainedTeacher:
     def load_params(self, words: list[str], params_like: dict) -> dict:
         """Host params from the checkpoint, its word embeddings re-spelt in the model's vocabulary (`words`, in id
         order)."""
-        from ela_jax.convert import from_pytorch  # imports training.state, which imports this module
-
         described_as = _described_as(self.directory)
         weights = from_pytorch.read_weights(from_pytorch.weight_files(self.directory, described_as))
         prefix = from_pytorch.wrapper_prefix(weights, WORD_EMBEDDINGS, "bert.", described_as)
