@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 import common
+import train_step
+from ela_jax import config as config_lib
 
 HLO_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w-]+)\(")
 LAYER_INDEX = re.compile(r"layer_\d+")
@@ -32,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="traced steps (after 2 warm-up steps)")
     parser.add_argument("--top", type=int, default=25, help="rows printed per table")
     parser.add_argument("--smoke", action="store_true", help="tiny towers, 1 traced step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--output", default="", help="JSON path")
     return parser.parse_args(argv)
 
@@ -145,6 +148,8 @@ def main(argv=None) -> None:
     config = common.benchmark_config(args.config, args.vocab, args.smoke)
     if args.batch_size:
         config.batch_size = args.batch_size
+    for key, value in map(train_step.parse_override, args.set):
+        config_lib.set_dotted(config, key, value)
     runner = common.JaxStep(config)
     batch = runner.device_batch(runner.host_batch())
     runner.run(batch, 2)  # compile and warm up outside the trace
@@ -158,6 +163,7 @@ def main(argv=None) -> None:
         "vocab": args.vocab,
         "smoke": args.smoke,
         "batch_size": config.batch_size,
+        "overrides": args.set,
         "op_ms_per_step": sum(times.values()),
         "ops_per_step": len(times),
         "by_kind": by_kind,

@@ -31,6 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (the median is reported)")
     parser.add_argument("--matmul_size", type=int, default=0, help="0: 2048 on CPU, 8192 on accelerators")
     parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=0.0,
+        help="the device's datasheet dense peak in the model dtype (989 for an H100/H200 SXM in bf16): also reports "
+        "model FLOP/s as a fraction of it (MFU); 0: not reported",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -196,6 +203,8 @@ def payload(args, config, machine: dict, matmul: dict, timed: list[dict], tried:
         "achieved_flops_per_second": achieved,
         "matmul": matmul,
         "fraction_of_matmul_rate": achieved / matmul["flops_per_second"],
+        "datasheet_peak_flops_per_second": args.peak_tflops * 1e12 or None,
+        "fraction_of_datasheet_peak": achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
         "device_memory": best["device_memory"],
         "overrides": args.set,
         "timed_batches": timed,

@@ -18,6 +18,7 @@ TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 TARGET_FORMS = ("softmax", "sparse")
 PATCH_POOLS = ("max", "mean", "logsumexp")
 SCORES = ("global", "lexicon", "fine", "hybrid")
+LEXICON_IMPLS = ("dense", "chunked", "argmax", "pallas")
 RETRIEVERS = ("matrix", "sparse_exact", "sparse_compressed", "seismic", "faiss")
 EVALUATOR_TYPES = ("retrieval", "zeroshot")  # ela_jax.evaluation.evaluators.TYPES
 DTYPES = ("float32", "bfloat16", "float16")
@@ -97,6 +98,11 @@ def model_config(
                 # Words per chunk when pooling the [batch, tokens, vocab] logits (never materialised whole then);
                 # 0 computes them densely. 2048 cuts the head's peak memory about 15x at |V| = 30522.
                 "chunk": 0,
+                # How the lexicon (max-pooled logits) is computed: "dense" or "chunked" (every pool, the backward
+                # recomputes each chunk's logits), "argmax" (keeps each word's winning token; the backward reads
+                # features and kernel there, no logits recomputed), "pallas" (argmax with a fused kernel; GPU/TPU).
+                "impl": "chunked",
+                "pallas_interpret": False,  # impl "pallas" in Pallas's interpret mode: slow, for CPU tests only
             },
             # Input of the global heads: "cls" (BERT/ViT convention, right for pretrained towers) or "mean" over
             # real tokens, which towers trained from scratch learn much faster: at init a post-LN CLS state is

@@ -12,6 +12,12 @@ from ela_jax.data import sources
 from ela_jax.errors import ConfigError, check_choice
 
 
+def _validate_lexicon(lexicon_config) -> None:
+    if lexicon_config.chunk < 0:
+        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {lexicon_config.chunk}")
+    check_choice(lexicon_config.impl, config_lib.LEXICON_IMPLS, "model.lexicon.impl")
+
+
 def _validate_eval(eval_config) -> None:
     hybrid_weights = eval_config.hybrid_weights.to_dict()
     if any(w < 0 for w in hybrid_weights.values()) or not any(w > 0 for w in hybrid_weights.values()):
@@ -170,8 +176,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         )
     if config.model.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
-    if config.model.lexicon.chunk < 0:
-        raise ConfigError(f"model.lexicon.chunk must be >= 0 (0 = dense), got {config.model.lexicon.chunk}")
+    _validate_lexicon(config.model.lexicon)
     _validate_checkpointing(config)
     if config.train.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")

@@ -37,10 +37,13 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-@pytest.fixture(scope="module")
-def jitted_step(tmp_path_factory):
-    """The train step the loop runs (`Experiment.train_step`), a state factory, and batches from the real pipeline."""
-    config = make_tiny_config(**{"batch_size": 16})
+# "pallas" runs the argmax custom VJP too (with the fused forward), so the pure-XLA "argmax" is left to the slow run.
+@pytest.fixture(scope="module", params=["chunked", pytest.param("argmax", marks=pytest.mark.slow), "pallas"])
+def jitted_step(tmp_path_factory, request):
+    """The train step the loop runs (`Experiment.train_step`), a state factory, and batches from the real pipeline;
+    once per lexicon impl (Pallas in interpret mode on CPU)."""
+    lexicon = {"model.lexicon.impl": request.param, "model.lexicon.chunk": 16, "model.lexicon.pallas_interpret": True}
+    config = make_tiny_config(**{"batch_size": 16, **lexicon})
     experiment = Experiment.build(config, str(tmp_path_factory.mktemp("compile")))
     config = experiment.config
     factory = experiment.state_factory()

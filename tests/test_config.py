@@ -55,6 +55,7 @@ def test_missing_vocabulary_file_is_named(tiny_config):
         ("train.microbatches", 3, "train.microbatches=3 micro-batches"),
         ("model.vocab_multiple", 0, "model.vocab_multiple must be >= 1"),
         ("model.lexicon.chunk", -1, "model.lexicon.chunk must be >= 0"),
+        ("model.lexicon.impl", "fused", "model.lexicon.impl='fused' is not one of"),
         ("model.remat_policy", "everything", "model.remat_policy"),
         ("model.attention_batch_splits", 0, "model.attention_batch_splits must be a positive integer"),
         ("checkpoint.best_metric", "rsum", "must be 'SCORE/METRIC'"),

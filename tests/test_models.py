@@ -197,6 +197,39 @@ def test_attention_in_batch_slices_computes_the_same_values_and_gradients(batch_
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), expected, got)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_fused_attention_computes_the_written_out_attention(dtype, tolerance):
+    """jax.nn.dot_product_attention (its XLA implementation here; cuDNN on a GPU) gives `attend`'s values and
+    gradients, key padding included."""
+    from ela_jax.models import layers
+
+    shape = (3, 7, 2, 8)
+    query, key, value = (jax.random.normal(jax.random.key(i), shape).astype(dtype) for i in range(3))
+    key_mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [1]]))
+    weights = jnp.cos(jnp.arange(16.0)).reshape(2, 8)
+
+    def value_and_grads(attention):
+        loss = lambda q, k, v: jnp.sum(attention(q, k, v, key_mask).astype(jnp.float32) * weights)  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(query, key, value)
+
+    written = value_and_grads(layers.attend)
+    fused = value_and_grads(lambda q, k, v, m: layers.fused_attend(q, k, v, m, "xla"))
+    for expected, actual in zip(jax.tree.leaves(written), jax.tree.leaves(fused)):
+        np.testing.assert_allclose(
+            np.asarray(actual, np.float32), np.asarray(expected, np.float32), rtol=tolerance, atol=tolerance
+        )
+
+
+def test_fused_attention_is_chosen_for_half_precision_on_gpu_only(monkeypatch):
+    from ela_jax.models import layers
+
+    assert layers.fused_attention_implementation(jnp.bfloat16, 64) is None or jax.default_backend() == "gpu"
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    assert layers.fused_attention_implementation(jnp.bfloat16, 64) == "cudnn"
+    assert layers.fused_attention_implementation(jnp.float32, 64) is None  # cuDNN's kernel is half precision only
+    assert layers.fused_attention_implementation(jnp.bfloat16, 12) is None  # head size not a multiple of 8
+
+
 def test_attention_projection_init_matches_dense_general():
     """Same key, same initial kernel as nn.DenseGeneral: seeded runs start where the library layers start."""
     from ela_jax.models import layers

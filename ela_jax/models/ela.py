@@ -63,6 +63,8 @@ class ELAModel(nn.Module):
             gelu_approximate=tower.gelu_approximate,
             tied=tied,
             chunk=config.lexicon.chunk,
+            impl=config.lexicon.impl,
+            interpret=config.lexicon.pallas_interpret,
             dtype=dtype,
         )
         self.image_lexicon = lexicon_head(config.image, tied=False)

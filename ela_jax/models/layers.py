@@ -99,7 +99,10 @@ class MultiHeadAttention(nn.Module):
         head_dim = width // self.num_heads
         query, key, value = self.project_qkv(x, head_dim)  # [b, l, heads, kv]
         splits = math.gcd(self.batch_splits, x.shape[0])
-        if splits > 1:
+        implementation = fused_attention_implementation(query.dtype, head_dim)
+        if implementation is not None:
+            attended = fused_attend(query, key, value, key_mask, implementation)
+        elif splits > 1:
             attended = attend_in_slices(query, key, value, key_mask, splits)
         else:
             attended = attend(query, key, value, key_mask)
@@ -130,6 +133,19 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, key_mask: jax.Arr
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
 
 
+def fused_attention_implementation(dtype, head_dim: int) -> str | None:
+    """'cudnn' (cuDNN's fused flash attention) on a GPU for the half-precision dtypes and head sizes it supports; None
+    elsewhere, where the written-out `attend` runs (XLA has no fused attention on CPU or TPU to pick instead)."""
+    supported = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if supported and jax.default_backend() == "gpu" else None
+
+
+def fused_attend(query, key, value, key_mask: jax.Array | None, implementation: str) -> jax.Array:
+    """`attend` through jax.nn.dot_product_attention with the given implementation ('cudnn', or 'xla' in tests)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation=implementation)
+
+
 def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
     """`attend` on `splits` contiguous slices of the batch, concatenated back. Contiguous slices of a batch-sharded
     array live on different devices, so on a mesh each would be resharded: keep splits at 1 there."""
@@ -138,11 +154,13 @@ def attend_in_slices(query, key, value, key_mask, splits: int) -> jax.Array:
     return jnp.concatenate([attend(*part) for part in parts])
 
 
-def token_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def token_matmul(x: jax.Array, kernel: jax.Array, preferred_element_type=None) -> jax.Array:
     """[..., in] x [in, out] as one 2-D matmul over all tokens. XLA:CPU differentiates a dot whose batch and length
     dimensions are both contracted in the weight gradient through transposes and copies; flattened, the weight
-    gradient is one plain [in, tokens] x [tokens, out] matmul."""
-    return (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+    gradient is one plain [in, tokens] x [tokens, out] matmul. `preferred_element_type` sets the accumulation and
+    result dtype (float32 for logits computed from bfloat16 inputs)."""
+    flat = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=preferred_element_type)
+    return flat.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 class TokenDense(nn.Module):

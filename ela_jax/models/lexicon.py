@@ -3,18 +3,25 @@
 The head's per-token vocabulary logits are [batch, tokens, vocab]: 1.5 GB in float32 for 64 images x 196 patches x
 30522 words. The objectives only need them pooled over tokens ([batch, vocab]), so `LexiconHead.pooled` can compute
 the pools in vocabulary chunks under `jax.checkpoint`: forward and backward then hold one [batch, tokens, chunk] slab
-at a time instead of the whole tensor.
+at a time instead of the whole tensor. For the max pool (the lexicon itself), the "argmax" and "pallas" impls
+keep only each word's max and winning token, and the backward pass reads features and kernel at the winners instead
+of recomputing any logits.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ela_jax.models import layers
+from ela_jax.models.lexicon_kernel import pallas_max_argmax
 
 TOKEN_POOLS = ("max", "mean", "logsumexp")
+ROWS_BUDGET_BYTES = 2**28  # the argmax backward's gathered rows per scan step on an accelerator
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -37,6 +44,8 @@ class LexiconHead(nn.Module):
     gelu_approximate: bool
     tied: bool
     chunk: int = 0  # vocabulary words per chunk in `pooled`; 0 computes the dense logits
+    impl: str = "chunked"  # how `pooled` computes the pools: one of config.LEXICON_IMPLS (see pool_vocab_logits)
+    interpret: bool = False  # impl "pallas" in Pallas's interpret mode (CPU tests)
     dtype: layers.Dtype = jnp.float32
 
     def setup(self):
@@ -88,7 +97,9 @@ class LexiconHead(nn.Module):
         [batch, len, vocab] tensor when `chunk` is set (same values and gradients as pooling the dense logits)."""
         features = self._features(hidden)
         kernel = self._kernel(tied_embedding).astype(self.dtype)
-        pooled = pool_vocab_logits(features, kernel, self.decoder_bias, token_mask, pools, self.chunk)
+        pooled = pool_vocab_logits(
+            features, kernel, self.decoder_bias, token_mask, pools, self.chunk, self.impl, self.interpret
+        )
         return {name: value[:, : self.vocab_size] for name, value in pooled.items()}
 
 
@@ -116,33 +127,180 @@ def pool_vocab_logits(
     token_mask: jax.Array,
     pools: tuple[str, ...],
     chunk: int,
+    impl: str = "chunked",
+    interpret: bool = False,
 ) -> dict[str, jax.Array]:
     """pool_tokens(features @ kernel + bias) for each pool; features [b, len, w], kernel [w, V], bias [V].
 
-    With 0 < chunk < V the vocabulary is split into ceil(V / chunk) strided chunks (chunk i holds words i, i + n, ...,
-    so a vocabulary axis sharded in contiguous blocks stays sharded inside every chunk), mapped sequentially, each
-    under `jax.checkpoint` so the backward pass recomputes its logits instead of storing them.
+    impl "dense" computes the whole [b, len, V] logits; "chunked" (dense when chunk is 0) computes them in vocabulary
+    chunks, each under `jax.checkpoint`; "argmax" and "pallas" compute the 'max' pool through `max_pool_vocab_logits`
+    (other pools keep the chunked path).
     """
+    if impl == "dense":
+        chunk = 0
+    pooled = {}
+    if impl in ("argmax", "pallas") and "max" in pools:
+        pooled["max"] = max_pool_vocab_logits(features, kernel, bias, token_mask, chunk, impl == "pallas", interpret)
+    rest = tuple(how for how in pools if how not in pooled)
+    if rest:
+        pooled.update(_chunked_pools(features, kernel, bias, token_mask, rest, chunk))
+    return {how: pooled[how] for how in pools}
+
+
+def _chunked_pools(features, kernel, bias, token_mask, pools, chunk) -> dict[str, jax.Array]:
+    """With 0 < chunk < V the vocabulary is split into ceil(V / chunk) strided chunks (see `to_strided_chunks`),
+    mapped sequentially, each under `jax.checkpoint` so the backward pass recomputes its logits instead of storing
+    them."""
 
     def pool_chunk(chunk_kernel: jax.Array, chunk_bias: jax.Array) -> tuple[jax.Array, ...]:
-        logits = layers.token_matmul(features, chunk_kernel).astype(jnp.float32) + chunk_bias
-        logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
+        logits = _logits(features, chunk_kernel, chunk_bias)
         return tuple(pool_tokens(logits, token_mask, how) for how in pools)
 
     vocab = kernel.shape[1]
     if chunk <= 0 or chunk >= vocab:
         return dict(zip(pools, pool_chunk(kernel, bias)))
     num_chunks = -(-vocab // chunk)
-    padding = num_chunks * chunk - vocab
-    kernel = jnp.pad(kernel, ((0, 0), (0, padding)))
-    bias = jnp.pad(bias, (0, padding))
-    # word v = j * num_chunks + i sits at [j, i]: chunk i is the strided set {i, i + num_chunks, ...}.
-    kernel_chunks = kernel.reshape(kernel.shape[0], chunk, num_chunks).transpose(2, 0, 1)  # [n, w, chunk]
-    bias_chunks = bias.reshape(chunk, num_chunks).T  # [n, chunk]
-    pooled = jax.lax.map(lambda args: jax.checkpoint(pool_chunk)(*args), (kernel_chunks, bias_chunks))
-    # [n, b, chunk] -> [b, chunk, n] -> [b, chunk * n] puts word j * n + i back at its index.
-    unchunk = lambda x: x.transpose(1, 2, 0).reshape(x.shape[1], -1)[:, :vocab]  # noqa: E731
-    return {how: unchunk(value) for how, value in zip(pools, pooled)}
+    chunks = (to_strided_chunks(kernel, num_chunks), to_strided_chunks(bias, num_chunks))
+    pooled = jax.lax.map(lambda args: jax.checkpoint(pool_chunk)(*args), chunks)
+    return {how: from_strided_chunks(value, vocab) for how, value in zip(pools, pooled)}
+
+
+def _logits(features: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """[b, len, w] x [w, V] + [V] -> float32 [b, len, V], accumulated in float32."""
+    logits = layers.token_matmul(features, kernel, preferred_element_type=jnp.float32) + bias
+    return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
+
+
+def to_strided_chunks(x: jax.Array, num_chunks: int) -> jax.Array:
+    """[..., V] -> [num_chunks, ..., ceil(V / num_chunks)], zero-padded: chunk i holds words i, i + n, i + 2n, ...
+    A vocabulary axis sharded in contiguous blocks then stays sharded inside every chunk."""
+    vocab = x.shape[-1]
+    chunk = -(-vocab // num_chunks)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, chunk * num_chunks - vocab)])
+    # word v = j * num_chunks + i sits at [..., j, i]: chunk i is the strided set {i, i + num_chunks, ...}.
+    return jnp.moveaxis(x.reshape(*x.shape[:-1], chunk, num_chunks), -1, 0)
+
+
+def from_strided_chunks(x: jax.Array, vocab: int) -> jax.Array:
+    """Inverse of `to_strided_chunks`: [n, ..., chunk] -> [..., vocab] with word j * n + i back at its index."""
+    x = jnp.moveaxis(x, 0, -1)
+    return x.reshape(*x.shape[:-2], -1)[..., :vocab]
+
+
+def max_pool_vocab_logits(
+    features: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    token_mask: jax.Array,
+    chunk: int,
+    fused: bool = False,
+    interpret: bool = False,
+) -> jax.Array:
+    """pool_tokens(features @ kernel + bias, token_mask, 'max') [b, V] without storing any [b, len, V] logits.
+
+    The forward keeps only each word's max and winning token (its argmax): `chunk`-word strided slices of the
+    vocabulary under XLA (0: all words at once), or the fused Pallas kernel when `fused`. The gradient of a max flows
+    only into its winning token, so the backward pass reads features and kernel at the winners instead of recomputing
+    logits. Ties go to the lowest token index (jnp.argmax's rule), where `jax.grad` of the dense max would split the
+    gradient evenly; wherever the max is unique both agree. A row without real tokens gets zero gradient.
+    """
+    return _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret):
+    return _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret)[0]
+
+
+def _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret):
+    if fused:
+        best, winner = pallas_max_argmax(features, kernel, bias, token_mask, interpret=interpret)
+    else:
+        best, winner = _xla_max_argmax(features, kernel, bias, token_mask, chunk)
+    # The gradient only counts when the winner is a real token (an all-masked row "wins" at a padding token).
+    real = jnp.take_along_axis(token_mask, winner, axis=1)
+    return best, (features, kernel, winner, real)
+
+
+def _xla_max_argmax(features, kernel, bias, token_mask, chunk) -> tuple[jax.Array, jax.Array]:
+    def max_argmax(chunk_kernel, chunk_bias):
+        logits = _logits(features, chunk_kernel, chunk_bias)
+        logits = jnp.where(token_mask[..., None], logits, jnp.finfo(jnp.float32).min)
+        return jnp.max(logits, axis=1), jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+    vocab = kernel.shape[1]
+    num_chunks = -(-vocab // chunk) if 0 < chunk < vocab else 1
+    chunks = (to_strided_chunks(kernel, num_chunks), to_strided_chunks(bias, num_chunks))
+    best, winner = jax.lax.map(lambda args: max_argmax(*args), chunks)
+    return from_strided_chunks(best, vocab), from_strided_chunks(winner, vocab)
+
+
+def _max_pool_backward(chunk, fused, interpret, residuals, grad):
+    """d max / d (features, kernel, bias) from the winners: per batch row, kernel column v gains grad[v] * the winning
+    token's features, and the winning token's features gain grad[v] * kernel column v (a segment sum)."""
+    del fused, interpret
+    features, kernel, winner, real = residuals
+    grad = jnp.where(real, grad, 0.0)
+    vocab = kernel.shape[1]
+    num_chunks = -(-vocab // chunk) if 0 < chunk < vocab else 1
+    rows = _rows_per_step(features.shape[0], -(-vocab // num_chunks), features.shape[2])
+
+    def chunk_gradients(grad_features, chunk_args):
+        chunk_kernel, chunk_grad, chunk_winner = chunk_args
+        grad_kernel, grad_rows = _winner_gradients(features, chunk_kernel, chunk_grad, chunk_winner, rows)
+        return grad_features + grad_rows, grad_kernel
+
+    chunks = tuple(to_strided_chunks(x, num_chunks) for x in (kernel, grad, winner))
+    grad_features, grad_kernel = jax.lax.scan(chunk_gradients, jnp.zeros(features.shape, jnp.float32), chunks)
+    grad_kernel = from_strided_chunks(grad_kernel, vocab)
+    return grad_features.astype(features.dtype), grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=0), None
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def _winner_gradients(features, kernel, grad, winner, rows: int) -> tuple[jax.Array, jax.Array]:
+    """features [b, len, w], kernel [w, c], grad and winner [b, c] -> (grad kernel [w, c], grad features [b, len, w]):
+    a scan over the batch, `rows` rows (a multiple of the batch shards, see `_rows_per_step`) per step."""
+    batch, tokens, width = features.shape
+    columns = kernel.T.astype(jnp.float32)  # [c, w]
+
+    def by_step(x):  # [b, ...] -> [b / rows, rows, ...], row r * (b / rows) + i at [i, r]: each shard's rows stay local
+        return x.reshape(rows, batch // rows, *x.shape[1:]).swapaxes(0, 1)
+
+    def step_gradients(grad_kernel, step_rows):
+        row_features, row_grad, row_winner = step_rows  # [rows, len, w], [rows, c], [rows, c]
+        won = jnp.take_along_axis(row_features, row_winner[..., None], axis=1).astype(jnp.float32)  # [rows, c, w]
+        grad_kernel = grad_kernel + jnp.sum(row_grad[..., None] * won, axis=0)
+        segment_sum = lambda g, w: jax.ops.segment_sum(g[:, None] * columns, w, tokens)  # noqa: E731
+        return grad_kernel, jax.vmap(segment_sum)(row_grad, row_winner)
+
+    grad_kernel, grad_rows = jax.lax.scan(
+        step_gradients, jnp.zeros(columns.shape, jnp.float32), (by_step(features), by_step(grad), by_step(winner))
+    )
+    return grad_kernel.T, grad_rows.swapaxes(0, 1).reshape(batch, tokens, width)
+
+
+def _rows_per_step(batch: int, chunk_words: int, width: int) -> int:
+    """Batch rows per step of the backward scan. XLA:CPU runs one row's gather and segment sum as tight loops, but the
+    same ops batched over rows (or as one-hot matmuls) several times slower: one row per batch shard there. An
+    accelerator wants few, wide steps instead: as many rows as keep the gathered [rows, chunk, width] float32 block
+    within ROWS_BUDGET_BYTES."""
+    rows = _batch_shards(batch)
+    if jax.default_backend() == "cpu":
+        return rows
+    while batch % (2 * rows) == 0 and 2 * rows * chunk_words * width * 4 <= ROWS_BUDGET_BYTES:
+        rows *= 2
+    return rows
+
+
+def _batch_shards(batch: int) -> int:
+    """How many devices the activations' batch axis is split over under the current mesh and logical rules (1 with
+    no mesh), as a divisor of `batch`."""
+    mesh_shape = jax.sharding.get_abstract_mesh().shape
+    axes = nn.logical_to_mesh_axes(("act_batch",))[0]
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    return math.gcd(batch, math.prod(mesh_shape.get(axis, 1) for axis in axes))
 
 
 def saturate(logits: jax.Array) -> jax.Array:

@@ -25,6 +25,8 @@ FREE_BETWEEN_RESTARTS = (
     "model.remat",
     "model.remat_policy",
     "model.lexicon.chunk",
+    "model.lexicon.impl",
+    "model.lexicon.pallas_interpret",
     "model.attention_batch_splits",
 )
 

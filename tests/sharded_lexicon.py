@@ -1,0 +1,62 @@
+"""Subprocess helper for test_lexicon_impls (the device count is fixed per process): the max-pooled lexicon logits
+of every impl on an fsdp_tp mesh (batch over fsdp, vocabulary over tensor), compared with the single-device dense
+pool. Prints, as JSON, each impl's largest difference (values and gradients) and its kernel gradient's sharding.
+
+Run: XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharded_lexicon
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ela_jax import config as config_lib
+from ela_jax import parallel
+from ela_jax.models import lexicon
+
+CHUNK = 64  # 4 strided chunks of the 256 words, each split over the 2 `tensor` devices
+
+
+def objective(features, kernel, bias, mask, weights, impl: str):
+    pooled = lexicon.pool_vocab_logits(features, kernel, bias, mask, ("max",), CHUNK, impl, interpret=True)["max"]
+    return jnp.sum(weights * jnp.tanh(pooled))
+
+
+def main() -> None:
+    config = config_lib.base_config()
+    config_lib.apply_overlays(config, "fsdp_tp")
+    mesh = parallel.create_mesh(config.mesh)
+    rules = parallel.logical_rules(config.mesh)
+    rng = np.random.default_rng(0)
+    batch, tokens, width, vocab = 8, 5, 8, 256
+    inputs = (
+        rng.normal(size=(batch, tokens, width)).astype(np.float32),
+        rng.normal(size=(width, vocab)).astype(np.float32),
+        rng.normal(size=(vocab,)).astype(np.float32),
+        np.arange(tokens)[None, :] < rng.integers(1, tokens + 1, (batch, 1)),
+        rng.normal(size=(batch, vocab)).astype(np.float32),
+    )
+    specs = [("fsdp",), ("fsdp", "tensor"), ("tensor",), ("fsdp",), ("fsdp", "tensor")]
+    shardings = tuple(NamedSharding(mesh, PartitionSpec(*spec)) for spec in specs)
+    gradient = jax.value_and_grad(objective, argnums=(0, 1, 2))
+    expected = jax.tree.leaves(gradient(*inputs, "dense"))
+    report = {}
+    for impl in ("dense", "chunked", "argmax", "pallas"):
+        sharded = tuple(jax.device_put(x, s) for x, s in zip(inputs, shardings))
+        with parallel.sharding_context(mesh, rules):
+            value, grads = jax.jit(gradient, static_argnums=5)(*sharded, impl)
+        errors = [float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(jax.tree.leaves((value, grads)), expected)]
+        spec = grads[1].sharding.spec
+        report[impl] = {
+            "max_error": max(errors),
+            "kernel_grad_spec": [spec[i] if i < len(spec) else None for i in (0, 1)],
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
