@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,30 @@ def test_images_hold_visible_objects():
     image, _ = world.generate_example(world.WorldSpec(image_size=32), "train", 0)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert image.max() > 150 and image.std() > 20
+
+
+def centred_shape_masks(image_size: int, size: str) -> dict[str, np.ndarray]:
+    """Each shape's pixels when drawn at `size` in the middle of an image_size-px picture, without jitter."""
+    radius = image_size / world.GRID * world.RADII[size]
+    coords = np.arange(image_size) + 0.5 - image_size / 2
+    return {shape: world._shape_mask(shape, coords[:, None], coords[None, :], radius) for shape in world.SHAPES}
+
+
+@pytest.mark.parametrize("size", list(world.SIZES))
+def test_every_demo_shape_crosses_patch_borders_and_differs_from_the_others(size):
+    # A shape inside one patch would reach the image tower as a single patch of colour: the demo could learn
+    # colour words but not shape words.
+    from configs import demo
+
+    config = demo.get_config()
+    image_size, patch = config.data.image_size, config.model.image.patch_size
+    masks = centred_shape_masks(image_size, size)
+    for shape, mask in masks.items():
+        rows, cols = np.nonzero(mask)
+        assert mask.sum() >= patch**2, (shape, int(mask.sum()))
+        assert max(np.ptp(rows), np.ptp(cols)) + 1 > patch, shape  # wider than a patch: crosses a border anywhere
+    for first, second in itertools.combinations(masks, 2):
+        assert np.sum(masks[first] ^ masks[second]) >= patch**2 / 2, (first, second)
 
 
 def test_tokenizer_truncates_huge_and_encodes_empty_captions(tmp_path):

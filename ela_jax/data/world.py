@@ -1,6 +1,6 @@
 """The embedded dataset: a procedural image-caption world that needs object matching.
 
-Each image holds 2-4 coloured shapes in distinct cells of a 3x3 grid; each of its 5 captions names only one or two
+Each image holds 2-3 coloured shapes in distinct cells of a 2x2 grid; each of its 5 captions names only one or two
 of them (the information asymmetry ELA targets) and draws colour, shape, size and place words from synonym sets, so
 the words a caption uses are not the only right words for the image. Everything is a pure function of
 (seed, split, index): the same config always yields the same world.
@@ -33,18 +33,17 @@ SHAPES = {
     "bar": ["bar", "stripe", "stick"],
 }
 SIZES = {"small": ["small", "tiny", "little"], "big": ["big", "large", "huge"]}
-# Grid cells (row, col) -> place phrases.
+# Grid cells (row, col) -> place phrases. Two by two: a shape then fills enough of a demo image that its outline
+# spans several patches, where shapes differ; on a finer grid the small shapes were a patch or two of colour.
 PLACES = {
     (0, 0): ["top left", "upper left"],
-    (0, 1): ["top", "upper middle"],
-    (0, 2): ["top right", "upper right"],
-    (1, 0): ["left", "middle left"],
-    (1, 1): ["center", "middle"],
-    (1, 2): ["right", "middle right"],
-    (2, 0): ["bottom left", "lower left"],
-    (2, 1): ["bottom", "lower middle"],
-    (2, 2): ["bottom right", "lower right"],
+    (0, 1): ["top right", "upper right"],
+    (1, 0): ["bottom left", "lower left"],
+    (1, 1): ["bottom right", "lower right"],
 }
+GRID = 2
+# Shape radius as a fraction of the cell's side.
+RADII = {"small": 0.22, "big": 0.42}
 ONE_OBJECT_TEMPLATES = (
     "a {size} {colour} {shape}",
     "a {colour} {shape} at the {place}",
@@ -73,7 +72,7 @@ class WorldSpec:
     seed: int = 0
     image_size: int = 32
     min_objects: int = 2
-    max_objects: int = 4
+    max_objects: int = 3
     captions_per_image: int = 5
 
 
@@ -96,13 +95,13 @@ def _example_rng(spec: WorldSpec, split: str, index: int) -> np.random.Generator
 
 def sample_objects(rng: np.random.Generator, spec: WorldSpec) -> list[WorldObject]:
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    cells = rng.choice(9, size=count, replace=False)
+    cells = rng.choice(GRID * GRID, size=count, replace=False)
     return [
         WorldObject(
             shape=str(rng.choice(list(SHAPES))),
             colour=str(rng.choice(list(COLOURS))),
             size=str(rng.choice(list(SIZES))),
-            cell=(int(cell) // 3, int(cell) % 3),
+            cell=(int(cell) // GRID, int(cell) % GRID),
         )
         for cell in cells
     ]
@@ -132,10 +131,10 @@ def render_image(rng: np.random.Generator, objects: list[WorldObject], image_siz
     """uint8 [image_size, image_size, 3]: textured dark background plus the objects, jittered in place and colour."""
     background = rng.integers(10, 70, size=3)
     image = background + rng.normal(0, 8, size=(image_size, image_size, 3))
-    cell_size = image_size / 3
+    cell_size = image_size / GRID
     coords = np.arange(image_size) + 0.5
     for obj in objects:
-        radius = cell_size * (0.22 if obj.size == "small" else 0.42)
+        radius = cell_size * RADII[obj.size]
         centre_y = (obj.cell[0] + 0.5) * cell_size + rng.uniform(-0.12, 0.12) * cell_size
         centre_x = (obj.cell[1] + 0.5) * cell_size + rng.uniform(-0.12, 0.12) * cell_size
         mask = _shape_mask(obj.shape, coords[:, None] - centre_y, coords[None, :] - centre_x, radius)
