@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
 import re
@@ -22,6 +23,8 @@ from ela_jax.errors import ConfigError
 from ela_jax.evaluation.encode import RETURNED, Encoder
 from ela_jax.experiment import Experiment
 from ela_jax.training.state import StateFactory
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 LIBTPU_MISSING = (
@@ -354,3 +357,57 @@ class SliceTarget:
             except DoesNotFit as error:
                 reports[name] = {"fits": False, "compiler": str(error)}
         return {"chunk": experiment.encoder(None, experiment.config.eval.batch_size).batch_size, **reports}
+
+
+def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.0) -> dict:
+    """The largest per-chip batch whose step fits: doubling from the config's per-chip batch (halving when that does
+    not fit), then narrowing the gap between the last size that fit and the first that did not, to within
+    `tolerance` of the fitting size. Memory grows about linearly with the batch, so each narrowing step tries where
+    the line through the two sizes' memory meets the HBM (bisecting when the compiler did not say what it used)."""
+    unit = target.batch_devices() * target.config.train.microbatches
+    fits = fails = None  # (per-chip size in units, peak bytes)
+    size = max(1, target.config.batch_size // unit)
+    tries = report.setdefault("tries", [])
+    while fits is None or fails is None or fails[0] - fits[0] > max(1, int(fits[0] * tolerance)):
+        result = target.train_step(size * unit)
+        tries.append(result)
+        write(report)
+        log.warning("global batch %d: %s", size * unit, "fits" if result["fits"] else "does not fit")
+        if result["fits"]:
+            fits = (size, result["memory_per_chip"]["peak_bytes"])
+            report["largest_fitting"] = result
+        else:
+            fails = (size, result["memory_per_chip"]["peak_bytes"])
+            if fits is None and size == 1:
+                break
+        if fails is None:
+            size *= 2
+        elif fits is None:
+            size //= 2
+        else:
+            size = next_size(fits, fails, result["memory_per_chip"]["hbm_bytes"])
+    return report
+
+
+def next_size(fits: tuple, fails: tuple, hbm: int) -> int:
+    """A size strictly between the two: where memory, linear in the size, reaches `hbm` (the middle if unknown),
+    kept out of the gap's outer quarters so that the gap shrinks by a quarter or more whatever the memory does."""
+    (low, low_bytes), (high, high_bytes) = fits, fails
+    size = (low + high) // 2
+    if high_bytes is not None and high_bytes > low_bytes:
+        size = low + int((hbm - low_bytes) * (high - low) / (high_bytes - low_bytes))
+    margin = max(1, (high - low) // 4)
+    return min(max(size, low + margin), high - margin)
+
+
+def advice(result: dict, config) -> str:
+    memory = result["memory_per_chip"]
+    over = (
+        "" if memory["peak_bytes"] is None else f" ({(memory['peak_bytes'] - memory['hbm_bytes']) / GIB:.2f} GiB over)"
+    )
+    return (
+        f"the train step does not fit one chip's {memory['hbm_bytes'] / GIB:.1f} GiB HBM{over} at global batch "
+        f"{result['global_batch']}; lower batch_size (--search_batch finds the largest), set model.remat=True "
+        f"(now {config.model.remat}) or model.remat_policy=full (now {config.model.remat_policy!r}), a smaller "
+        f"model.lexicon.chunk (now {config.model.lexicon.chunk}), or shard more (mesh preset fsdp or fsdp_tp)"
+    )

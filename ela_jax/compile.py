@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -34,64 +33,6 @@ _TOLERANCE = flags.DEFINE_float(
 )
 _EVAL = flags.DEFINE_boolean("eval_encoder", True, "Also compile the evaluation encoders.")
 flags.mark_flags_as_required(["config", "topology"])
-
-log = logging.getLogger(__name__)
-
-
-def search_batch(target: aot.SliceTarget, report: dict, write, tolerance: float = 0.0) -> dict:
-    """The largest per-chip batch whose step fits: doubling from the config's per-chip batch (halving when that does
-    not fit), then narrowing the gap between the last size that fit and the first that did not, to within
-    `tolerance` of the fitting size. Memory grows about linearly with the batch, so each narrowing step tries where
-    the line through the two sizes' memory meets the HBM (bisecting when the compiler did not say what it used)."""
-    unit = target.batch_devices() * target.config.train.microbatches
-    fits = fails = None  # (per-chip size in units, peak bytes)
-    size = max(1, target.config.batch_size // unit)
-    tries = report.setdefault("tries", [])
-    while fits is None or fails is None or fails[0] - fits[0] > max(1, int(fits[0] * tolerance)):
-        result = target.train_step(size * unit)
-        tries.append(result)
-        write(report)
-        log.warning("global batch %d: %s", size * unit, "fits" if result["fits"] else "does not fit")
-        if result["fits"]:
-            fits = (size, result["memory_per_chip"]["peak_bytes"])
-            report["largest_fitting"] = result
-        else:
-            fails = (size, result["memory_per_chip"]["peak_bytes"])
-            if fits is None and size == 1:
-                break
-        if fails is None:
-            size *= 2
-        elif fits is None:
-            size //= 2
-        else:
-            size = next_size(fits, fails, result["memory_per_chip"]["hbm_bytes"])
-    return report
-
-
-def next_size(fits: tuple, fails: tuple, hbm: int) -> int:
-    """A size strictly between the two: where memory, linear in the size, reaches `hbm` (the middle if unknown),
-    kept out of the gap's outer quarters so that the gap shrinks by a quarter or more whatever the memory does."""
-    (low, low_bytes), (high, high_bytes) = fits, fails
-    size = (low + high) // 2
-    if high_bytes is not None and high_bytes > low_bytes:
-        size = low + int((hbm - low_bytes) * (high - low) / (high_bytes - low_bytes))
-    margin = max(1, (high - low) // 4)
-    return min(max(size, low + margin), high - margin)
-
-
-def advice(result: dict, config) -> str:
-    memory = result["memory_per_chip"]
-    over = (
-        ""
-        if memory["peak_bytes"] is None
-        else f" ({(memory['peak_bytes'] - memory['hbm_bytes']) / aot.GIB:.2f} GiB over)"
-    )
-    return (
-        f"the train step does not fit one chip's {memory['hbm_bytes'] / aot.GIB:.1f} GiB HBM{over} at global batch "
-        f"{result['global_batch']}; lower batch_size (--search_batch finds the largest), set model.remat=True "
-        f"(now {config.model.remat}) or model.remat_policy=full (now {config.model.remat_policy!r}), a smaller "
-        f"model.lexicon.chunk (now {config.model.lexicon.chunk}), or shard more (mesh preset fsdp or fsdp_tp)"
-    )
 
 
 def output_path() -> str | None:
@@ -128,7 +69,7 @@ def main(argv) -> None:
             "lexicon_chunk": config.model.lexicon.chunk,
         }
         if _SEARCH.value:
-            search_batch(target, report, write, _TOLERANCE.value)
+            aot.search_batch(target, report, write, _TOLERANCE.value)
         else:
             report["train_step"] = target.train_step()
             write(report)
@@ -140,9 +81,9 @@ def main(argv) -> None:
     print(json.dumps(report, indent=1))
     step = report.get("train_step") or report.get("largest_fitting")
     if step is None:
-        sys.exit(f"compile error: not even a per-chip batch of 1 fits; {advice(report['tries'][-1], config)}")
+        sys.exit(f"compile error: not even a per-chip batch of 1 fits; {aot.advice(report['tries'][-1], config)}")
     if not step["fits"]:
-        sys.exit(f"compile error: {advice(step, config)}")
+        sys.exit(f"compile error: {aot.advice(step, config)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import jax
 import pytest
 
 from ela_jax import aot
-from ela_jax import compile as compile_cli
 from ela_jax import config as config_lib
 from ela_jax.errors import ConfigError
 
@@ -172,7 +171,7 @@ class FakeTarget:
 @pytest.mark.parametrize("start", [4 * 8, 64 * 8])
 def test_batch_search_doubles_then_closes_in_on_the_largest_fitting_batch(start):
     target = FakeTarget(start)
-    report = compile_cli.search_batch(target, {}, write=lambda report: None)
+    report = aot.search_batch(target, {}, write=lambda report: None)
     assert report["largest_fitting"]["global_batch"] == 30 * 8
     assert 31 in target.tried and len(target.tried) == len(set(target.tried)) <= 7, target.tried
 
@@ -180,7 +179,7 @@ def test_batch_search_doubles_then_closes_in_on_the_largest_fitting_batch(start)
 def test_advice_names_what_to_change():
     config = config_lib.base_config()
     result = {"global_batch": 4096, "memory_per_chip": {"peak_bytes": 18 * aot.GIB, "hbm_bytes": 16 * aot.GIB}}
-    line = compile_cli.advice(result, config)
+    line = aot.advice(result, config)
     assert "\n" not in line and "2.00 GiB over" in line
     for knob in ("batch_size", "model.remat", "model.lexicon.chunk", "fsdp"):
         assert knob in line
