@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from absl import flags
 from absl import logging as absl_logging
@@ -23,6 +24,8 @@ def quiet_libraries() -> None:
     )
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     sys.unraisablehook = _without_closed_event_loops(sys.unraisablehook)
+    # The writes a failed save left pending are dropped at exit; Python warns about each unawaited coroutine.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _without_closed_event_loops(unraisablehook):

@@ -212,9 +212,10 @@ def base_config() -> ml_collections.ConfigDict:
                 "beta_warmup_steps": 0,  # beta ramps linearly from 0 over these steps
                 "top_k": 0,  # keep the top-k target entries; 0 keeps all
                 "tau_q": 0.1,  # softmax temperature of the expanded text lexicon
-                # How a_T becomes the expansion distribution: "softmax" (softmax(a_T / tau_q) over every content
-                # word) or "sparse" (a_T / sum a_T, only the words the text side activated).
-                "target_form": "softmax",
+                # How a_T becomes the expansion distribution: "sparse" (a_T / sum a_T over the words the text side
+                # activated; the scenes ablation's better form) or "softmax" (softmax(a_T / tau_q) over every content
+                # word, which puts mass on words the text side did not activate).
+                "target_form": "sparse",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 "pool": "max",

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
+from configs import mesh_presets
 from ela_jax import parallel
 from ela_jax.models import lexicon
 
@@ -28,7 +29,7 @@ def objective(features, kernel, bias, mask, weights, impl: str):
 
 def main() -> None:
     config = config_lib.base_config()
-    config_lib.apply_overlays(config, "fsdp_tp")
+    mesh_presets.apply_overlays(config, "fsdp_tp")
     mesh = parallel.create_mesh(config.mesh)
     rules = parallel.logical_rules(config.mesh)
     rng = np.random.default_rng(0)

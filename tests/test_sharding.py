@@ -54,7 +54,9 @@ def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_pat
     assert len(sharded["losses"]) == STEPS
     for step, (reference, actual) in enumerate(zip(single_device["losses"], sharded["losses"])):
         for key in COMPARED:
-            np.testing.assert_allclose(actual[key], reference[key], rtol=1e-4, err_msg=f"{key} at step {step}")
+            # The gradient norm sums squares over every parameter, in another order on 8 devices.
+            rtol = 5e-4 if key == "grad_norm" else 1e-4
+            np.testing.assert_allclose(actual[key], reference[key], rtol=rtol, err_msg=f"{key} at step {step}")
     for name, reference in single_device["log_scale_gradients"].items():
         assert reference != 0.0, f"the loss does not depend on {name}"
         np.testing.assert_allclose(sharded["log_scale_gradients"][name], reference, rtol=1e-4, err_msg=name)

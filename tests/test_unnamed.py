@@ -123,6 +123,9 @@ def test_an_oracle_encoder_finds_every_unnamed_object(tmp_path):
         assert metrics["query_recall@1"] == pytest.approx(100.0), variant
 
 
+# Trains on the scenes world; tests/test_evaluators.py runs the evaluators in the loop and the tests above check the
+# measure itself, so the default run keeps their faster twin.
+@pytest.mark.slow
 @pytest.mark.integration
 def test_training_on_the_scenes_world_reports_the_measure(tmp_path):
     import json
