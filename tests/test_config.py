@@ -97,8 +97,8 @@ def test_untrained_expansion_sources_are_accepted_when_nothing_expands(tiny_conf
             validation.validate(config, 1)
 
 
-def test_target_form_is_a_choice_defaulting_to_softmax(tiny_config):
-    assert config_lib.base_config().objective.ela.target_form == "softmax"
+def test_target_form_is_a_choice_defaulting_to_sparse(tiny_config):
+    assert config_lib.base_config().objective.ela.target_form == "sparse"
     message = validation_error(tiny_config(**{"objective.ela.target_form": "dense"}))
     assert "objective.ela.target_form='dense' is not one of ['softmax', 'sparse']" in message
 

