@@ -89,15 +89,7 @@ def shrink_for_smoke(config):
     from ela_jax import config as config_lib
 
     dtype, vocab = config.model.dtype, config.tokenizer.vocab
-    config.model = config_lib.model_config(
-        image_size=32,
-        patch_size=8,
-        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        max_length=16,
-        embed_dim=32,
-        token_dim=16,
-    )
+    config.model = config_lib.micro_model()
     config.model.dtype = dtype
     config.model.global_pool = "mean"
     config.data.image_size = 32

@@ -134,6 +134,19 @@ def tiny_model(*, image_size: int = 32, patch_size: int = 4, max_length: int = 1
     )
 
 
+def micro_model() -> ml_collections.ConfigDict:
+    """One-layer towers on 32-px images: the model of the tests and of the benchmarks' CPU smoke runs."""
+    return model_config(
+        image_size=32,
+        patch_size=8,
+        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+        max_length=16,
+        embed_dim=32,
+        token_dim=16,
+    )
+
+
 def b16_model() -> ml_collections.ConfigDict:
     base = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
     return model_config(

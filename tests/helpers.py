@@ -22,15 +22,7 @@ def make_tiny_config(**overrides):
     config.data.num_train = 256
     config.data.num_test = 64
     config.tokenizer.max_length = 16
-    config.model = config_lib.model_config(
-        image_size=32,
-        patch_size=8,
-        image=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        text=dict(width=32, depth=1, num_heads=2, mlp_dim=64),
-        max_length=16,
-        embed_dim=32,
-        token_dim=16,
-    )
+    config.model = config_lib.micro_model()
     config.model.global_pool = "mean"
     config.objective.ela_weight = 1.0
     config.objective.mlm_weight = 0.5
