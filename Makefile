@@ -36,7 +36,8 @@ demo: setup
 test: setup setup-tpu
 	$(PY) -m pytest -q tests
 
-# The fast inner loop: everything `make test` runs except tests that train, spawn processes or convert real checkpoints.
+# The fast inner loop: everything `make test` runs except the `integration` tests (they train, compile whole models or
+# train steps, spawn processes or convert checkpoints).
 test-unit: setup
 	$(PY) -m pytest -q -m "not slow and not integration" tests
 

@@ -65,6 +65,7 @@ def run_steps(jitted_step, state, host_batches) -> tuple:
     return state, losses
 
 
+@pytest.mark.integration
 def test_train_step_compiles_once_and_never_after_the_first_step(jitted_step):
     train_step, factory, host_batches, _, _ = jitted_step
     state = factory.create(0)

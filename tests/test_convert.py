@@ -162,6 +162,7 @@ def assert_same_encodings(jax_model, torch_model: ELATorch, images: np.ndarray, 
             np.testing.assert_array_equal(actual["mask"], expected["mask"])
 
 
+@pytest.mark.integration
 def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
     experiment, params, output = random_export
     with open(os.path.join(output, "ela_config.json")) as f:
@@ -197,6 +198,7 @@ def test_elatorch_imports_no_jax():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.integration
 def test_stock_transformers_classes_reproduce_the_towers_and_mlm_head(random_export):
     experiment, params, output = random_export
     tokenizer = transformers.BertTokenizerFast.from_pretrained(os.path.join(output, "text"))

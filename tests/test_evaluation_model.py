@@ -32,6 +32,7 @@ def tiny(tmp_path_factory):
     return config, experiment, experiment.encoder(params, config.eval.batch_size)
 
 
+@pytest.mark.integration
 def test_chunked_padded_encoding_equals_one_apply_of_the_model(tiny):
     config, experiment, encoder = tiny
     images = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)  # chunks of 24 and 16 + 8 pad

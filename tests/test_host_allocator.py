@@ -78,6 +78,7 @@ def test_a_worker_threads_large_block_is_reused_not_faulted_in_again_and_can_be_
     assert not default["released"], default
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(host_allocator.glibc() is None, reason="glibc's malloc only")
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages for every mapping: 4 KiB fault counts differ")
 def test_importing_the_pytorch_model_leaves_the_processs_malloc_alone():

@@ -89,6 +89,7 @@ def test_ties_go_to_the_lowest_token_index(impl, chunk):
 
 # "pallas" runs the same custom VJP as "argmax" behind its own forward; the argmax forward is checked against dense
 # in the pool-level tests above, so the model-level argmax case is kept for the slow run.
+@pytest.mark.integration
 @pytest.mark.parametrize("impl", [pytest.param("argmax", marks=pytest.mark.slow), "pallas"])
 def test_model_lexicons_equal_the_dense_model_with_a_padded_vocabulary(impl):
     """Image and text lexicons and their parameter gradients: 50 words padded to 128, chunks of 16 words."""

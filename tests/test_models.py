@@ -76,6 +76,7 @@ def tiny_model_and_params():
     return model, params
 
 
+@pytest.mark.integration
 def test_text_outputs_ignore_whatever_sits_in_pad_positions(tiny_model_and_params):
     model, params = tiny_model_and_params
     rng = np.random.default_rng(0)
@@ -109,6 +110,7 @@ def test_lexicon_vectors_max_pool_saturated_logits_over_real_tokens_only(tiny_mo
     np.testing.assert_allclose(image["lexicon"], np.log1p(np.maximum(patch_logits, 0).max(axis=1)), rtol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("chunk", [0, 16])
 def test_special_tokens_are_in_no_lexicon_vector_and_no_vocabulary_logit(tiny_model_and_params, chunk):
     """With the special ids' decoder bias pushed far up, they would top every lexicon vector; masked, their weights
@@ -159,6 +161,7 @@ def test_global_embeddings_are_unit_vectors(tiny_model_and_params):
     np.testing.assert_allclose(np.linalg.norm(image["token_embeddings"], axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     model_config = config_lib.tiny_model(image_size=16, patch_size=4, max_length=8)
     model_config.dtype = "bfloat16"
@@ -234,6 +237,7 @@ def _reference_attention(params, x, key_mask, num_heads):
     return nn.DenseGeneral(width, axis=(-2, -1)).apply({"params": params["output"]}, attended)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_matches_dense_general_plus_dot_product_attention(masked):
     from ela_jax.models import layers

@@ -31,6 +31,7 @@ def pooled_objective(features, kernel, bias, token_mask, weights, chunk: int):
     return sum(jnp.sum(w * jnp.tanh(pooled[how])) for w, how in zip(weights, POOLS))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("chunk", [4, 8, 36])
 def test_chunked_pooling_equals_dense_pooling_in_values_and_gradients(chunk):
     features, kernel, bias, token_mask, weights = lexicon_inputs(0)
@@ -124,6 +125,7 @@ def test_chunked_model_outputs_equal_dense_model_outputs():
     ],
     ids=["filip_soft_ce_expansion", "lex_contrastive_chunked"],
 )
+@pytest.mark.integration
 def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_config, tmp_path, overrides):
     """GradCache over 4 micro-batches: the same loss, metrics and gradient as one step on the whole batch."""
     from ela_jax.experiment import Experiment
@@ -158,6 +160,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_config, tmp_pa
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("remat_policy", ["full", "dots_no_batch"])
 def test_scanned_rematerialised_stack_equals_the_unrolled_stack(remat_policy):
     """nn.scan + remat: the same outputs and gradients as the plain layer loop, parameters stacked on `layers`."""

@@ -208,6 +208,7 @@ def test_the_export_loads_in_anserini_readers_with_integer_impacts(tmp_path):
     assert (tmp_path / "int" / "qrels.txt").read_text() == "0 0 0 1\n1 0 1 1\n2 0 1 1\n"
 
 
+@pytest.mark.integration
 def test_heatmap_of_a_tiny_model_marks_caption_words_and_each_words_best_patch(tmp_path):
     import jax
 
