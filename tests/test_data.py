@@ -24,18 +24,23 @@ def test_world_is_a_pure_function_of_seed_split_and_index():
 def test_captions_name_only_objects_that_are_in_the_image_and_not_all_of_them():
     spec = world.WorldSpec(seed=0)
     colour_of_word = {w: name for name, (words, _) in world.COLOURS.items() for w in words}
-    partial_captions = 0
+    shape_of_word = {w: name for name, words in world.SHAPES.items() for w in words}
+    partial_captions = colourless_captions = 0
     for index in range(50):
         rng = world._example_rng(spec, "train", index)
         objects = world.sample_objects(rng, spec)
         world.render_image(rng, objects, spec.image_size)
         captions = world.write_captions(rng, objects, spec.captions_per_image)
-        present = {obj.colour for obj in objects}
         for caption in captions:
-            named = {colour_of_word[w] for w in caption.split() if w in colour_of_word}
-            assert named and named <= present, (caption, present)
-            partial_captions += len(named) < len(present)
+            words = caption.split()
+            shape_words = [shape_of_word[w] for w in words if w in shape_of_word]
+            colours = {colour_of_word[w] for w in words if w in colour_of_word}
+            assert shape_words and set(shape_words) <= {obj.shape for obj in objects}, (caption, objects)
+            assert colours <= {obj.colour for obj in objects}, (caption, objects)
+            partial_captions += len(shape_words) < len(objects)
+            colourless_captions += not colours
     assert partial_captions > 100  # most captions leave some object unnamed: the information asymmetry
+    assert 0 < colourless_captions < 125  # some captions name a shape alone, so colour cannot match every caption
 
 
 def test_world_vocabulary_covers_every_caption_word():
@@ -61,7 +66,7 @@ def centred_shape_masks(image_size: int, size: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("size", list(world.SIZES))
 def test_every_demo_shape_crosses_patch_borders_and_differs_from_the_others(size):
     # A shape inside one patch would reach the image tower as a single patch of colour: the demo could learn
-    # colour words but not shape words.
+    # colour words but not shape words. Two shapes differing in a sliver of pixels would look alike to it.
     from configs import demo
 
     config = demo.get_config()
@@ -69,10 +74,9 @@ def test_every_demo_shape_crosses_patch_borders_and_differs_from_the_others(size
     masks = centred_shape_masks(image_size, size)
     for shape, mask in masks.items():
         rows, cols = np.nonzero(mask)
-        assert mask.sum() >= patch**2, (shape, int(mask.sum()))
         assert max(np.ptp(rows), np.ptp(cols)) + 1 > patch, shape  # wider than a patch: crosses a border anywhere
     for first, second in itertools.combinations(masks, 2):
-        assert np.sum(masks[first] ^ masks[second]) >= patch**2 / 2, (first, second)
+        assert np.sum(masks[first] ^ masks[second]) >= patch**2 / 4, (first, second)
 
 
 def test_tokenizer_truncates_huge_and_encodes_empty_captions(tmp_path):

@@ -2,7 +2,7 @@
 
 Each image holds 2-3 coloured shapes in distinct cells of a 2x2 grid; each of its 5 captions names only one or two
 of them (the information asymmetry ELA targets) and draws colour, shape, size and place words from synonym sets, so
-the words a caption uses are not the only right words for the image. Everything is a pure function of
+the words a caption uses are not the only right words for the image; some captions leave the colour out. Everything is a pure function of
 (seed, split, index): the same config always yields the same world.
 """
 
@@ -42,14 +42,19 @@ PLACES = {
     (1, 1): ["bottom right", "lower right"],
 }
 GRID = 2
-# Shape radius as a fraction of the cell's side.
-RADII = {"small": 0.22, "big": 0.42}
+# Shape radius as a fraction of the cell's side; strokes (cross, ring, bar) a fraction of the radius. Large enough
+# that a shape's outline, not only its colour, differs between the patches it covers.
+RADII = {"small": 0.32, "big": 0.46}
 ONE_OBJECT_TEMPLATES = (
     "a {size} {colour} {shape}",
     "a {colour} {shape} at the {place}",
     "there is a {colour} {shape} in the {place}",
     "{size} {colour} {shape} on the {place}",
     "the picture shows a {colour} {shape}",
+    # Captions without a colour word: colour and place alone then do not match them, so the towers must learn shape.
+    "a {size} {shape} at the {place}",
+    "there is a {shape} in the {place}",
+    "the picture shows a {shape}",
 )
 TWO_OBJECT_TEMPLATES = (
     "a {colour} {shape} and a {colour2} {shape2}",
@@ -110,7 +115,7 @@ def sample_objects(rng: np.random.Generator, spec: WorldSpec) -> list[WorldObjec
 def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, radius: float) -> np.ndarray:
     ay, ax = np.abs(yy), np.abs(xx)
     distance = np.sqrt(yy**2 + xx**2)
-    thickness = max(1.0, radius / 3)
+    thickness = max(1.5, radius / 2.5)
     if shape == "circle":
         return distance <= radius
     if shape == "square":

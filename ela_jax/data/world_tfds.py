@@ -25,11 +25,12 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
     """Images as raw uint8 tensors and 5 captions each; one builder config per (seed, size, split sizes)."""
 
     # The version is part of the cache path: a changed world gets a new version, so no stale cache is read back.
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("2.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Shapes world: 2-4 objects on a 3x3 grid, 5 partial captions with synonyms.",
         "1.1.0": "The scenes world (builder configs named scenes_*), whose captions mostly leave background objects out.",
         "2.0.0": "Shapes world: 2-3 objects on a 2x2 grid, so shapes span several patches.",
+        "2.1.0": "Shapes world: bigger, thicker shapes; some captions name a shape without its colour.",
     }
 
     def _info(self) -> tfds.core.DatasetInfo:
