@@ -16,4 +16,5 @@ def get_config(arg: str | None = None):
     config.objective.mlm_weight = 0.0
     config.objective.flops_weight = 0.0
     config.eval.scores = ("global",)
+    config.eval.zeroshot.scores = ("global",)
     return config

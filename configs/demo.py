@@ -57,4 +57,7 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 50
     config.eval.every_steps = 0  # only at the end
     config.eval.scores = ("global", "lexicon")
+    # Zero-shot shape recognition after training: the colour of a shape is easy to learn, its outline is not.
+    config.eval.zeroshot.dataset = "world_shape"
+    config.evals.zeroshot.during_training = True
     return mesh_presets.apply_overlays(config, arg)
