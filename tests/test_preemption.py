@@ -75,6 +75,7 @@ SHORT_RUN = (
     "--config.log.progress=False",
     "--config.model.image.depth=1",
     "--config.model.text.depth=1",
+    "--config.evals.zeroshot.during_training=False",
 )
 
 
