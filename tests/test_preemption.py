@@ -104,7 +104,7 @@ FULL_RUN_STDERR = []
 def test_a_log_file_reads_plain_progress_and_phase_lines(full_short_run):
     stderr = FULL_RUN_STDERR[0]
     assert "\r" not in stderr
-    for phase in ("preparing data", "compiling the train step", "checkpoint saved: step 8", "evaluating at step 24"):
+    for phase in ("preparing data", "compiling the train step", "saving checkpoint: step 8", "evaluating at step 24"):
         assert f"[ela_jax] {phase}" in stderr, phase
     assert (
         f"[ela_jax] done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {full_short_run}"

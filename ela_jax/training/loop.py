@@ -279,7 +279,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 else:
                     checkpointer.save(step, state, data_iterator)
                     last_checkpoint = step
-                    progress.phase(f"checkpoint saved: step {step} in {checkpointer.directory}")
+                    # The save finishes in the background; a failure surfaces at the next save or at close.
+                    progress.phase(f"saving checkpoint: step {step} to {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
                 return {"preempted_at_step": step}
