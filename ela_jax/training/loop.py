@@ -279,7 +279,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 else:
                     checkpointer.save(step, state, data_iterator)
                     last_checkpoint = step
-                    # The save finishes in the background; a failure surfaces at the next save or at close.
+                    # The save finishes in the background; check_saved stops the run at the first step after a failure.
                     progress.phase(f"saving checkpoint: step {step} to {checkpointer.directory}")
             if preempted:
                 log.warning("preempted: saved checkpoint %d in %s; rerun the same command to resume", step, workdir)
