@@ -37,10 +37,9 @@ def get_config(arg: str | None = None):
     # switches it off (ela_jax.experiment.model_config_for_mesh).
     config.model.attention_batch_splits = 8
 
-    # Lexicon-patch alignment on the caption words (beta = 0) in its in-batch contrastive form: the ablation's
-    # best-supported row (configs/README.md). No expansion source beat beta = 0 on this world, whose objects are
-    # drawn independently, so a caption's words cannot predict the objects it leaves out. The weights are the best
-    # of a small search on this world (configs/README.md).
+    # Lexicon-patch alignment on the caption words (beta = 0) in its in-batch contrastive form. Expansion does not
+    # pay on this world, whose objects are drawn independently: a caption's words cannot predict the objects it
+    # leaves out (the demo grid in configs/README.md). The weights are the best of a small search.
     config.objective.ela_weight = 0.3
     config.objective.ela.loss = "lex_contrastive"
     config.objective.ela.beta = 0.0

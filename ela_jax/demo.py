@@ -4,7 +4,6 @@ held-out split, prints the retrieval table and writes plots (what `make demo` ru
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 
@@ -13,21 +12,11 @@ from absl import app, flags
 from ela_jax import config as config_lib
 from ela_jax import plots
 from ela_jax.cli import parse_flags, quiet_libraries
-from ela_jax.evaluation import evaluators
+from ela_jax.evaluation import tables
 from ela_jax.retrieval import heatmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"ELA": "configs/demo.py", "CLIP baseline": "configs/clip_baseline.py"}
-COLUMNS = [
-    ("text_retrieval_recall@1", "I->T R@1"),
-    ("text_retrieval_recall@5", "R@5"),
-    ("text_retrieval_recall@10", "R@10"),
-    ("image_retrieval_recall@1", "T->I R@1"),
-    ("image_retrieval_recall@5", "R@5"),
-    ("image_retrieval_recall@10", "R@10"),
-    ("rsum", "RSUM"),
-]
-
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where both runs and the plots go.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Override total_steps of both runs (0 keeps the configs').")
 
@@ -38,36 +27,6 @@ def load_config_file(path: str):
     sys.path.insert(0, REPO)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def results_table(results: dict[str, dict], zeroshot: dict[str, dict] | None = None) -> str:
-    """Markdown table, one row per (run, score); `zeroshot[run]` (a zero-shot evaluator's output) adds its acc@1
-    for the same score, or "–" where that run has none."""
-    zeroshot = zeroshot or {}
-    zeroshot_label = next((f"{out['dataset']} acc@1" for out in zeroshot.values()), None)
-    labels = [label for _, label in COLUMNS] + ([zeroshot_label] if zeroshot_label else [])
-    lines = ["| run | score | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 2)]
-    for run, result in results.items():
-        for score, metrics in result["scores"].items():
-            cells = [f"{metrics[key]:.1f}" for key, _ in COLUMNS]
-            if zeroshot_label:
-                run_zeroshot = zeroshot.get(run, {}).get("scores", {}).get(score)
-                cells.append(f"{run_zeroshot['acc1']:.1f}" if run_zeroshot else "–")
-            lines.append(f"| {run} | {score} | {' | '.join(cells)} |")
-    return "\n".join(lines)
-
-
-def read_zeroshot(workdir: str, config) -> dict | None:
-    """The zero-shot evaluator's output of a finished run, if the config runs it."""
-    if "zeroshot" not in config.evals or not config.evals.zeroshot.during_training:
-        return None
-    path = os.path.join(
-        workdir, "eval", evaluators.keyed_file("zeroshot", config.eval.zeroshot.dataset, config.eval.zeroshot.split)
-    )
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def main(argv) -> None:
@@ -86,9 +45,9 @@ def main(argv) -> None:
             results[run] = loop.train(config, workdir)
         except config_lib.ConfigError as error:
             sys.exit(f"config error: {error}")
-        if (run_zeroshot := read_zeroshot(workdir, config)) is not None:
+        if (run_zeroshot := tables.read_zeroshot(workdir, config)) is not None:
             zeroshot[run] = run_zeroshot
-    table = results_table(results, zeroshot)
+    table = tables.results_table(results, zeroshot)
     with open(os.path.join(_WORKDIR.value, "results.md"), "w") as f:
         f.write(table + "\n")
     plot = plots.compare_runs(results, os.path.join(_WORKDIR.value, "comparison.png"))

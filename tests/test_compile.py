@@ -80,6 +80,7 @@ def test_train_step_compiles_once_and_never_after_the_first_step(jitted_step):
     assert int(state.step) == len(host_batches) and np.all(np.isfinite(losses))
 
 
+@pytest.mark.integration
 def test_compile_counter_sees_a_new_batch_shape(jitted_step):
     """The counter is not blind: a batch of another size makes the step trace again (lowered only, not compiled)."""
     train_step, factory, host_batches, mesh, rules = jitted_step

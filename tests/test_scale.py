@@ -71,6 +71,7 @@ def test_chunked_pooling_never_holds_the_dense_logits():
     assert temp_bytes(128) < dense_logits_bytes / 8
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_padded_vocabulary_params_are_padded_and_outputs_are_not(tied):
     import flax.linen as nn

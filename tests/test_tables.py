@@ -1,8 +1,8 @@
-"""The demo's printed table: retrieval columns per (run, score), plus the zero-shot accuracy where a run has it."""
+"""The demo's printed table (ela_jax.evaluation.tables): retrieval columns per (run, score), plus the zero-shot accuracy where a run has it."""
 
-from ela_jax import demo
+from ela_jax.evaluation import tables
 
-METRICS = {key: float(i) for i, (key, _) in enumerate(demo.COLUMNS)}
+METRICS = {key: float(i) for i, (key, _) in enumerate(tables.COLUMNS)}
 
 
 def test_results_table_adds_zero_shot_accuracy_per_run_and_score_and_a_dash_where_there_is_none():
@@ -11,7 +11,7 @@ def test_results_table_adds_zero_shot_accuracy_per_run_and_score_and_a_dash_wher
         "CLIP baseline": {"scores": {"global": METRICS}},
     }
     zeroshot = {"ELA": {"dataset": "world_shape", "scores": {"global": {"acc1": 96.64}}}}
-    lines = demo.results_table(results, zeroshot).splitlines()
+    lines = tables.results_table(results, zeroshot).splitlines()
     assert lines[0].endswith("| RSUM | world_shape acc@1 |")
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line for line in lines[2:]}
     assert rows[("ELA", "global")].endswith("| 6.0 | 96.6 |")
@@ -20,5 +20,5 @@ def test_results_table_adds_zero_shot_accuracy_per_run_and_score_and_a_dash_wher
 
 
 def test_results_table_without_zero_shot_has_only_the_retrieval_columns():
-    lines = demo.results_table({"ELA": {"scores": {"global": METRICS}}}).splitlines()
+    lines = tables.results_table({"ELA": {"scores": {"global": METRICS}}}).splitlines()
     assert lines[0].endswith("| RSUM |") and len(lines) == 3
