@@ -366,6 +366,7 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
     the line through the two sizes' memory meets the HBM (bisecting when the compiler did not say what it used)."""
     unit = target.batch_devices() * target.config.train.microbatches
     fits = fails = None  # (per-chip size in units, peak bytes)
+    fitting = []  # every (size, peak bytes) that fit, in order
     size = max(1, target.config.batch_size // unit)
     tries = report.setdefault("tries", [])
     while fits is None or fails is None or fails[0] - fits[0] > max(1, int(fits[0] * tolerance)):
@@ -375,18 +376,32 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
         log.warning("global batch %d: %s", size * unit, "fits" if result["fits"] else "does not fit")
         if result["fits"]:
             fits = (size, result["memory_per_chip"]["peak_bytes"])
+            fitting.append(fits)
             report["largest_fitting"] = result
         else:
             fails = (size, result["memory_per_chip"]["peak_bytes"])
             if fits is None and size == 1:
                 break
         if fails is None:
-            size *= 2
+            size = next_size_up(fitting, result["memory_per_chip"]["hbm_bytes"], tolerance)
         elif fits is None:
             size //= 2
         else:
             size = next_size(fits, fails, result["memory_per_chip"]["hbm_bytes"])
     return report
+
+
+def next_size_up(fitting: list[tuple], hbm: int, tolerance: float) -> int:
+    """The next size to try while everything has fit: where the line through the last two fitting sizes' memory
+    meets the HBM (a compile at 256 chips takes minutes, and doubling would take several to get there), or, when the
+    line says the last size is already the largest, just above it; doubling until two sizes have fit or when the
+    compiler did not say what they used."""
+    size = fitting[-1][0]
+    if len(fitting) < 2 or None in (fitting[-1][1], fitting[-2][1]) or fitting[-1][1] <= fitting[-2][1]:
+        return size * 2
+    (low, low_bytes), (high, high_bytes) = fitting[-2], fitting[-1]
+    predicted = high + round((hbm - high_bytes) * (high - low) / (high_bytes - low_bytes))
+    return predicted if predicted > size else size + max(1, int(size * tolerance))
 
 
 def next_size(fits: tuple, fails: tuple, hbm: int) -> int:

@@ -176,6 +176,16 @@ def test_batch_search_doubles_then_closes_in_on_the_largest_fitting_batch(start)
     assert 31 in target.tried and len(target.tried) == len(set(target.tried)) <= 7, target.tried
 
 
+@pytest.mark.parametrize("start", [1 * 8, 4 * 8])
+def test_batch_search_jumps_to_where_memory_meets_the_hbm_after_two_fitting_sizes(start):
+    target = FakeTarget(start)
+    report = aot.search_batch(target, {}, write=lambda report: None)
+    assert report["largest_fitting"]["global_batch"] == 30 * 8
+    # Doubling alone would take 8 compiles from 1; the line through the first two lands on (or next to) 30.
+    assert target.tried[:2] == [start // 8, start // 4] and target.tried[2] in (29, 30), target.tried
+    assert len(target.tried) <= 5 and target.tried[-1] == 31, target.tried
+
+
 def test_advice_names_what_to_change():
     config = config_lib.base_config()
     result = {"global_batch": 4096, "memory_per_chip": {"peak_bytes": 18 * aot.GIB, "hbm_bytes": 16 * aot.GIB}}
