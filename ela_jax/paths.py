@@ -4,6 +4,8 @@ records are replaced atomically."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -39,3 +41,19 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=1))
+
+
+@contextlib.contextmanager
+def held_exclusively(path: str):
+    """Blocks until this process holds an exclusive `flock` on `path` (created if missing), for the `with` body.
+
+    For one-time work that several processes may start together, such as preparing a dataset: the first prepares,
+    the others wait and then find it prepared. The kernel drops the lock if its holder dies.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the last descriptor releases the lock

@@ -138,3 +138,32 @@ def test_an_empty_or_cut_config_json_does_not_block_resuming(tmp_path, content, 
         f.write(content)
     loop.check_resumed_config(make_tiny_config(), workdir, resumed_step=8, is_chief=True)
     assert any("config.json is unreadable" in record.getMessage() for record in caplog.records)
+
+
+PREPARE_WORLD = """
+import sys
+from ela_jax import config as config_lib
+from ela_jax.data import world_tfds
+data = config_lib.base_config().data
+data.dir, data.num_train, data.num_test, data.image_size = sys.argv[1], 3000, 10, 16
+print("train examples:", world_tfds.world_builder(data).info.splits["train"].num_examples)
+"""
+
+
+@pytest.mark.integration
+def test_two_processes_preparing_one_new_world_together_both_read_it(tmp_path):
+    # Ablation workers started together on a world nobody has prepared: one prepares, the other waits.
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE_WORLD, str(tmp_path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        assert "train examples: 3000" in out.splitlines()

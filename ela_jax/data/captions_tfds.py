@@ -14,6 +14,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ela_jax import paths
 from ela_jax.data import images, records
 from ela_jax.data.sources import FLICKR_IMAGE_DIR, FOLDER_EXTENSIONS, FOLDER_SPLIT_FILES, KARPATHY_FILES
 from ela_jax.data.world_tfds import default_data_dir
@@ -123,8 +124,8 @@ class ElaImageTextFolder(_CaptionedImages):
     def _read_records(self, skips):
         manual_dir = self.builder_config.manual_dir
         splits: dict[str, list[records.ImageText]] = {}
-        for split, paths in folder_caption_files(manual_dir).items():
-            splits[split] = records.read_caption_files(paths, manual_dir, skips)
+        for split, caption_files in folder_caption_files(manual_dir).items():
+            splits[split] = records.read_caption_files(caption_files, manual_dir, skips)
         return splits
 
 
@@ -165,8 +166,12 @@ def captions_builder(name: str, data_config, manual_dir: str, prepare: bool = Tr
         max_skip_fraction=data_config.max_skip_fraction,
         num_threads=data_config.num_threads,
     )
-    builder = BUILDERS[name](config=config, data_dir=data_config.dir or default_data_dir(), file_format="array_record")
-    if prepare:
+    data_dir = data_config.dir or default_data_dir()
+    if not prepare:
+        return BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
+    # One process prepares a source that several start on together; the others wait and read it (see world_tfds).
+    with paths.held_exclusively(os.path.join(data_dir, f"{config.name}.prepare.lock")):
+        builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
         tfds.disable_progress_bar()
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ela_jax import paths
 from ela_jax.data import scenes, world
 
 
@@ -94,12 +95,20 @@ def world_builder(data_config, prepare: bool = True) -> ElaWorld:
         f"{data_config.world}_seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
         f"_train{data_config.num_train}_test{data_config.num_test}"
     )
-    builder = ElaWorld(
-        config=WorldBuilderConfig(name=name, spec=spec, num_train=data_config.num_train, num_test=data_config.num_test),
-        data_dir=data_config.dir or default_data_dir(),
-        file_format="array_record",
-    )
-    if prepare:
+    data_dir = data_config.dir or default_data_dir()
+
+    def make_builder() -> ElaWorld:
+        config = WorldBuilderConfig(
+            name=name, spec=spec, num_train=data_config.num_train, num_test=data_config.num_test
+        )
+        return ElaWorld(config=config, data_dir=data_dir, file_format="array_record")
+
+    if not prepare:
+        return make_builder()
+    # Several processes (ablation workers, hosts sharing a disk) may start on a world nobody has prepared: one
+    # prepares it, the others wait. The builder is made inside the lock, so a waiter reads what was prepared.
+    with paths.held_exclusively(os.path.join(data_dir, "ela_world", f"{name}.prepare.lock")):
+        builder = make_builder()
         tfds.disable_progress_bar()  # the train loop has its own progress bar; a 2-second build needs none
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
