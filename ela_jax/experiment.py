@@ -90,14 +90,23 @@ class Experiment:
         return Checkpointer(os.path.join(self.workdir, "checkpoints"), self.config.checkpoint.keep)
 
     def restore_state(self, step: int | None = None):
-        """The train state of checkpoint `step` (latest when None), sharded on this experiment's mesh."""
+        """The train state of checkpoint `step` (see `restore_checkpoint`)."""
+        return self.restore_checkpoint(step)[0]
+
+    def restore_checkpoint(self, step: int | None = None):
+        """(train state, step) of checkpoint `step`, sharded on this experiment's mesh; when None, of the newest
+        checkpoint that restores (newer damaged ones are logged and left where they are: readers move nothing)."""
         checkpointer = self.checkpointer()
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
+        abstract_state = self.state_factory().abstract_with_shardings()
+        try:
+            if step is not None:
+                return checkpointer.restore(step, abstract_state), step
+            newest = checkpointer.restore_newest(abstract_state, set_aside=False)
+        finally:
+            checkpointer.close()
+        if newest is None:
             raise FileNotFoundError(f"no checkpoint under {self.workdir}/checkpoints; train first")
-        state = checkpointer.restore(step, self.state_factory().abstract_with_shardings())
-        checkpointer.close()
-        return state
+        return newest
 
 
 def model_config_for_mesh(model_config: ml_collections.ConfigDict, mesh_shape) -> ml_collections.ConfigDict:

@@ -313,6 +313,20 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_next_and_is_kept(uninterr
 
 
 @pytest.mark.integration
+def test_evaluation_reads_the_newest_checkpoint_that_restores_and_moves_nothing(uninterrupted, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    damage_checkpoint(os.path.join(checkpoints, str(RESUME_STEPS)), "no_metadata")
+    state, step = Experiment.build(load_config(workdir), workdir).restore_checkpoint()
+    assert step == int(state.step) == RESUME_STEPS - RESUME_EVERY
+    assert any(
+        f"checkpoint step {RESUME_STEPS} in {checkpoints} does not restore" in r.getMessage() for r in caplog.records
+    )
+    assert sorted(os.listdir(checkpoints)) == ["12", "4", "8"] and not os.path.exists(checkpoints + "_damaged")
+
+
+@pytest.mark.integration
 def test_a_run_resumes_past_a_damaged_checkpoint_as_if_uninterrupted(uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], workdir)

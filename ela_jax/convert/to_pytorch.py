@@ -53,11 +53,7 @@ def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
     """Exports checkpoint `step` (latest when None) of `workdir`; returns the step exported."""
     require_local(output_dir, "--output")
     experiment = Experiment.build(load_config(workdir), workdir)
-    if step is None:
-        checkpointer = experiment.checkpointer()
-        step = checkpointer.latest_step()
-        checkpointer.close()
-    state = experiment.restore_state(step)
+    state, step = experiment.restore_checkpoint(step)
     params = jax.device_get(state.params)
     export(
         experiment.config,

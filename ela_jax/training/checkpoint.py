@@ -86,11 +86,12 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
-    def restore_newest(self, abstract_state, data_iterator=None):
+    def restore_newest(self, abstract_state, data_iterator=None, set_aside: bool = True):
         """(state, step) of the newest step that restores; None when there is no step. Each newer step that does not
-        restore is logged with the reason and moved to `<directory>_damaged/` (kept for inspection, and out of
-        orbax's reach: a later save of the same step neither collides with it nor deletes it). Raises
-        CheckpointError, moving nothing, when steps exist but none restores (a config that no longer fits them)."""
+        restore is logged with the reason and, with `set_aside` (a run that will save again), moved to
+        `<directory>_damaged/` (kept for inspection, and out of orbax's reach: a later save of the same step neither
+        collides with it nor deletes it). Raises CheckpointError, moving nothing, when steps exist but none restores
+        (a config that no longer fits them)."""
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
@@ -99,7 +100,8 @@ class Checkpointer:
                 damaged.append((step, one_line(error)))
                 log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, damaged[-1][1])
                 continue
-            self._set_aside([step for step, _ in damaged])
+            if set_aside:
+                self._set_aside([step for step, _ in damaged])
             return state, step
         if damaged:
             step, reason = damaged[0]
