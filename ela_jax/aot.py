@@ -372,12 +372,13 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
     while fits is None or fails is None or fails[0] - fits[0] > max(1, int(fits[0] * tolerance)):
         result = target.train_step(size * unit)
         tries.append(result)
-        write(report)
+        if result["fits"]:
+            report["largest_fitting"] = result
+        write(report)  # after every compile: a search stopped by a time limit keeps what it found
         log.warning("global batch %d: %s", size * unit, "fits" if result["fits"] else "does not fit")
         if result["fits"]:
             fits = (size, result["memory_per_chip"]["peak_bytes"])
             fitting.append(fits)
-            report["largest_fitting"] = result
         else:
             fails = (size, result["memory_per_chip"]["peak_bytes"])
             if fits is None and size == 1:

@@ -4,6 +4,7 @@ PartitionSpecs promise."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -184,6 +185,15 @@ def test_batch_search_jumps_to_where_memory_meets_the_hbm_after_two_fitting_size
     # Doubling alone would take 8 compiles from 1; the line through the first two lands on (or next to) 30.
     assert target.tried[:2] == [start // 8, start // 4] and target.tried[2] in (29, 30), target.tried
     assert len(target.tried) <= 5 and target.tried[-1] == 31, target.tried
+
+
+def test_the_written_report_names_the_largest_fitting_batch_after_every_compile():
+    written = []
+    report = aot.search_batch(FakeTarget(4 * 8), {}, write=lambda report: written.append(copy.deepcopy(report)))
+    assert written[-1] == report and written[-1]["largest_fitting"]["global_batch"] == 30 * 8
+    for snapshot in written:
+        fitting = [t["global_batch"] for t in snapshot["tries"] if t["fits"]]
+        assert snapshot["largest_fitting"]["global_batch"] == max(fitting)
 
 
 def test_advice_names_what_to_change():
