@@ -14,10 +14,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ela_jax import paths
 from ela_jax.data import images, records
 from ela_jax.data.sources import FLICKR_IMAGE_DIR, FOLDER_EXTENSIONS, FOLDER_SPLIT_FILES, KARPATHY_FILES
-from ela_jax.data.world_tfds import default_data_dir
+from ela_jax.data.world_tfds import default_data_dir, prepared
 
 # Prepare-time check: JPEGs are decoded at DCT scale (up to 8x smaller), which still reads every byte, so
 # truncation is caught at a fraction of a full decode.
@@ -167,16 +166,11 @@ def captions_builder(name: str, data_config, manual_dir: str, prepare: bool = Tr
         num_threads=data_config.num_threads,
     )
     data_dir = data_config.dir or default_data_dir()
-    if not prepare:
+
+    def make_builder():
         return BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
-    # One process prepares a source that several start on together; the others wait and read it (see world_tfds).
-    with paths.held_exclusively(os.path.join(data_dir, f"{config.name}.prepare.lock")):
-        builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
-        tfds.disable_progress_bar()
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
-        )
-    return builder
+
+    return prepared(make_builder, os.path.join(data_dir, f"{config.name}.prepare.lock")) if prepare else make_builder()
 
 
 def data_source(name: str, data_config, manual_dir: str, split: str):

@@ -84,6 +84,19 @@ def default_data_dir() -> str:
     return os.environ.get("ELA_JAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ela_jax", "tfds"))
 
 
+def prepared(make_builder, lock_path: str):
+    """`make_builder()`, prepared offline. Several processes (ablation workers, hosts sharing a disk) may start on a
+    dataset nobody has prepared: one prepares it, the others wait at the lock. The builder is made inside the lock,
+    so a waiter reads what was prepared."""
+    with paths.held_exclusively(lock_path):
+        builder = make_builder()
+        tfds.disable_progress_bar()  # the train loop has its own progress bar
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
+        )
+    return builder
+
+
 def world_builder(data_config, prepare: bool = True) -> ElaWorld:
     """The builder for `config.data`; prepared on first use (a few seconds per thousand images)."""
     spec_class = scenes.ScenesSpec if data_config.world == "scenes" else world.WorldSpec
@@ -105,12 +118,4 @@ def world_builder(data_config, prepare: bool = True) -> ElaWorld:
 
     if not prepare:
         return make_builder()
-    # Several processes (ablation workers, hosts sharing a disk) may start on a world nobody has prepared: one
-    # prepares it, the others wait. The builder is made inside the lock, so a waiter reads what was prepared.
-    with paths.held_exclusively(os.path.join(data_dir, "ela_world", f"{name}.prepare.lock")):
-        builder = make_builder()
-        tfds.disable_progress_bar()  # the train loop has its own progress bar; a 2-second build needs none
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
-        )
-    return builder
+    return prepared(make_builder, os.path.join(data_dir, "ela_world", f"{name}.prepare.lock"))
