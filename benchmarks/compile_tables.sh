@@ -1,27 +1,59 @@
 #!/usr/bin/env bash
 # The ahead-of-time tables: for configs/ela_b16.py and configs/ela_l14.py, mesh presets fsdp and fsdp_tp, slices
 # v5e-256, v5p-128 and v6e-256, with and without remat, the largest global batch whose train step fits one chip
-# (python -m ela_jax.compile --search_batch) and its roofline step time. One JSON per cell in
-# benchmarks/results/compile/, rewritten after every compile, so a cell stopped by its time limit keeps what it found.
-# Cells run smallest-first; each is CPU-heavy (the TPU compiler runs here), so they run one at a time under nice.
+# (python -m ela_jax.compile --search_batch) and its roofline step time; then benchmarks/compile_table.py writes the
+# table (benchmarks/results/compile/README.md).
 #
-# Run from anywhere:  benchmarks/compile_tables.sh     (CELL_SECONDS=1800 per cell by default; needs `make setup-tpu`)
+# One JSON per cell, rewritten after every compile; a cell whose search finished is skipped, so a stopped run
+# resumes where it was. Each cell starts from a seed global batch near 0.6x the size it is expected to reach (from
+# the cells already measured: memory grows about linearly with the per-chip batch), so that one doubling overshoots
+# and the search closes in 3-4 compiles. The TPU compiler takes most of this machine's cores, so cells run one at a
+# time, at low priority.
+#
+# Run from anywhere:  benchmarks/compile_tables.sh     (CELL_SECONDS=3600 per cell by default; needs `make setup-tpu`)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv-tpu/bin/python}"
-CELL_SECONDS="${CELL_SECONDS:-1800}"
+CELL_SECONDS="${CELL_SECONDS:-3600}"
 OUT=benchmarks/results/compile
-for config in ela_b16 ela_l14; do
-  for topology in v5e-256 v5p-128 v6e-256; do
-    for preset in fsdp fsdp_tp; do
-      for remat in True False; do
-        name="${config}_${preset}_${topology}_remat${remat}"
-        echo "== ${name}"
-        PYTHONPATH=. timeout "${CELL_SECONDS}" nice -n 10 "${PYTHON}" -m ela_jax.compile \
-          --config "configs/${config}.py:${preset}" --topology "${topology}" --config.model.remat="${remat}" \
-          --search_batch --search_tolerance 0.125 --noeval_encoder --output "${OUT}/${name}.json" \
-          2>&1 | grep -E "global batch|compile error" || true
-      done
-    done
-  done
-done
+# config preset slice remat seed-global-batch
+CELLS="
+ela_b16 fsdp    v5e-256 True  12288
+ela_b16 fsdp    v6e-256 True  28672
+ela_b16 fsdp    v5p-128 True  31360
+ela_b16 fsdp    v5e-256 False 6656
+ela_b16 fsdp    v6e-256 False 13312
+ela_b16 fsdp    v5p-128 False 9984
+ela_b16 fsdp_tp v5e-256 True  16896
+ela_b16 fsdp_tp v6e-256 True  33792
+ela_b16 fsdp_tp v5p-128 True  31360
+ela_b16 fsdp_tp v5e-256 False 8192
+ela_b16 fsdp_tp v6e-256 False 16384
+ela_b16 fsdp_tp v5p-128 False 12288
+ela_l14 fsdp    v5e-256 True  5120
+ela_l14 fsdp    v6e-256 True  11264
+ela_l14 fsdp    v5p-128 True  8320
+ela_l14 fsdp    v5e-256 False 2048
+ela_l14 fsdp    v6e-256 False 4096
+ela_l14 fsdp    v5p-128 False 3072
+ela_l14 fsdp_tp v5e-256 True  6656
+ela_l14 fsdp_tp v6e-256 True  13312
+ela_l14 fsdp_tp v5p-128 True  10240
+ela_l14 fsdp_tp v5e-256 False 2560
+ela_l14 fsdp_tp v6e-256 False 5120
+ela_l14 fsdp_tp v5p-128 False 3840
+"
+while read -r config preset topology remat seed; do
+  [ -z "${config}" ] && continue
+  name="${config}_${preset}_${topology}_remat${remat}"
+  if grep -q '"finished": true' "${OUT}/${name}.json" 2>/dev/null; then
+    echo "== ${name}: done"
+    continue
+  fi
+  echo "== ${name} ($(date +%T))"
+  PYTHONPATH=. timeout "${CELL_SECONDS}" nice -n 10 "${PYTHON}" -m ela_jax.compile \
+    --config "configs/${config}.py:${preset}" --topology "${topology}" --config.model.remat="${remat}" \
+    --config.batch_size="${seed}" --search_batch --search_tolerance 0.25 --noeval_encoder \
+    --output "${OUT}/${name}.json" 2>&1 | grep -E "global batch|compile error" || true
+done <<< "${CELLS}"
+.venv/bin/python benchmarks/compile_table.py

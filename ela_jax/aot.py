@@ -369,6 +369,7 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
     fitting = []  # every (size, peak bytes) that fit, in order
     size = max(1, target.config.batch_size // unit)
     tries = report.setdefault("tries", [])
+    report["search"] = {"tolerance": tolerance, "finished": False}  # until the gap is closed
     while fits is None or fails is None or fails[0] - fits[0] > max(1, int(fits[0] * tolerance)):
         result = target.train_step(size * unit)
         tries.append(result)
@@ -389,6 +390,8 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
             size //= 2
         else:
             size = next_size(fits, fails, result["memory_per_chip"]["hbm_bytes"])
+    report["search"] = {"tolerance": tolerance, "finished": True}
+    write(report)
     return report
 
 
@@ -427,3 +430,57 @@ def advice(result: dict, config) -> str:
         f"(now {config.model.remat}) or model.remat_policy=full (now {config.model.remat_policy!r}), a smaller "
         f"model.lexicon.chunk (now {config.model.lexicon.chunk}), or shard more (mesh preset fsdp or fsdp_tp)"
     )
+
+
+TABLE_HEADER = (
+    "| config | mesh | slice | remat | largest global batch that fits (per chip) | its memory per chip "
+    "| first that does not fit | roofline step at that batch | parameters per chip | [B, B] values on a chip |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table_row(report: dict) -> str:
+    """One markdown row for a `--search_batch` report: the largest fitting batch and the smallest failing one above
+    it; a search stopped before closing its gap shows its largest fit as a lower bound."""
+    config_path, _, preset = report["config"].partition(":")
+    mesh = " x ".join(f"{axis} {size}" for axis, size in report["mesh"].items() if size > 1)
+    chip = report["chip"]
+    remat = report["remat_policy"] if report["remat"] else "off"
+    fit = report.get("largest_fitting")
+    above = [t for t in report["tries"] if not t["fits"] and (fit is None or t["global_batch"] > fit["global_batch"])]
+    fail = min(above, key=lambda t: t["global_batch"]) if above else None
+    finished = report.get("search", {}).get("finished", False)
+
+    def batch(result: dict) -> str:  # per chip, not per batch shard: with tensor parallelism chips share a shard
+        return f"{result['global_batch']:,} ({result['global_batch'] / report['chips']:g})"
+
+    def memory(result: dict) -> str:
+        peak = result["memory_per_chip"]["peak_bytes"]
+        return "–" if peak is None else f"{peak / GIB:.2f} GiB"
+
+    largest = "none" if fit is None else ("" if finished else "≥ ") + batch(fit)
+    cells = [
+        f"{os.path.basename(config_path).removesuffix('.py')} `{preset or 'config'}`",
+        mesh or "1 chip",
+        f"{report['topology']} ({report['chips']} chips, {chip['hbm_bytes'] / GIB:.0f} GiB)",
+        remat,
+        f"**{largest}**" + ("" if finished else ": search not finished"),
+        "–" if fit is None else memory(fit),
+        "–" if fail is None else f"{batch(fail)}: {memory(fail)}",
+        "–" if fit is None else f"≥ {fit['roofline']['step_s'] * 1e3:.0f} ms ({fit['roofline']['bound']}-bound)",
+        "–" if fit is None else parameter_share(fit["parameters"]),
+        "–" if fit is None else str(fit["collectives"]["batch_by_batch_values"]),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def parameter_share(parameters: dict) -> str:
+    """Bytes of parameters one chip holds, and as a fraction of the model: 1/n under n-way FSDP."""
+    share = parameters["global_bytes"] / parameters["per_chip_bytes"]
+    return f"{parameters['per_chip_bytes'] / 2**20:.1f} MiB (1/{share:.0f})"
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """The `--search_batch` reports as one markdown table, ordered by config, mesh preset, slice and remat."""
+    order = sorted(reports, key=lambda r: (r["config"], r["topology"], not r["remat"]))
+    return "\n".join([TABLE_HEADER, *map(table_row, order)])

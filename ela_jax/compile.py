@@ -59,6 +59,7 @@ def main(argv) -> None:
         tpu = aot.parse_slice(_TOPOLOGY.value, _NUM_SLICES.value)
         target = aot.SliceTarget(config, tpu, _WORKDIR.value or tempfile.mkdtemp(prefix="ela_compile_"))
         report = {
+            "config": flags.FLAGS["config"].config_filename,
             "topology": tpu.name,
             "num_slices": tpu.num_slices,
             "chips": tpu.chips,

@@ -203,3 +203,44 @@ def test_advice_names_what_to_change():
     assert "\n" not in line and "2.00 GiB over" in line
     for knob in ("batch_size", "model.remat", "model.lexicon.chunk", "fsdp"):
         assert knob in line
+
+
+def searched_report(tolerance_closed: bool) -> dict:
+    """A `--search_batch` report as the tool writes it, from FakeTarget's memory line on a 2-chip fsdp x tensor mesh."""
+    report = {
+        "config": "configs/ela_b16.py:fsdp_tp",
+        "topology": "v5e-4",
+        "chips": 4,
+        "chip": {"hbm_bytes": 4 * aot.GIB},
+        "mesh": {"data": 1, "fsdp": 2, "tensor": 2},
+        "remat": True,
+        "remat_policy": "dots_no_batch",
+    }
+    aot.search_batch(FakeTarget(4 * 8), report, write=lambda report: None, tolerance=0.0)
+    for result in report["tries"]:
+        result["roofline"] = {"step_s": 0.0125, "bound": "memory"}
+        result["parameters"] = {"per_chip_bytes": 3 * 2**20, "global_bytes": 12 * 2**20}
+        result["collectives"] = {"batch_by_batch_values": 0}
+    if not tolerance_closed:
+        report["tries"] = [t for t in report["tries"] if t["fits"]]
+        report["search"]["finished"] = False
+    return report
+
+
+def test_the_table_row_gives_the_largest_fit_per_chip_and_the_first_failure_above_it():
+    row = aot.markdown_table([searched_report(tolerance_closed=True)]).splitlines()[2]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # FakeTarget: 30 per batch shard of 8 fit (4.0 GiB), 31 do not (4.1 GiB); 240 examples over 4 chips is 60 each.
+    assert cells[:5] == [
+        "ela_b16 `fsdp_tp`",
+        "fsdp 2 x tensor 2",
+        "v5e-4 (4 chips, 4 GiB)",
+        "dots_no_batch",
+        "**240 (60)**",
+    ]
+    assert cells[5:] == ["4.00 GiB", "248 (62): 4.10 GiB", "≥ 12 ms (memory-bound)", "3.0 MiB (1/4)", "0"]
+
+
+def test_a_search_that_did_not_finish_shows_its_largest_fit_as_a_lower_bound():
+    row = aot.table_row(searched_report(tolerance_closed=False))
+    assert "**≥ 240 (60)**: search not finished" in row and "| – |" in row
