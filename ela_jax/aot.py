@@ -397,15 +397,16 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
 
 def next_size_up(fitting: list[tuple], hbm: int, tolerance: float) -> int:
     """The next size to try while everything has fit: where the line through the last two fitting sizes' memory
-    meets the HBM (a compile at 256 chips takes minutes, and doubling would take several to get there), or, when the
-    line says the last size is already the largest, just above it; doubling until two sizes have fit or when the
-    compiler did not say what they used."""
+    meets the HBM (a compile at 256 chips takes minutes, and doubling would take several to get there), but at least
+    `tolerance` above the last size; doubling until two sizes have fit or when the compiler did not say what they
+    used."""
     size = fitting[-1][0]
     if len(fitting) < 2 or None in (fitting[-1][1], fitting[-2][1]) or fitting[-1][1] <= fitting[-2][1]:
         return size * 2
     (low, low_bytes), (high, high_bytes) = fitting[-2], fitting[-1]
     predicted = high + round((hbm - high_bytes) * (high - low) / (high_bytes - low_bytes))
-    return predicted if predicted > size else size + max(1, int(size * tolerance))
+    # At least a tolerance's step: where memory grows slower than its line, the line lands just short every time.
+    return max(predicted, size + max(1, int(size * tolerance)))
 
 
 def next_size(fits: tuple, fails: tuple, hbm: int) -> int:

@@ -150,9 +150,10 @@ def test_running_out_of_hbm_is_read_from_the_compiler_message():
 class FakeTarget:
     """Compiles nothing: a step needs 1 GiB + 0.1 GiB per example on a chip, of 4 GiB (up to 30 per chip fit)."""
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, gib_used=lambda per_chip: 1 + 0.1 * per_chip):
         self.config = config_lib.base_config()
         self.config.batch_size = batch_size
+        self.gib_used = gib_used
         self.tried: list[int] = []
 
     def batch_devices(self) -> int:
@@ -160,7 +161,7 @@ class FakeTarget:
 
     def train_step(self, batch_size: int) -> dict:
         self.tried.append(batch_size // 8)
-        used = int((1 + 0.1 * (batch_size // 8)) * aot.GIB)
+        used = int(self.gib_used(batch_size // 8) * aot.GIB)
         fits = used <= 4 * aot.GIB
         return {
             "global_batch": batch_size,
@@ -185,6 +186,15 @@ def test_batch_search_jumps_to_where_memory_meets_the_hbm_after_two_fitting_size
     # Doubling alone would take 8 compiles from 1; the line through the first two lands on (or next to) 30.
     assert target.tried[:2] == [start // 8, start // 4] and target.tried[2] in (29, 30), target.tried
     assert len(target.tried) <= 5 and target.tried[-1] == 31, target.tried
+
+
+def test_batch_search_steps_at_least_the_tolerance_when_memory_grows_slower_than_its_line():
+    # 4 GiB * sqrt(b / 100): up to 100 per chip fit, and each line through two fits lands short of that.
+    target = FakeTarget(8 * 8, gib_used=lambda per_chip: 4 * math.sqrt(per_chip / 100))
+    report = aot.search_batch(target, {}, write=lambda report: None, tolerance=0.25)
+    fits = report["largest_fitting"]["global_batch"] // 8
+    failed = min(size for size in target.tried if size > 100)
+    assert failed - fits <= fits * 0.25 and len(target.tried) <= 5, target.tried
 
 
 def test_the_written_report_names_the_largest_fitting_batch_after_every_compile():
