@@ -360,13 +360,14 @@ class SliceTarget:
 
 
 def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.0) -> dict:
-    """The largest per-chip batch whose step fits: doubling from the config's per-chip batch (halving when that does
-    not fit), then narrowing the gap between the last size that fit and the first that did not, to within
-    `tolerance` of the fitting size. Memory grows about linearly with the batch, so each narrowing step tries where
-    the line through the two sizes' memory meets the HBM (bisecting when the compiler did not say what it used)."""
+    """The largest per-chip batch whose step fits, to within `tolerance` of it. Memory grows about linearly with the
+    batch, so from the config's per-chip batch (halved until it fits) the search tries where the memory line meets
+    the HBM: first the line from the batch-independent memory through the fitting size, then through the last two
+    fits, then through the last fit and the first failure (doubling and bisecting where the compiler did not say
+    what it used)."""
     unit = target.batch_devices() * target.config.train.microbatches
     fits = fails = None  # (per-chip size in units, peak bytes)
-    fitting = []  # every (size, peak bytes) that fit, in order
+    fitting = []  # every (size, peak bytes) that fit, in order, after the batch-independent memory
     size = max(1, target.config.batch_size // unit)
     tries = report.setdefault("tries", [])
     report["search"] = {"tolerance": tolerance, "finished": False}  # until the gap is closed
@@ -379,6 +380,8 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
         log.warning("global batch %d: %s", size * unit, "fits" if result["fits"] else "does not fit")
         if result["fits"]:
             fits = (size, result["memory_per_chip"]["peak_bytes"])
+            if not fitting:
+                fitting.extend(batch_independent_memory(result))
             fitting.append(fits)
         else:
             fails = (size, result["memory_per_chip"]["peak_bytes"])
@@ -395,11 +398,19 @@ def search_batch(target: SliceTarget, report: dict, write, tolerance: float = 0.
     return report
 
 
+def batch_independent_memory(result: dict) -> list[tuple]:
+    """The memory at batch 0, as a first point of the memory line: everything but the temporaries (the train state,
+    the program), when the compiler said both. With it, one fitting size already predicts the largest."""
+    memory = result["memory_per_chip"]
+    if memory.get("temporary_bytes") is None or memory["peak_bytes"] is None:
+        return []
+    return [(0, memory["peak_bytes"] - memory["temporary_bytes"])]
+
+
 def next_size_up(fitting: list[tuple], hbm: int, tolerance: float) -> int:
-    """The next size to try while everything has fit: where the line through the last two fitting sizes' memory
-    meets the HBM (a compile at 256 chips takes minutes, and doubling would take several to get there), but at least
-    `tolerance` above the last size; doubling until two sizes have fit or when the compiler did not say what they
-    used."""
+    """The next size to try while everything has fit: where the line through the last two points of `fitting` meets
+    the HBM (a compile at 256 chips takes minutes, and doubling would take several to get there), but at least
+    `tolerance` above the last size; doubling while there is no line."""
     size = fitting[-1][0]
     if len(fitting) < 2 or None in (fitting[-1][1], fitting[-2][1]) or fitting[-1][1] <= fitting[-2][1]:
         return size * 2

@@ -150,10 +150,10 @@ def test_running_out_of_hbm_is_read_from_the_compiler_message():
 class FakeTarget:
     """Compiles nothing: a step needs 1 GiB + 0.1 GiB per example on a chip, of 4 GiB (up to 30 per chip fit)."""
 
-    def __init__(self, batch_size: int, gib_used=lambda per_chip: 1 + 0.1 * per_chip):
+    def __init__(self, batch_size: int, gib_used=lambda per_chip: 1 + 0.1 * per_chip, says_temporaries=False):
         self.config = config_lib.base_config()
         self.config.batch_size = batch_size
-        self.gib_used = gib_used
+        self.gib_used, self.says_temporaries = gib_used, says_temporaries
         self.tried: list[int] = []
 
     def batch_devices(self) -> int:
@@ -162,12 +162,10 @@ class FakeTarget:
     def train_step(self, batch_size: int) -> dict:
         self.tried.append(batch_size // 8)
         used = int(self.gib_used(batch_size // 8) * aot.GIB)
-        fits = used <= 4 * aot.GIB
-        return {
-            "global_batch": batch_size,
-            "fits": fits,
-            "memory_per_chip": {"peak_bytes": used, "hbm_bytes": 4 * aot.GIB},
-        }
+        memory = {"peak_bytes": used, "hbm_bytes": 4 * aot.GIB}
+        if self.says_temporaries:
+            memory["temporary_bytes"] = used - int(self.gib_used(0) * aot.GIB)
+        return {"global_batch": batch_size, "fits": used <= 4 * aot.GIB, "memory_per_chip": memory}
 
 
 @pytest.mark.parametrize("start", [4 * 8, 64 * 8])
@@ -186,6 +184,13 @@ def test_batch_search_jumps_to_where_memory_meets_the_hbm_after_two_fitting_size
     # Doubling alone would take 8 compiles from 1; the line through the first two lands on (or next to) 30.
     assert target.tried[:2] == [start // 8, start // 4] and target.tried[2] in (29, 30), target.tried
     assert len(target.tried) <= 5 and target.tried[-1] == 31, target.tried
+
+
+@pytest.mark.parametrize("start", [1 * 8, 4 * 8])
+def test_one_fitting_size_and_the_batch_independent_memory_predict_the_largest(start):
+    target = FakeTarget(start, says_temporaries=True)
+    report = aot.search_batch(target, {}, write=lambda report: None)
+    assert report["largest_fitting"]["global_batch"] == 30 * 8 and target.tried == [start // 8, 30, 31]
 
 
 def test_batch_search_steps_at_least_the_tolerance_when_memory_grows_slower_than_its_line():
