@@ -5,10 +5,10 @@
 # table (benchmarks/results/compile/README.md).
 #
 # One JSON per cell, rewritten after every compile; a cell whose search finished is skipped, so a stopped run
-# resumes where it was. Each cell starts from a seed global batch near 0.6x the size it is expected to reach (from
-# the cells already measured: memory grows about linearly with the per-chip batch), so that one doubling overshoots
-# and the search closes in 3-4 compiles. The TPU compiler takes most of this machine's cores, so cells run one at a
-# time, at low priority.
+# resumes where it was. Each cell starts from a global batch expected to fit (about half the largest, from the
+# cells measured before it): a failing compile near the limit is the slowest kind, and from one fitting size the
+# memory line already predicts the largest, so a cell closes in about 3 compiles. The TPU compiler takes most of this
+# machine's cores, so cells run one at a time, at low priority.
 #
 # Run from anywhere:  benchmarks/compile_tables.sh     (CELL_SECONDS=3600 per cell by default; needs `make setup-tpu`)
 set -uo pipefail
@@ -18,7 +18,7 @@ CELL_SECONDS="${CELL_SECONDS:-3600}"
 OUT=benchmarks/results/compile
 # config preset slice remat seed-global-batch
 CELLS="
-ela_b16 fsdp    v5e-256 True  12288
+ela_b16 fsdp    v5e-256 True  4096
 ela_b16 fsdp    v6e-256 True  28672
 ela_b16 fsdp    v5p-128 True  31360
 ela_b16 fsdp    v5e-256 False 6656
@@ -26,22 +26,22 @@ ela_b16 fsdp    v6e-256 False 13312
 ela_b16 fsdp    v5p-128 False 9984
 ela_b16 fsdp_tp v5e-256 True  16896
 ela_b16 fsdp_tp v6e-256 True  33792
-ela_b16 fsdp_tp v5p-128 True  31360
-ela_b16 fsdp_tp v5e-256 False 8192
-ela_b16 fsdp_tp v6e-256 False 16384
-ela_b16 fsdp_tp v5p-128 False 12288
+ela_b16 fsdp_tp v5p-128 True  16384
+ela_b16 fsdp_tp v5e-256 False 4096
+ela_b16 fsdp_tp v6e-256 False 12288
+ela_b16 fsdp_tp v5p-128 False 8192
 ela_l14 fsdp    v5e-256 True  5120
 ela_l14 fsdp    v6e-256 True  11264
 ela_l14 fsdp    v5p-128 True  8320
-ela_l14 fsdp    v5e-256 False 2048
-ela_l14 fsdp    v6e-256 False 4096
-ela_l14 fsdp    v5p-128 False 3072
+ela_l14 fsdp    v5e-256 False 3072
+ela_l14 fsdp    v6e-256 False 3072
+ela_l14 fsdp    v5p-128 False 2048
 ela_l14 fsdp_tp v5e-256 True  6656
-ela_l14 fsdp_tp v6e-256 True  13312
-ela_l14 fsdp_tp v5p-128 True  10240
-ela_l14 fsdp_tp v5e-256 False 2560
-ela_l14 fsdp_tp v6e-256 False 5120
-ela_l14 fsdp_tp v5p-128 False 3840
+ela_l14 fsdp_tp v6e-256 True  8192
+ela_l14 fsdp_tp v5p-128 True  8192
+ela_l14 fsdp_tp v5e-256 False 1536
+ela_l14 fsdp_tp v6e-256 False 3072
+ela_l14 fsdp_tp v5p-128 False 2048
 "
 while read -r config preset topology remat seed; do
   [ -z "${config}" ] && continue
