@@ -259,3 +259,20 @@ def test_the_table_row_gives_the_largest_fit_per_chip_and_the_first_failure_abov
 def test_a_search_that_did_not_finish_shows_its_largest_fit_as_a_lower_bound():
     row = aot.table_row(searched_report(tolerance_closed=False))
     assert "**≥ 240 (60)**: search not finished" in row and "| – |" in row
+
+
+@pytest.mark.integration
+def test_the_unrolled_flop_count_grows_by_one_blocks_work_per_layer(tmp_path):
+    config = aot.without_data_sources(config_lib.base_config())
+    config.model = config_lib.tiny_model()
+    config.model.scan_layers, config.batch_size = True, 8
+
+    def flops(image_depth: int) -> float:
+        config.model.image.depth = image_depth
+        return aot.unrolled_step_flops(config, config.batch_size, str(tmp_path))
+
+    two, three, four = flops(2), flops(3), flops(4)
+    per_layer = three - two
+    assert per_layer > 0 and four - three == pytest.approx(per_layer, rel=1e-3)
+    # A ViT block's forward matmuls alone: 8 examples x 65 tokens x 2 x (4 x 96^2 + 2 x 96 x 384) FLOPs.
+    assert per_layer >= 8 * 65 * 2 * (4 * 96**2 + 2 * 96 * 384) * 3
