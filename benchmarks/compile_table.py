@@ -20,8 +20,9 @@ PREAMBLE = """# Ahead-of-time TPU compile reports
 
 Written by `benchmarks/compile_table.py` from the JSON reports beside it; each is one
 `python -m ela_jax.compile --search_batch` run (`benchmarks/compile_tables.sh` lists the commands). Memory is XLA's
-plan per chip; the roofline is a lower bound on the step time (larger of FLOPs / peak bf16 and bytes / HBM bandwidth,
-collectives ignored, a scanned layer loop's body counted once). What the columns mean: `launch/README.md`.
+plan per chip; the roofline is a lower bound on the step time (larger of the unrolled step's FLOPs / peak bf16 and
+XLA's bytes / HBM bandwidth; collectives ignored, and the byte count sees a scanned layer once). What the columns
+mean: `launch/README.md`.
 
 """
 

@@ -4,7 +4,7 @@
 Compiles the real train step and evaluation encoder for a TPU slice ahead of time, on a machine without one, and
 reports per chip: memory against HBM, FLOPs and bytes, a roofline step time and the collectives (JSON). Needs libtpu:
 run it with .venv-tpu/bin/python (`make setup-tpu`). With --search_batch it finds the largest per-chip batch that
-fits: doubling from the config's, then bisecting."""
+fits, along the line its memory follows as the batch grows."""
 
 from __future__ import annotations
 
