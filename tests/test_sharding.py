@@ -14,7 +14,9 @@ import pytest
 pytestmark = pytest.mark.integration  # spawns an 8-device process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 20
+# Enough Adam steps to show the optimizer state is sharded right; past a few steps the trajectory is chaotic, and
+# float32 summation order alone (which differs by CPU model) moves it by percent.
+STEPS = 4
 COMPARED = ("loss", "loss_global", "loss_fine", "loss_ela", "loss_mlm", "loss_flops", "grad_norm")
 
 
@@ -54,9 +56,9 @@ def test_mesh_preset_trains_like_one_device(single_device, preset, mesh, tmp_pat
     assert len(sharded["losses"]) == STEPS
     for step, (reference, actual) in enumerate(zip(single_device["losses"], sharded["losses"])):
         # Step 0 is one forward and backward pass: only float32 summation order differs. Later steps follow Adam,
-        # whose normalised updates grow those reorderings along the trajectory (about 1e-2 after 20 steps); a wrong
-        # sharding is off by far more, from step 0 on.
-        rtol = 1e-5 if step == 0 else 3e-2
+        # whose normalised updates grow those reorderings (to about 2e-4 by step 3, then exponentially); a wrong
+        # sharding of parameters or optimizer state is off by far more, from step 0 or 1 on.
+        rtol = 1e-5 if step == 0 else 2e-3
         for key in COMPARED:
             np.testing.assert_allclose(actual[key], reference[key], rtol=rtol, err_msg=f"{key} at step {step}")
     for name, reference in single_device["log_scale_gradients"].items():
