@@ -216,6 +216,11 @@ def base_config() -> ml_collections.ConfigDict:
             "flops_warmup_steps": 0,  # lambda_flops grows quadratically to its value over these steps
             "mlm_weight": 0.0,
             "mlm_probability": 0.3,
+            # LexLIP's lexicon retrieval term: in-batch InfoNCE on cos(a_I, a_T) / lexicon_tau, which trains both
+            # sides' sparse vectors (the text lexicon is the query side of lexicon retrieval; ELA's targets are
+            # stop-gradient, so without this term no retrieval loss reaches it).
+            "lexicon_weight": 0.0,
+            "lexicon_tau": 0.05,
             # On a mesh, contrastive terms score each device's rows against all columns (shard_map) instead of
             # letting XLA place the [B, B] logits; same values and gradients, memory B/n x B per device.
             "sharded_contrastive": True,
@@ -231,6 +236,13 @@ def base_config() -> ml_collections.ConfigDict:
                 "target_form": "sparse",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
+                # Target presence (soft_ce, lex_contrastive): + presence_weight * sum_v q[v] softplus(margin - z[v]),
+                # which lifts target words above the lexicon's ReLU; soft_ce alone only ranks words.
+                "presence_weight": 0.0,
+                "presence_margin": 1.0,
+                "source_top_k": 0,  # expand from a_T's top-k content words only (0: all it activates)
+                # Control: expand each caption from another caption's a_T (rolled by one across the global batch).
+                "shuffle_source": False,
                 "pool": "max",
                 "stopwords": True,
                 # online: the text lexicon head being trained (by MLM); ema: its moving average (MLM on too);

@@ -104,6 +104,7 @@ def expanded_targets(
     tau_q: float,
     top_k: int,
     form: str = "softmax",
+    source_top_k: int = 0,
 ) -> jax.Array:
     """q = normalise((1-beta) 1[v in B_T]/|B_T| + beta q_exp), kept on exactly its top_k entries (0 = all).
 
@@ -112,19 +113,32 @@ def expanded_targets(
     every content word then gets its explicit words only). bag_of_words [B, V]; text_lexicon a_T >= 0 [B, V]
     (treated as a constant). Entries tied at the k-th value are kept by lower word id, so a tied tail never
     widens the target beyond k words. A caption with no content word and beta = 0 gets an all-zero target, which
-    contributes nothing to the loss.
+    contributes nothing to the loss. source_top_k > 0 first cuts a_T to its source_top_k strongest content words (see
+    `expansion_distribution`).
     """
     explicit = bag_of_words / jnp.maximum(bag_of_words.sum(-1, keepdims=True), 1.0)
-    targets = (1.0 - beta) * explicit + beta * expansion_distribution(text_lexicon, content_vocab, tau_q, form)
+    expansion = expansion_distribution(text_lexicon, content_vocab, tau_q, form, source_top_k)
+    targets = (1.0 - beta) * explicit + beta * expansion
     if top_k and top_k < targets.shape[-1]:
         targets = keep_top_k(targets, top_k)
     return targets / jnp.maximum(targets.sum(-1, keepdims=True), 1e-12)
 
 
-def expansion_distribution(text_lexicon: jax.Array, content_vocab: jax.Array, tau_q: float, form: str) -> jax.Array:
-    """q_exp [B, V] of `expanded_targets`, zero on words content_vocab drops; a_T is a constant."""
+def expansion_distribution(
+    text_lexicon: jax.Array, content_vocab: jax.Array, tau_q: float, form: str, source_top_k: int = 0
+) -> jax.Array:
+    """q_exp [B, V] of `expanded_targets`, zero on words content_vocab drops; a_T is a constant.
+
+    source_top_k > 0 keeps only each caption's source_top_k highest-weighted content words of a_T: a pretrained source
+    activates nearly every word it knows, so without a cut its "sparse" distribution is close to uniform.
+    """
     weights = jax.lax.stop_gradient(text_lexicon).astype(jnp.float32)
     is_content = content_vocab > 0
+    if source_top_k and source_top_k < weights.shape[-1]:
+        ranked = jnp.where(is_content, weights, -jnp.inf)
+        _, indices = jax.lax.top_k(ranked, source_top_k)
+        rows = jnp.arange(weights.shape[0])[:, None]
+        is_content = jnp.zeros(weights.shape, bool).at[rows, indices].set(True) & is_content
     if form == "softmax":
         return jax.nn.softmax(jnp.where(is_content, weights / tau_q, -jnp.inf), axis=-1)
     if form == "sparse":
@@ -146,6 +160,18 @@ def ela_soft_ce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float)
     return -(targets * log_probs).sum(-1).mean()
 
 
+def target_presence(image_vocab_logits: jax.Array, targets: jax.Array, margin: float) -> jax.Array:
+    """sum_v q[v] softplus(margin - z_hat[v]), averaged over the batch; inputs [B, V].
+
+    The lexicon is log(1 + ReLU(z_hat)), so which words it holds (its support, what an inverted index serves) is set
+    by which logits clear zero. soft_ce is invariant to adding a constant to every logit and the saturated forms give
+    a word below zero no gradient, so neither can lift a target word into the lexicon; this term does, and FLOPS
+    pushes the other words down.
+    """
+    shortfall = jax.nn.softplus(margin - image_vocab_logits.astype(jnp.float32))
+    return (targets * shortfall).sum(-1).mean()
+
+
 def ela_bce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:
     """Multi-label BCE against q scaled so its largest entry is 1, normalised by each row's positive mass."""
     labels = targets / jnp.maximum(targets.max(-1, keepdims=True), 1e-12)
@@ -164,10 +190,14 @@ def ela_lex_contrastive(image_vocab_logits: jax.Array, targets: jax.Array, tau: 
     return symmetric_info_nce(lex_contrastive_logits(image_vocab_logits, targets, tau))
 
 
+def l2_normalise(vectors: jax.Array) -> jax.Array:
+    """Rows of vectors [B, V] over their L2 norm (an all-zero row stays zero)."""
+    return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
+
+
 def lexlip_logits(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> jax.Array:
     """Cosine of the lexicon vectors over tau; [Bi, V] x [Bt, V] -> [Bi, Bt]."""
-    normalise = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)  # noqa: E731
-    return normalise(image_lexicon) @ normalise(text_lexicon).T / tau
+    return l2_normalise(image_lexicon) @ l2_normalise(text_lexicon).T / tau
 
 
 def lexlip_cosine_loss(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> jax.Array:
@@ -175,8 +205,11 @@ def lexlip_cosine_loss(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: f
     return symmetric_info_nce(lexlip_logits(image_lexicon, text_lexicon, tau))
 
 
-def flops_regulariser(lexicon: jax.Array) -> jax.Array:
-    """FLOPS(a) = sum_v (mean_batch |a[v]|)^2; lexicon [B, V]."""
+def flops_regulariser(lexicon: jax.Array, normalised: bool = False) -> jax.Array:
+    """FLOPS(a) = sum_v (mean_batch |a[v]|)^2; lexicon [B, V]. With `normalised`, of the L2-normalised vectors (as
+    LexLIP): a side that only cosine terms train has no loss on its scale, so raw FLOPS would shrink it unopposed."""
+    if normalised:
+        lexicon = l2_normalise(lexicon)
     return jnp.sum(jnp.mean(jnp.abs(lexicon), axis=0) ** 2)
 
 

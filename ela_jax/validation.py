@@ -157,6 +157,7 @@ def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
         "objective.ela.tau_p": ela.tau_p,
         "objective.ela.tau_q": ela.tau_q,
         "objective.ela.tau_contrastive": ela.tau_contrastive,
+        "objective.lexicon_tau": config.objective.lexicon_tau,
     }
     for key, value in temperatures.items():
         _require(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
@@ -166,6 +167,8 @@ def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
         )
     _require(0.0 <= ela.ema_decay <= 1.0, "objective.ela.ema_decay", ela.ema_decay, "in [0, 1]")
     _require(ela.top_k >= 0, "objective.ela.top_k", ela.top_k, ">= 0 (0 keeps all)")
+    _require(ela.source_top_k >= 0, "objective.ela.source_top_k", ela.source_top_k, ">= 0 (0 keeps all)")
+    _require(ela.presence_weight >= 0, "objective.ela.presence_weight", ela.presence_weight, ">= 0")
     probability = config.objective.mlm_probability
     _require(0.0 < probability <= 1.0, "objective.mlm_probability", probability, "in (0, 1]")
 
@@ -248,7 +251,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     check_choice(config.eval.lexicon_similarity, ("cosine", "dot"), "eval.lexicon_similarity")
     _validate_eval(config.eval)
     _validate_evals(config)
-    weights = {k: objective[k] for k in ("global_weight", "fine_weight", "ela_weight", "flops_weight", "mlm_weight")}
+    weight_keys = ("global_weight", "fine_weight", "ela_weight", "lexicon_weight", "flops_weight", "mlm_weight")
+    weights = {k: objective[k] for k in weight_keys}
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ConfigError(f"objective weights must be >= 0 with at least one > 0, got {weights}")
     if not 0.0 <= objective.ela.beta <= 1.0:

@@ -166,3 +166,23 @@ def test_the_experiment_model_masks_the_tokenizer_special_tokens(experiment):
         state.params, images
     )
     np.testing.assert_array_equal(np.asarray(encoded["lexicon"])[:, special], 0.0)
+
+
+def test_the_lexicon_retrieval_term_trains_the_text_lexicon_the_ela_targets_cannot(experiment):
+    """Same config as the test above that leaves the text side still, plus LexLIP's lexicon term."""
+    with_lexicon_term = ONLINE_ELA_AND_FLOPS + (("objective.lexicon_weight", 1.0),)
+    before, after, metrics = one_step(experiment, with_lexicon_term, optimizer="sgd")
+    assert float(metrics["loss_lexicon"]) > 0.0
+    assert any(changed(before.params["text_lexicon"], after.params["text_lexicon"]).values())
+
+
+def test_the_shuffle_control_expands_each_caption_from_the_previous_captions_lexicon(experiment):
+    experiment, state = experiment
+    config = set_keys(
+        experiment.config.copy_and_resolve_references(),
+        {"objective.ela.target_source": "online", "objective.ela.shuffle_source": True},
+    )
+    builder = ObjectiveBuilder(experiment.model, config, Vocabulary.from_tokenizer(experiment.tokenizer, True))
+    text_lexicon = np.arange(BATCH * 5, dtype=np.float32).reshape(BATCH, 5)
+    shuffled = builder.expansion_lexicon(state.params, state.teacher, {"lexicon": text_lexicon}, {})
+    np.testing.assert_array_equal(shuffled, np.roll(text_lexicon, 1, axis=0))

@@ -35,7 +35,8 @@ class Vocabulary:
 @dataclasses.dataclass(frozen=True)
 class Needs:
     """Which encoder outputs the configured objective reads (the rest is never computed), and which lexicon FLOPS
-    regularises: only a side some loss trains, or the regulariser alone would drive that side to zero."""
+    regularises: only a side some loss trains, or the regulariser alone would drive that side to zero. FLOPS acts on
+    a side's L2-normalised vectors where only cosine terms train its scale (LexLIP's form)."""
 
     image_lexicon: bool
     text_lexicon: bool
@@ -43,6 +44,8 @@ class Needs:
     expansion: bool
     flops_image: bool
     flops_text: bool
+    flops_normalised_image: bool = False
+    flops_normalised_text: bool = False
 
     @classmethod
     def from_config(cls, config) -> "Needs":
@@ -50,17 +53,21 @@ class Needs:
         use_ela = objective.ela_weight > 0
         expansion = use_ela and ela.beta > 0 and ela.loss != "lexlip_cosine"
         lexlip = use_ela and ela.loss == "lexlip_cosine"
+        lexicon_term = objective.lexicon_weight > 0
         flops = objective.flops_weight > 0
-        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM or by LexLIP's cosine
-        # (expansion targets are stop-gradient).
-        flops_text = flops and (objective.mlm_weight > 0 or lexlip)
+        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM, by LexLIP's cosine or
+        # by the lexicon retrieval term (expansion targets are stop-gradient). Only the ELA forms other than
+        # lexlip_cosine act on the image lexicon's raw scale; MLM's cross-entropy ignores the text lexicon's level.
+        flops_text = flops and (objective.mlm_weight > 0 or lexlip or lexicon_term)
         return cls(
-            image_lexicon=use_ela,
-            text_lexicon=lexlip or (expansion and ela.target_source == "online") or flops_text,
+            image_lexicon=use_ela or lexicon_term,
+            text_lexicon=lexlip or lexicon_term or (expansion and ela.target_source == "online") or flops_text,
             tokens=objective.fine_weight > 0,
             expansion=expansion,
-            flops_image=flops and use_ela,
+            flops_image=flops and (use_ela or lexicon_term),
             flops_text=flops_text,
+            flops_normalised_image=lexlip or (lexicon_term and not use_ela),
+            flops_normalised_text=lexlip or lexicon_term,
         )
 
 
@@ -70,6 +77,7 @@ def loss_weights(objective_config, step: jax.Array) -> dict[str, jax.Array]:
         "global": jnp.asarray(objective_config.global_weight, jnp.float32),
         "fine": jnp.asarray(objective_config.fine_weight, jnp.float32),
         "ela": jnp.asarray(objective_config.ela_weight, jnp.float32),
+        "lexicon": jnp.asarray(objective_config.lexicon_weight, jnp.float32),
         "flops": flops,
         "mlm": jnp.asarray(objective_config.mlm_weight, jnp.float32),
     }
@@ -165,9 +173,16 @@ class ObjectiveBuilder:
             )
         if objective.ela_weight > 0:
             terms["ela"] = self.ela_loss(reps, batch, step)
+        if objective.lexicon_weight > 0:
+            terms["lexicon"] = self.contrastive(
+                lexlip_logits, reps["image_lexicon"], reps["text_lexicon"], objective.lexicon_tau
+            )
         flops_sides = [side for side in ("image", "text") if getattr(self.needs, f"flops_{side}")]
         if flops_sides:
-            terms["flops"] = sum(objectives.flops_regulariser(reps[f"{side}_lexicon"]) for side in flops_sides)
+            terms["flops"] = sum(
+                objectives.flops_regulariser(reps[f"{side}_lexicon"], getattr(self.needs, f"flops_normalised_{side}"))
+                for side in flops_sides
+            )
         if objective.mlm_weight > 0:
             selected = jnp.sum(mlm["selected"].astype(jnp.float32))
             terms["mlm"] = jnp.sum(reps["mlm_sums"]) / jnp.maximum(selected, 1.0)
@@ -181,22 +196,25 @@ class ObjectiveBuilder:
         return loss, metrics
 
     def expansion_lexicon(self, params, teacher, text: dict, batch: dict) -> jax.Array:
-        """a_T [B, V] from the configured source, as a constant."""
+        """a_T [B, V] from the configured source, as a constant (another caption's, with the shuffle control)."""
+        lexicon = jax.lax.stop_gradient(self.source_lexicon(params, teacher, text, batch))
+        return jnp.roll(lexicon, 1, axis=0) if self.config.objective.ela.shuffle_source else lexicon
+
+    def source_lexicon(self, params, teacher, text: dict, batch: dict) -> jax.Array:
         if self.config.objective.ela.target_source == "online":
-            return jax.lax.stop_gradient(text["lexicon"])
+            return text["lexicon"]
         if self.pretrained is not None:
             return self.pretrained.expansion_lexicon(teacher, batch["token_ids"], batch["mask"], text_token_mask(batch))
         variables = {"params": {**params, **teacher}}
         teacher_text = self.model.apply(
             variables, batch["token_ids"], batch["mask"], with_tokens=False, method=ELAModel.encode_text
         )
-        return jax.lax.stop_gradient(teacher_text["lexicon"])
+        return teacher_text["lexicon"]
 
     def ela_loss(self, reps: dict, batch: dict, step: jax.Array) -> jax.Array:
         ela = self.config.objective.ela
         if ela.loss == "lexlip_cosine":
-            lexlip = lambda a, b, tau: (objectives.lexlip_logits(a, b, tau),) * 2  # noqa: E731
-            return self.contrastive(lexlip, reps["image_lexicon"], reps["text_lexicon"], ela.tau_contrastive)
+            return self.contrastive(lexlip_logits, reps["image_lexicon"], reps["text_lexicon"], ela.tau_contrastive)
         content = jnp.asarray(self.vocabulary.content)
         bag_of_words = objectives.caption_bag_of_words(batch["token_ids"], text_token_mask(batch), content)
         if self.needs.expansion:
@@ -205,15 +223,20 @@ class ObjectiveBuilder:
         else:
             text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
         targets = objectives.expanded_targets(
-            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form
+            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form, ela.source_top_k
         )
         image_vocab_logits = reps["image_pooled"]
-        if ela.loss == "soft_ce":
-            return objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
-        if ela.loss == "bce":
+        if ela.loss == "bce":  # multi-label: trains which words clear zero by itself
             return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p)
-        lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
-        return self.contrastive(lex, image_vocab_logits, targets, ela.tau_contrastive)
+        if ela.loss == "soft_ce":
+            alignment = objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
+        else:
+            lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
+            alignment = self.contrastive(lex, image_vocab_logits, targets, ela.tau_contrastive)
+        if ela.presence_weight > 0:
+            presence = objectives.target_presence(image_vocab_logits, targets, ela.presence_margin)
+            alignment = alignment + ela.presence_weight * presence
+        return alignment
 
     def accumulated_gradients(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array, microbatches: int):
         """GradCache: the full-batch loss and its exact gradient, with activations of one micro-batch at a time.
@@ -259,6 +282,11 @@ def merge_microbatches(tree):
 
 def global_logits(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = scale * image @ text.T
+    return logits, logits
+
+
+def lexlip_logits(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float) -> tuple[jax.Array, jax.Array]:
+    logits = objectives.lexlip_logits(image_lexicon, text_lexicon, tau)
     return logits, logits
 
 
