@@ -172,7 +172,8 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "name": "world",
             # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
-            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            # (scene backgrounds whose objects co-occur; records the objects no caption names) or "cues" (the scenes
+            # world with mute objects no caption names and cue words captions say when they are present).
             "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
