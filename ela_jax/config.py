@@ -198,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
             # data.name="mixture": training sources mixed by weight, each "name:manual_dir:weight" (name: coco,
             # flickr30k, folder, webdataset); evaluation then reads data.eval_name.
             "train": (),
+            # data.world="cues": unpaired sentences naming cue and mute words together (ela_jax/data/cues.py), this
+            # many per global batch as batch["stream_tokens"] / ["stream_mask"]; 0 = off.
+            "text_stream": {"batch_size": 0},
         }
     )
     config.tokenizer = ml_collections.ConfigDict(
@@ -217,6 +220,7 @@ def base_config() -> ml_collections.ConfigDict:
             "flops_warmup_steps": 0,  # lambda_flops grows quadratically to its value over these steps
             "mlm_weight": 0.0,
             "mlm_probability": 0.3,
+            "stream_mlm_weight": 0.0,  # MLM on the unpaired text stream (data.text_stream), beside the captions' MLM
             # On a mesh, contrastive terms score each device's rows against all columns (shard_map) instead of
             # letting XLA place the [B, B] logits; same values and gradients, memory B/n x B per device.
             "sharded_contrastive": True,
