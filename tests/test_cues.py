@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from configs import cues as cues_file
+from ela_jax import validation
 from ela_jax.data import cues, pipeline, scenes, tokenizer, world_tfds
 from tests.helpers import make_tiny_config
 
@@ -172,3 +174,10 @@ def test_the_frozen_minilm_links_each_cue_to_its_mute_word():
         assert (cued[:, column] - without[:, column]).min() > 0.2, (cue, cued[:, column] - without[:, column])
         assert (cued[:, column] - np.median(cued, axis=1)).min() > 0.3
     assert not evokes(alone[-1], control[1])
+
+
+def test_the_cue_config_is_valid_and_serves_the_stream():
+    config = cues_file.get_config()
+    validation.validate(config, num_devices=1)
+    assert config.data.world == "cues" and config.data.text_stream.batch_size > 0
+    assert config.objective.stream_mlm_weight > 0 and config.objective.ela.beta == 0.0
