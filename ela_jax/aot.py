@@ -151,6 +151,9 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh) -> dict[str, jax.Sha
         "token_ids": ((rows, length), np.int32),
         "mask": ((rows, length), np.bool_),
     }
+    stream_rows = config.data.text_stream.batch_size
+    if stream_rows > 0:
+        shapes.update(stream_tokens=((stream_rows, length), np.int32), stream_mask=((stream_rows, length), np.bool_))
     return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for key, (shape, dtype) in shapes.items()}
 
 

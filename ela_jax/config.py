@@ -172,7 +172,8 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "name": "world",
             # Which embedded world data.name="world" generates: "shapes" (coloured shapes on a grid) or "scenes"
-            # (scene backgrounds whose objects co-occur; records the objects no caption names).
+            # (scene backgrounds whose objects co-occur; records the objects no caption names) or "cues" (the scenes
+            # world with mute objects no caption names and cue words captions say when they are present).
             "world": "shapes",
             "seed": 0,  # the embedded world's generator seed
             "num_train": 6000,
@@ -197,6 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
             # data.name="mixture": training sources mixed by weight, each "name:manual_dir:weight" (name: coco,
             # flickr30k, folder, webdataset); evaluation then reads data.eval_name.
             "train": (),
+            # data.world="cues": unpaired sentences naming cue and mute words together (ela_jax/data/cues.py), this
+            # many per global batch as batch["stream_tokens"] / ["stream_mask"]; 0 = off.
+            "text_stream": {"batch_size": 0},
         }
     )
     config.tokenizer = ml_collections.ConfigDict(
@@ -221,6 +225,7 @@ def base_config() -> ml_collections.ConfigDict:
             # stop-gradient, so without this term no retrieval loss reaches it).
             "lexicon_weight": 0.0,
             "lexicon_tau": 0.05,
+            "stream_mlm_weight": 0.0,  # MLM on the unpaired text stream (data.text_stream), beside the captions' MLM
             # On a mesh, contrastive terms score each device's rows against all columns (shard_map) instead of
             # letting XLA place the [B, B] logits; same values and gradients, memory B/n x B per device.
             "sharded_contrastive": True,

@@ -221,6 +221,34 @@ def _validate_mesh_divisibility(config: ml_collections.ConfigDict, mesh_shape) -
                 )
 
 
+def _validate_text_stream(config: ml_collections.ConfigDict, mesh_shape, num_processes: int) -> None:
+    """The cue world's unpaired text stream: only that world writes it, and it splits like the batch does."""
+    rows = config.data.text_stream.batch_size
+    if config.objective.stream_mlm_weight < 0 or rows < 0:
+        raise ConfigError(
+            f"objective.stream_mlm_weight and data.text_stream.batch_size must be >= 0, got "
+            f"{config.objective.stream_mlm_weight} and {rows}"
+        )
+    if config.objective.stream_mlm_weight > 0 and rows <= 0:
+        raise ConfigError(
+            f"objective.stream_mlm_weight={config.objective.stream_mlm_weight} trains on the text stream, but "
+            "data.text_stream.batch_size is 0; set it > 0 (with data.world='cues') or the weight to 0"
+        )
+    if rows <= 0:
+        return
+    if config.data.name != "world" or config.data.world != "cues":
+        raise ConfigError(
+            f"data.text_stream.batch_size={rows} needs the cue world's sentences (data.name='world', "
+            f"data.world='cues'), got data.name={config.data.name!r}, data.world={config.data.world!r}; set it to 0"
+        )
+    split = math.lcm(mesh_shape[0] * mesh_shape[1] * config.train.microbatches, num_processes)
+    if rows % split:
+        raise ConfigError(
+            f"data.text_stream.batch_size {rows} must split into train.microbatches micro-batches over the "
+            f"data-parallel devices and the processes; use a multiple of {split}"
+        )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
     """Raises ConfigError naming the key and what to do; cheap, and run before any compilation."""
     mesh_shape = config_lib.resolve_mesh_shape(config.mesh, num_devices)
@@ -231,6 +259,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if config.train.microbatches < 1:
         raise ConfigError(f"train.microbatches must be >= 1, got {config.train.microbatches}")
     _validate_mesh_divisibility(config, mesh_shape)
+    _validate_text_stream(config, mesh_shape, num_processes)
     if config.batch_size % num_processes:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {num_processes} processes")
     if config.total_steps <= 0:

@@ -23,7 +23,10 @@ class TokeniseBatch(grain.transforms.Map):
 
     def map(self, batch: dict) -> dict:
         token_ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]])
-        return {"images": batch["image"], "token_ids": token_ids, "mask": mask}
+        tokenised = {"images": batch["image"], "token_ids": token_ids, "mask": mask}
+        if "stream" in batch:  # unpaired sentences, for MLM only
+            tokenised["stream_tokens"], tokenised["stream_mask"] = self.tokenizer.encode(list(batch["stream"]))
+        return tokenised
 
 
 @dataclasses.dataclass

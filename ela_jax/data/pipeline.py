@@ -6,7 +6,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from ela_jax.data import real_pipeline, sources, world_tfds
+from ela_jax.data import cues, real_pipeline, sources, world_tfds
 from ela_jax.data.batching import RetrievalSet, TokeniseBatch, warn_on_unfit_data
 from ela_jax.data.tokenizer import Tokenizer
 
@@ -33,6 +33,16 @@ def has_test_split(data_config) -> bool:
 
 def _decode(caption) -> str:
     return caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else str(caption)
+
+
+class AddTextStream(grain.transforms.RandomMap):
+    """The cue world's unpaired sentences beside a host batch: `count` of them, drawn from the batch's random stream."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
+        return {**batch, "stream": cues.stream_sentences(rng, self.count)}
 
 
 class PickCaption(grain.transforms.RandomMap):
@@ -63,6 +73,8 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     dataset = dataset.random_map(PickCaption())
     host_batch_size = config.batch_size // process_count
     dataset = dataset.batch(host_batch_size, drop_remainder=True)[process_index::process_count]
+    if config.data.text_stream.batch_size > 0:
+        dataset = dataset.random_map(AddTextStream(config.data.text_stream.batch_size // process_count))
     dataset = dataset.map(TokeniseBatch(tokenizer))
     return dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=config.data.num_threads, prefetch_buffer_size=config.data.prefetch_buffer_size)

@@ -8,7 +8,7 @@ import os
 
 from ela_jax.errors import ConfigError, check_choice
 
-WORLDS = ("shapes", "scenes")  # data.world: the embedded world data.name="world" generates
+WORLDS = ("shapes", "scenes", "cues")  # data.world: the embedded world data.name="world" generates
 DATA_NAMES = ("world", "coco", "flickr30k", "folder", "webdataset", "mixture")
 MIXABLE_NAMES = ("coco", "flickr30k", "folder", "webdataset")
 EVAL_NAMES = ("world", "coco", "flickr30k", "folder")  # sources with a test split

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import tokenizers
 
-from ela_jax.data import scenes, world
+from ela_jax.data import cues, scenes, world
 
 # data.world -> the module whose vocabulary_words() tokenizer.vocab='world' writes.
-WORLD_MODULES = {"shapes": world, "scenes": scenes}
+WORLD_MODULES = {"shapes": world, "scenes": scenes, "cues": cues}
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Function words that name nothing in an image; excluded from the explicit words B_T when stopwords are on.

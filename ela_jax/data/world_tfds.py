@@ -1,7 +1,7 @@
 """The embedded worlds as a TFDS builder (ArrayRecord, no TensorFlow), read back through grain like real data.
 
-`data.world` picks the world: "shapes" (ela_jax/data/world.py) or "scenes" (ela_jax/data/scenes.py, which also
-records each image's scene and its present and named objects)."""
+`data.world` picks the world: "shapes" (ela_jax/data/world.py), "scenes" (ela_jax/data/scenes.py, which also
+records each image's scene and its present and named objects) or "cues" (ela_jax/data/cues.py, recorded as scenes)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ela_jax import paths
-from ela_jax.data import scenes, world
+from ela_jax.data import cues, scenes, world
+
+
+# The worlds whose records carry object annotations (scene, present and named object ids), by spec type.
+OBJECT_WORLDS = {scenes.ScenesSpec: scenes, cues.CuesSpec: cues}
+SPECS = {"shapes": world.WorldSpec, "scenes": scenes.ScenesSpec, "cues": cues.CuesSpec}  # data.world -> its spec
 
 
 @dataclasses.dataclass
 class WorldBuilderConfig(tfds.core.BuilderConfig):
-    spec: world.WorldSpec | scenes.ScenesSpec = world.WorldSpec()
+    spec: world.WorldSpec | scenes.ScenesSpec | cues.CuesSpec = world.WorldSpec()
     num_train: int = 6000
     num_test: int = 1000
 
@@ -41,12 +46,13 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
             "captions": tfds.features.Sequence(tfds.features.Text()),
             "image_id": tfds.features.Scalar(dtype=np.int64),
         }
-        is_scenes = isinstance(self.builder_config.spec, scenes.ScenesSpec)
-        if is_scenes:
+        spec = self.builder_config.spec
+        annotated = type(spec) in OBJECT_WORLDS
+        if annotated:
             # Object ids (indices into scenes.OBJECT_NAMES), padded with scenes.PAD to a fixed length.
             objects = tfds.features.Tensor(shape=(scenes.MAX_OBJECTS,), dtype=np.int64)
             features.update(scene=tfds.features.Scalar(dtype=np.int64), objects_present=objects, objects_named=objects)
-        description = (scenes if is_scenes else world).__doc__
+        description = OBJECT_WORLDS[type(spec)].__doc__ if annotated else world.__doc__
         return tfds.core.DatasetInfo(
             builder=self, description=description, features=tfds.features.FeaturesDict(features)
         )
@@ -62,8 +68,8 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, count: int):
         spec = self.builder_config.spec
         for index in range(count):
-            if isinstance(spec, scenes.ScenesSpec):
-                example = scenes.generate_example(spec, split, index)
+            if type(spec) in OBJECT_WORLDS:
+                example = OBJECT_WORLDS[type(spec)].generate_example(spec, split, index)
                 yield (
                     index,
                     {
@@ -99,7 +105,7 @@ def prepared(make_builder, lock_path: str):
 
 def world_builder(data_config, prepare: bool = True) -> ElaWorld:
     """The builder for `config.data`; prepared on first use (a few seconds per thousand images)."""
-    spec_class = scenes.ScenesSpec if data_config.world == "scenes" else world.WorldSpec
+    spec_class = SPECS[data_config.world]
     spec = spec_class(
         seed=data_config.seed, image_size=data_config.image_size, captions_per_image=data_config.captions_per_image
     )

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from ela_jax.data import pipeline
 from ela_jax.data.tokenizer import Tokenizer
-from ela_jax.evaluation import unnamed, zeroshot
+from ela_jax.evaluation import mute_words, unnamed, zeroshot
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.evaluation.evaluator import evaluate_retrieval
 
@@ -40,7 +40,7 @@ def eval_scalars(results: dict) -> dict[str, float]:
 
 class RetrievalEvaluator:
     """Held-out image-text retrieval, R@K both ways per score (and the unnamed-object measure where the data has
-    object annotations) -> eval/results.json."""
+    object annotations, the mute-word measure on the cue world) -> eval/results.json."""
 
     output = "results.json"
 
@@ -48,6 +48,7 @@ class RetrievalEvaluator:
         self.config, self.tokenizer = config, tokenizer
         self.dataset = None  # read at the first call: the loop prepares its training data first
         self.unnamed = unnamed.UnnamedObjects(config.data, config.eval) if unnamed.applies(config.data) else None
+        self.mute_words = mute_words.MuteWords(config.data) if mute_words.applies(config.data) else None
         self.available = pipeline.has_test_split(config.data)
         if not self.available:
             log.warning(
@@ -64,6 +65,8 @@ class RetrievalEvaluator:
         results = evaluate_retrieval(encoder, self.tokenizer, self.dataset, self.config.eval)
         if self.unnamed is not None:
             results["unnamed_objects"] = self.unnamed(encoder, self.tokenizer)
+        if self.mute_words is not None:
+            results["mute_words"] = self.mute_words(encoder, self.tokenizer)
         return {"step": int(step), "split": "test", **results}
 
     def scalars(self, results: dict) -> dict[str, float]:

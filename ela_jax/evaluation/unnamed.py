@@ -87,9 +87,9 @@ def _mask(ids: np.ndarray, count: int) -> np.ndarray:
 
 
 def applies(data_config) -> bool:
-    """The measure needs object annotations: evaluation on the scenes world."""
+    """The measure needs object annotations: evaluation on the scenes world or the cue world."""
     name, _ = pipeline.eval_source(data_config)
-    return name == "world" and data_config.world == "scenes"
+    return name == "world" and data_config.world in ("scenes", "cues")
 
 
 def load_annotations(data_config, split: str = "test") -> ObjectAnnotations:

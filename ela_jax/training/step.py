@@ -55,10 +55,12 @@ class Needs:
         lexlip = use_ela and ela.loss == "lexlip_cosine"
         lexicon_term = objective.lexicon_weight > 0
         flops = objective.flops_weight > 0
-        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM, by LexLIP's cosine or
-        # by the lexicon retrieval term (expansion targets are stop-gradient). Only the ELA forms other than
-        # lexlip_cosine act on the image lexicon's raw scale; MLM's cross-entropy ignores the text lexicon's level.
-        flops_text = flops and (objective.mlm_weight > 0 or lexlip or lexicon_term)
+        # Every ELA loss form trains the image lexicon; the text lexicon is trained by MLM (on captions or the text
+        # stream), by LexLIP's cosine or by the lexicon retrieval term (expansion targets are stop-gradient). Only the
+        # ELA forms other than lexlip_cosine act on the image lexicon's raw scale; MLM's cross-entropy ignores the
+        # text lexicon's level.
+        mlm = objective.mlm_weight > 0 or objective.stream_mlm_weight > 0
+        flops_text = flops and (mlm or lexlip or lexicon_term)
         return cls(
             image_lexicon=use_ela or lexicon_term,
             text_lexicon=lexlip or lexicon_term or (expansion and ela.target_source == "online") or flops_text,
@@ -80,6 +82,7 @@ def loss_weights(objective_config, step: jax.Array) -> dict[str, jax.Array]:
         "lexicon": jnp.asarray(objective_config.lexicon_weight, jnp.float32),
         "flops": flops,
         "mlm": jnp.asarray(objective_config.mlm_weight, jnp.float32),
+        "stream_mlm": jnp.asarray(objective_config.stream_mlm_weight, jnp.float32),
     }
 
 
@@ -108,18 +111,27 @@ class ObjectiveBuilder:
     def mlm_inputs(self, batch: dict, rng: jax.Array) -> dict:
         """The corrupted captions and the selected positions for MLM ({} when MLM is off), drawn for the whole batch
         so that micro-batching does not change them."""
-        if self.config.objective.mlm_weight <= 0:
-            return {}
-        maskable = batch["mask"].astype(bool) & ~jnp.asarray(self.vocabulary.special)[batch["token_ids"]]
-        corrupted, selected = objectives.mlm_corrupt(
+        inputs = {}
+        if self.config.objective.mlm_weight > 0:
+            inputs["corrupted"], inputs["selected"] = self.corrupt(batch["token_ids"], batch["mask"], rng)
+        if self.config.objective.stream_mlm_weight > 0:
+            stream_rng = jax.random.fold_in(rng, 1)
+            inputs["stream_corrupted"], inputs["stream_selected"] = self.corrupt(
+                batch["stream_tokens"], batch["stream_mask"], stream_rng
+            )
+        return inputs
+
+    def corrupt(self, token_ids: jax.Array, mask: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """MLM's corrupted tokens and selected positions for one set of sentences."""
+        maskable = mask.astype(bool) & ~jnp.asarray(self.vocabulary.special)[token_ids]
+        return objectives.mlm_corrupt(
             rng,
-            batch["token_ids"],
+            token_ids,
             maskable,
             self.config.objective.mlm_probability,
             self.vocabulary.mask_id,
             self.vocabulary.content.shape[0],
         )
-        return {"corrupted": corrupted, "selected": selected}
 
     def representations(self, params, teacher, batch: dict, mlm: dict) -> dict:
         """Per-example encoder outputs the loss reads, each [batch, ...]."""
@@ -150,10 +162,19 @@ class ObjectiveBuilder:
             reps["text_lexicon"] = text["lexicon"]
         if needs.expansion:
             reps["expansion"] = self.expansion_lexicon(params, teacher, text, batch)
-        if mlm:
+        if "corrupted" in mlm:
             logits = self.model.apply(variables, mlm["corrupted"], batch["mask"], method=ELAModel.mlm_logits)
             reps["mlm_sums"] = objectives.mlm_token_losses(logits, batch["token_ids"], mlm["selected"]).sum(-1)
+        if "stream_corrupted" in mlm:
+            reps["stream_mlm_sums"] = self.stream_mlm_sums(params, batch, mlm)
         return reps
+
+    def stream_mlm_sums(self, params, batch: dict, mlm: dict) -> jax.Array:
+        """[stream rows]: MLM's summed token losses on the unpaired sentences, through the captions' MLM head."""
+        logits = self.model.apply(
+            {"params": params}, mlm["stream_corrupted"], batch["stream_mask"], method=ELAModel.mlm_logits
+        )
+        return objectives.mlm_token_losses(logits, batch["stream_tokens"], mlm["stream_selected"]).sum(-1)
 
     def loss_from_reps(self, params, reps: dict, batch: dict, mlm: dict, step: jax.Array):
         objective = self.config.objective
@@ -186,6 +207,9 @@ class ObjectiveBuilder:
         if objective.mlm_weight > 0:
             selected = jnp.sum(mlm["selected"].astype(jnp.float32))
             terms["mlm"] = jnp.sum(reps["mlm_sums"]) / jnp.maximum(selected, 1.0)
+        if objective.stream_mlm_weight > 0:
+            selected = jnp.sum(mlm["stream_selected"].astype(jnp.float32))
+            terms["stream_mlm"] = jnp.sum(reps["stream_mlm_sums"]) / jnp.maximum(selected, 1.0)
         weights = loss_weights(objective, step)
         loss = sum(weights[name] * value for name, value in terms.items())
         metrics = {f"loss_{name}": value for name, value in terms.items()}
