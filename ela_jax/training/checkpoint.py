@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import re
@@ -86,6 +88,21 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
+    def restore_step(self, step: int, abstract_state):
+        """The state of checkpoint `step` for a reader; CheckpointError in one line (the steps there are, or why the
+        step does not restore) instead of orbax's report."""
+        steps = sorted(self.manager.all_steps())
+        if step not in steps:
+            raise CheckpointError(f"{self.directory} has no checkpoint step {step}; the steps there are {steps}")
+        try:
+            with quiet_libraries_while_restoring():
+                return self.restore(step, abstract_state)
+        except Exception as error:  # noqa: BLE001 - whatever makes the step unreadable, said in one line
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} does not restore ({one_line(error)}); if the config "
+                "changed since it was saved, use the one it was saved with"
+            ) from None
+
     def restore_newest(self, abstract_state, data_iterator=None, set_aside: bool = True):
         """(state, step) of the newest step that restores; None when there is no step. Each newer step that does not
         restore is logged with the reason and, with `set_aside` (a run that will save again), moved to
@@ -95,7 +112,8 @@ class Checkpointer:
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                state = self.restore(step, abstract_state, data_iterator)
+                with quiet_libraries_while_restoring():
+                    state = self.restore(step, abstract_state, data_iterator)
             except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
                 damaged.append((step, one_line(error)))
                 log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, damaged[-1][1])
@@ -105,6 +123,13 @@ class Checkpointer:
             return state, step
         if damaged:
             step, reason = damaged[0]
+            saved_by = saved_process_count(os.path.join(self.directory, str(step)))
+            if saved_by is not None and saved_by != jax.process_count():
+                raise CheckpointError(
+                    f"no checkpoint in {self.directory} restores: step {step} was saved by a job of {saved_by} "
+                    f"processes and this one has {jax.process_count()}; resume it with {saved_by} processes (e.g. "
+                    f"python -m launch.local --processes {saved_by} -- ..., or JAX_NUM_PROCESSES={saved_by})"
+                )
             raise CheckpointError(
                 f"no checkpoint in {self.directory} restores (newest, step {step}: {reason}); if the config changed, "
                 "use the one it was saved with, else move that directory away to start afresh"
@@ -152,6 +177,31 @@ class Checkpointer:
             f"saving a checkpoint under {self.directory} failed: {root_cause(error)}; free space or fix the "
             "directory, then rerun the same command to resume from the last checkpoint"
         )
+
+
+def saved_process_count(step_directory: str) -> int | None:
+    """How many processes saved a checkpoint step: grain writes one `process_<i>-of-<n>.json` per process."""
+    names = glob.glob(os.path.join(step_directory, "data", "process_*-of-*.json"))
+    counts = {int(match[1]) for name in names if (match := re.search(r"-of-(\d+)\.json$", name))}
+    return counts.pop() if len(counts) == 1 else None
+
+
+@contextlib.contextmanager
+def quiet_libraries_while_restoring():
+    """orbax, TensorStore and grain log a failed restore from every array they read, tracebacks included; the caller
+    reports it once, in one line, so their records below CRITICAL are dropped for the attempt."""
+    loggers = [logging.getLogger(name) for name in QUIETED_WHILE_RESTORING]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+QUIETED_WHILE_RESTORING = ("absl", "orbax", "grain", "tensorstore", "jax._src.distributed")
 
 
 def locate(path: str) -> tuple[str, int | None]:
