@@ -9,13 +9,16 @@ import errno
 import json
 import logging
 import os
+import pathlib
 import types
 
 import pytest
 from absl import flags
 from absl import logging as absl_logging
 
-from ela_jax import evaluate
+from ela_jax import evaluate, paths
+from ela_jax.convert import to_pytorch
+from ela_jax.retrieval import export
 from ela_jax.config import ConfigError
 from ela_jax.data import tokenizer
 from ela_jax.experiment import load_config
@@ -216,3 +219,59 @@ def test_a_changed_config_whose_restore_fails_leaves_the_records_as_they_were(tm
     with open(os.path.join(workdir, "config.json")) as f:
         assert f.read() == record
     assert not os.path.exists(os.path.join(workdir, "sharding.json"))
+
+
+# ------------------------------------------------------------------------------ exports: whole or absent
+
+
+def write_export(folder, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_failed_export_leaves_the_previous_one_whole_and_no_partial_files(tmp_path):
+    target = tmp_path / "export"
+    with paths.replaced_whole(str(target), "stats.json") as staging:
+        write_export(pathlib.Path(staging), {"queries.jsonl": "old\n", "stats.json": "{}"})
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    with pytest.raises(OSError, match="No space left"):
+        with paths.replaced_whole(str(target), "stats.json") as staging:
+            write_export(pathlib.Path(staging), {"documents.jsonl": "new\n", "queries.jsonl": "new, cut"})
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(staging, "queries.jsonl"))
+    assert sorted(os.listdir(tmp_path)) == ["export"] and sorted(os.listdir(target)) == ["queries.jsonl", "stats.json"]
+    assert (target / "queries.jsonl").read_text() == "old\n"
+    with paths.replaced_whole(str(target), "stats.json") as staging:  # a complete re-export replaces all of it
+        write_export(pathlib.Path(staging), {"documents.jsonl": "new\n", "stats.json": "{}"})
+    assert sorted(os.listdir(target)) == ["documents.jsonl", "stats.json"] and os.listdir(tmp_path) == ["export"]
+
+
+def test_an_export_target_that_is_a_file_or_holds_other_files_is_refused_before_writing(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="--output .*a_file is an existing file; give a folder"):
+        paths.check_output(str(tmp_path / "a_file"), "stats.json")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("x")
+    with pytest.raises(ConfigError, match="holds files that are no previous export \\(it lacks stats.json\\)"):
+        with paths.replaced_whole(str(tmp_path / "notes"), "stats.json"):
+            pytest.fail("the body must not run")
+    assert os.listdir(tmp_path / "notes") == ["mine.txt"] and sorted(os.listdir(tmp_path)) == ["a_file", "notes"]
+
+
+@pytest.mark.parametrize("command", [export.main, to_pytorch.main], ids=["export", "to_pytorch"])
+def test_exporting_a_workdir_without_a_checkpoint_is_one_line(tmp_path, command):
+    workdir = write_workdir(str(tmp_path / "run"))
+    with pytest.raises(SystemExit) as error:
+        command(["--workdir", workdir, "--output", str(tmp_path / "out")])
+    assert error.value.code == f"export error: no checkpoint under {workdir}/checkpoints; train first"
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_an_export_on_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "queries.jsonl"))
+
+    monkeypatch.setattr(export, "export_workdir", full_disk)
+    with pytest.raises(SystemExit) as error:
+        export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert str(error.value.code).startswith(f"export error: writing {tmp_path}/out/queries.jsonl failed: No space")
+    assert "\n" not in str(error.value.code)
