@@ -41,6 +41,23 @@ def write_text(path: str, text: str) -> None:
             os.remove(temporary)
 
 
+def check_writable(path: str, what: str) -> None:
+    """ConfigError, in one line, unless a file can be written at `path` (its folder is created): checked before long
+    work whose result goes there."""
+    require_local(path, what)
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a folder; give the path of a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{what} {path} cannot be written ({error.strerror or error}); give a writable path"
+        ) from None
+
+
 def write_json(path: str, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=1))
 
