@@ -16,7 +16,7 @@ import pytest
 from absl import flags
 from absl import logging as absl_logging
 
-from ela_jax import evaluate, paths
+from ela_jax import evaluate, paths, train_errors
 from ela_jax.convert import to_pytorch
 from ela_jax.retrieval import export
 from ela_jax.config import ConfigError
@@ -275,3 +275,16 @@ def test_an_export_on_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypa
         export.main(["--workdir", str(tmp_path), "--output", str(tmp_path / "out")])
     assert str(error.value.code).startswith(f"export error: writing {tmp_path}/out/queries.jsonl failed: No space")
     assert "\n" not in str(error.value.code)
+
+
+def test_a_full_disk_during_training_is_one_line_naming_the_path(monkeypatch):
+    def full_disk(config, workdir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{workdir}/metrics.jsonl")
+
+    monkeypatch.setattr(loop, "train", full_disk)
+    with pytest.raises(SystemExit) as error:
+        train_errors.train_or_exit(make_tiny_config(), "W")
+    assert error.value.code == (
+        "output error: writing W/metrics.jsonl failed: No space left on device; free space (or fix the permissions), "
+        "then rerun the same command to resume from the last checkpoint"
+    )
