@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import logging
 import os
 import re
+import sys
 
 import grain
 import jax
@@ -94,14 +96,22 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps())
         if step not in steps:
             raise CheckpointError(f"{self.directory} has no checkpoint step {step}; the steps there are {steps}")
-        try:
-            with quiet_libraries_while_restoring():
-                return self.restore(step, abstract_state)
-        except Exception as error:  # noqa: BLE001 - whatever makes the step unreadable, said in one line
+        state, reason = self._try_restore(step, abstract_state)
+        if reason:
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} does not restore ({one_line(error)}); if the config "
-                "changed since it was saved, use the one it was saved with"
-            ) from None
+                f"checkpoint step {step} in {self.directory} does not restore ({reason}); if the config changed "
+                "since it was saved, use the one it was saved with"
+            )
+        return state
+
+    def _try_restore(self, step: int, abstract_state, data_iterator=None):
+        """(state, '') or (None, why not in one line), whatever makes the step unreadable. The error is dropped inside
+        the quieting: what orbax left behind is collected, unreported, before it ends."""
+        with quiet_libraries_while_restoring():
+            try:
+                return self.restore(step, abstract_state, data_iterator), ""
+            except Exception as error:  # noqa: BLE001 - an older step may serve, or the caller says it in one line
+                return None, one_line(error)
 
     def restore_newest(self, abstract_state, data_iterator=None, set_aside: bool = True):
         """(state, step) of the newest step that restores; None when there is no step. Each newer step that does not
@@ -111,12 +121,10 @@ class Checkpointer:
         (a config that no longer fits them)."""
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                with quiet_libraries_while_restoring():
-                    state = self.restore(step, abstract_state, data_iterator)
-            except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
-                damaged.append((step, one_line(error)))
-                log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, damaged[-1][1])
+            state, reason = self._try_restore(step, abstract_state, data_iterator)
+            if reason:
+                damaged.append((step, reason))
+                log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, reason)
                 continue
             if set_aside:
                 self._set_aside([step for step, _ in damaged])
@@ -188,17 +196,32 @@ def saved_process_count(step_directory: str) -> int | None:
 
 @contextlib.contextmanager
 def quiet_libraries_while_restoring():
-    """orbax, TensorStore and grain log a failed restore from every array they read, tracebacks included; the caller
-    reports it once, in one line, so their records below CRITICAL are dropped for the attempt."""
+    """orbax, TensorStore and grain report a failed restore from every array they read, tracebacks included: as log
+    records, and as "Exception ignored" reports of the reading coroutines that failed beside the one raised. The caller
+    reports the failure once, in one line, so for the attempt their records below CRITICAL are dropped, and so are the
+    reports of orbax's coroutines (collected before it ends, so none is reported later)."""
     loggers = [logging.getLogger(name) for name in QUIETED_WHILE_RESTORING]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _without_orbax_coroutines(previous_hook)
     try:
         yield
     finally:
+        gc.collect()
+        sys.unraisablehook = previous_hook
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def _without_orbax_coroutines(unraisablehook):
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
+            unraisablehook(unraisable)
+
+    return hook
 
 
 QUIETED_WHILE_RESTORING = ("absl", "orbax", "grain", "tensorstore", "jax._src.distributed")
