@@ -332,6 +332,7 @@ def evaluate_command(workdir: str, *overrides: str) -> subprocess.CompletedProce
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # two evaluate commands; tests/test_readers.py covers each behaviour without them
 @pytest.mark.integration
 def test_the_evaluate_command_past_a_damaged_checkpoint_keeps_the_runs_record(uninterrupted, tmp_path):
     """One line for the skipped step, no traceback; the reader's file is named by the step it read, and the run's own
