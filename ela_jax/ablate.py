@@ -586,13 +586,18 @@ def write_outputs(
     # Written aside and renamed: workers sharing the grid rewrite these concurrently, and a reader never sees half.
     prefix = f".tmp.{socket.gethostname()}.{os.getpid()}."  # the extension stays last: matplotlib reads the format
     outputs = {name: os.path.join(root, prefix + name) for name in ("table.json", "table.md", "ablation.png")}
-    with open(outputs["table.json"], "w") as f:
-        json.dump(table, f, indent=1)
-    with open(outputs["table.md"], "w") as f:
-        f.write(markdown_table(table))
-    bar_chart(table, outputs["ablation.png"])
-    for name, path in outputs.items():
-        os.replace(path, os.path.join(root, name))
+    try:
+        with open(outputs["table.json"], "w") as f:
+            json.dump(table, f, indent=1)
+        with open(outputs["table.md"], "w") as f:
+            f.write(markdown_table(table))
+        bar_chart(table, outputs["ablation.png"])
+        for name, path in outputs.items():
+            os.replace(path, os.path.join(root, name))
+    finally:  # a failed write (a full disk) leaves the previous tables and no partial files
+        for path in outputs.values():
+            if os.path.exists(path):
+                os.remove(path)
     return table
 
 
@@ -633,6 +638,8 @@ def main(argv) -> None:
         )
     except config_lib.ConfigError as error:
         sys.exit(f"ablation error: {error}")
+    except OSError as error:  # the tables could not be written; the runs' own workdirs are whole
+        sys.exit(f"ablation error: writing {error.filename or _WORKDIR.value} failed: {error.strerror or error}")
     print(markdown_table(report.table))
     print(
         f"trained {len(report.trained)}, already finished {len(report.skipped)}, held by other workers "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import importlib
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -358,3 +359,19 @@ def test_a_bad_grid_file_is_one_line(tmp_path, text, expected):
 def test_seeds_out_of_range_are_refused(seeds):
     with pytest.raises(ValueError, match=r"--seeds must be in \[0, 2147483647\]"):
         ablate.parse_seeds(seeds)
+
+
+def test_tables_that_cannot_be_written_leave_the_previous_ones_and_no_partial_files(tmp_path, monkeypatch):
+    root, entries = str(tmp_path), [ablate.Entry("a", {}, seeds=1)]
+    monkeypatch.setattr(ablate, "bar_chart", lambda table, path: pathlib.Path(path).write_bytes(b"chart"))
+    ablate.write_outputs(entries, [0], root, {})
+    before = {name: (tmp_path / name).read_bytes() for name in ("table.json", "table.md", "ablation.png")}
+
+    def full_disk(table, path):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(ablate, "bar_chart", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ablate.write_outputs(entries, [0], root, {"a/seed0": "x"})
+    assert sorted(os.listdir(root)) == ["ablation.png", "table.json", "table.md"]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
