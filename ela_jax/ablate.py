@@ -5,10 +5,15 @@ differences to a reference row (--reference, default beta0) paired by seed (tabl
     python -m ela_jax.ablate --config configs/demo.py --grid ela --seeds 0,1,2 --workdir runs/ablation \
         [--grid_file configs/ablation.py] [--config.KEY=VALUE ...]
 
-Command-line overrides change the base config; each grid entry's overrides then apply on top of it. A run is
-finished when its `eval/results.json` exists; rerunning the command skips finished runs and resumes a half-finished
-one from its latest checkpoint, so a killed grid loses at most one checkpoint interval. The table is rewritten after
-every finished run, so partial results are always on disk.
+Command-line overrides change the base config; each grid entry's overrides then apply on top of it. A run's
+identity is its whole resolved config: a workdir trained under another one (other overrides, another base config, a
+changed model, tokenizer or eval section) is refused in one line and left out of the table, or moved aside and
+retrained with --retrain_mismatched; it is never averaged in. A run is finished when the training run recorded its
+final step's evaluation (`eval/results.json` at step `total_steps`) and that step's checkpoint is on disk; what
+`python -m ela_jax.evaluate` writes never counts. Rerunning the command skips finished runs and resumes a
+half-finished one from its latest checkpoint, so a killed grid loses at most one checkpoint interval. The table is
+rewritten after every finished run, so partial results are always on disk. A grid stopped by SIGTERM (a preempted
+job) exits with status 3, so a scheduler reruns it.
 
 Several workers may share one grid (two processes pinned to a core each, or one per machine on a shared disk): a
 worker claims a run with an exclusive lock (flock) on a file in its workdir and the others skip it. The kernel drops a
@@ -73,6 +78,7 @@ PAIRED = (
     ("nnz/image", ("lexicon_nonzeros", "image")),
 )
 REFERENCE = "beta0"
+MAX_SEED = 2**31 - 1  # seeds reach numpy, grain and jax.random as 32-bit integers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,7 @@ class GridReport:
     busy: list[str]  # claimed by another live worker
     failed: dict[str, str]  # run -> one-line reason; retried by the next invocation
     table: dict
+    preempted: bool = False  # SIGTERM stopped the run in flight (its checkpoint is saved)
 
 
 def load_grid(path: str, name: str) -> list[Entry]:
@@ -100,10 +107,23 @@ def load_grid(path: str, name: str) -> list[Entry]:
     if spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"grid file {path!r} does not exist")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    grids = module.GRIDS
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(f"grid file {path} does not parse: {error.msg} at line {error.lineno}") from None
+    grids = getattr(module, "GRIDS", None)
+    if not isinstance(grids, dict):
+        raise ValueError(f"grid file {path} defines no GRIDS dict (GRIDS = {{name: [entry dicts]}})")
     if name not in grids:
         raise KeyError(f"grid {name!r} is not in {path}; it defines {sorted(grids)}")
+    fields = [field.name for field in dataclasses.fields(Entry)]
+    for position, row in enumerate(grids[name]):
+        unknown = sorted(set(row) - set(fields)) if isinstance(row, dict) else None
+        if unknown is None or unknown or "name" not in row or not isinstance(row.get("overrides", {}), dict):
+            raise ValueError(
+                f"grid {name!r} row {position} ({row!r}) is not a dict of {fields}"
+                + (f": unknown field(s) {unknown}" if unknown else "")
+            )
     entries = [Entry(**row) for row in grids[name]]
     names = [entry.name for entry in entries]
     if len(set(names)) != len(names):
@@ -128,14 +148,22 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must list distinct integers, got {text!r}")
+    out_of_range = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if out_of_range:
+        raise ValueError(f"--seeds must be in [0, {MAX_SEED}], got {out_of_range[0]} in {text!r}")
     return seeds
 
 
 def entry_config(base: ml_collections.ConfigDict, entry: Entry, seed: int) -> ml_collections.ConfigDict:
-    """The base config with the entry's overrides and `seed` (model init, data order, MLM masks)."""
+    """The base config with the entry's overrides and `seed` (model init, data order, MLM masks); an override the
+    config cannot take (unknown key, wrong type) is a ConfigError naming the entry."""
     config = copy.deepcopy(base)
     for key, value in entry.overrides.items():
-        config_lib.set_dotted(config, key, value)
+        try:
+            config_lib.set_dotted(config, key, value)
+        except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise config_lib.ConfigError(f"grid entry {entry.name!r}: {key}={value!r}: {message}") from None
     config.seed = seed
     return config
 
@@ -157,8 +185,13 @@ def check_run_spec(workdir: str, spec: dict) -> None:
     path = os.path.join(workdir, RUN_SPEC_FILE)
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        stored = json.load(f)
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except ValueError as error:
+        raise config_lib.ConfigError(
+            f"{path} is unreadable ({error}); delete the workdir or pass --retrain_mismatched"
+        ) from None
     if stored != json.loads(json.dumps(spec)):
         raise config_lib.ConfigError(
             f"{workdir} was trained with {stored['overrides']} (seed {stored['seed']}), not {spec['overrides']} "
@@ -166,20 +199,32 @@ def check_run_spec(workdir: str, spec: dict) -> None:
         )
 
 
-# The base config's part of a run (the model and tokenizer come from the entry's overrides, checked by the run spec;
-# towers from a checkpoint rewrite the model section when built). Equal length too: the training loop itself lets
-# total_steps grow between restarts.
-COMPARED_SECTIONS = ("seed", "batch_size", "total_steps", "data", "objective", "optim")
+# What cannot change a run's numbers: where and how it computes, logs and checkpoints. Everything else of the
+# resolved config (model, tokenizer and eval sections included) is the run's identity.
+COMPUTE_ONLY_SECTIONS = ("mesh", "log", "checkpoint", "train")
 
 
 def check_base_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses a workdir trained from another base config (e.g. a changed configs/demo.py): the run spec records only
-    the entry's overrides, the workdir's config.json all of it."""
-    differing = restarts.workdir_config_differences(workdir, config, COMPARED_SECTIONS)
-    if differing:
+    """Refuses a workdir whose config.json (the whole config the run trained under) differs from `config` outside the
+    compute-only sections: its results belong to another experiment. Towers loaded from a checkpoint take their
+    architecture from it (compared through init.*), and an unreadable config.json cannot vouch for its results."""
+    wanted = json.loads(config.to_json_best_effort())
+    sections = [section for section in wanted if section not in COMPUTE_ONLY_SECTIONS]
+    free = restarts.FREE_BETWEEN_RESTARTS
+    free += ("model.text",) * bool(config.init.text_tower) + ("model.image",) * bool(config.init.image_tower)
+    try:
+        differing = restarts.workdir_config_differences(workdir, config, sections, free)
+    except ValueError as error:
         raise config_lib.ConfigError(
-            f"{workdir} was trained from another base config ({', '.join(differing[:6])} differ); pass the base "
-            "config it used (e.g. --config.KEY=VALUE) or use another --workdir"
+            f"{workdir}/config.json is unreadable ({error}); its results cannot be attributed to a config: delete "
+            "the workdir or pass --retrain_mismatched"
+        ) from None
+    if differing:
+        listed = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
+        raise config_lib.ConfigError(
+            f"{workdir} was trained from another base config ({listed} differ); pass the config it used "
+            "(e.g. --config.KEY=VALUE), use another --workdir, or pass --retrain_mismatched to move it aside and "
+            "retrain"
         )
 
 
@@ -189,8 +234,34 @@ def write_run_spec(workdir: str, spec: dict) -> None:
         json.dump(spec, f, indent=1)
 
 
-def is_finished(workdir: str) -> bool:
-    return os.path.isfile(os.path.join(workdir, RESULTS_FILE))
+def is_finished(workdir: str, total_steps: int) -> bool:
+    """The training run recorded the evaluation of its final step and that step's checkpoint is on disk (an
+    evaluation of an earlier checkpoint, or of a run cut short, is not a finished run)."""
+    try:
+        with open(os.path.join(workdir, RESULTS_FILE)) as f:
+            recorded_step = json.load(f).get("step")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded_step == total_steps and os.path.isdir(os.path.join(workdir, "checkpoints", str(total_steps)))
+
+
+def identity_mismatch(workdir: str, entry: Entry, seed: int, config: ml_collections.ConfigDict) -> str:
+    """'' when `workdir` is new or holds a run of exactly this entry, seed and config; else why not, in one line."""
+    try:
+        check_run_spec(workdir, run_spec(entry, seed))
+        check_base_config(workdir, config)
+    except config_lib.ConfigError as error:
+        return str(error)
+    return ""
+
+
+def move_aside(workdir: str) -> str:
+    """Renames a mismatched run's workdir to `<workdir>.mismatched[.N]` (kept, out of the table) and returns it."""
+    target, suffix = f"{workdir}.mismatched", 1
+    while os.path.exists(target):
+        target, suffix = f"{workdir}.mismatched.{suffix}", suffix + 1
+    os.replace(workdir, target)
+    return target
 
 
 _HELD_LOCKS: dict[str, WorkdirLock] = {}
@@ -243,6 +314,9 @@ def train_run(base: ml_collections.ConfigDict, entry: Entry, seed: int, workdir:
     return "trained", ""
 
 
+PREEMPTED_STATUS = 3  # a grid stopped by SIGTERM: rerun the same command to go on
+
+
 def run_grid(
     base: ml_collections.ConfigDict,
     entries: list[Entry],
@@ -250,28 +324,49 @@ def run_grid(
     root: str,
     only: frozenset[str] | None = None,
     reference: str = REFERENCE,
+    retrain_mismatched: bool = False,
 ) -> GridReport:
     """Trains every unfinished, unclaimed (entry, seed) under root/<entry>/seed<N> (of the entries named in `only`,
-    when given), rewriting the table of the whole grid after each run."""
+    when given), rewriting the table of the whole grid after each run. The table holds only finished runs whose
+    config is the one the grid asks for; a mismatched workdir is reported as failed (or, with `retrain_mismatched`,
+    moved aside and retrained)."""
     require_local(root, "the grid's root")
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
-    for entry, seed in schedule([entry for entry in entries if only is None or entry.name in only], seeds):
+    finished: set[str] = set()
+    mine = [entry for entry in entries if only is None or entry.name in only]
+    to_train = []
+    for entry, seed in schedule(entries, seeds):  # the whole grid: the table covers every entry
         name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
         try:
-            check_base_config(workdir, entry_config(base, entry, seed))
+            config = entry_config(base, entry, seed)
         except config_lib.ConfigError as error:
-            print(f"   {name}: {error}", flush=True)
-            report.failed[name] = str(error)
+            mismatch = str(error)
+        else:
+            mismatch = identity_mismatch(workdir, entry, seed, config)
+        if entry not in mine:
+            if not mismatch and is_finished(workdir, config.total_steps):
+                finished.add(name)
             continue
-        if is_finished(workdir):
+        if mismatch and not (retrain_mismatched and not mismatch.startswith("grid entry")):
+            print(f"   {name}: {mismatch}", flush=True)
+            report.failed[name] = mismatch
+        elif not mismatch and is_finished(workdir, config.total_steps):
             report.skipped.append(name)
-            continue
+            finished.add(name)
+        else:
+            to_train.append((entry, seed, config, bool(mismatch)))
+    for entry, seed, config, mismatched in to_train:
+        name, workdir = run_name(entry, seed), os.path.join(root, entry.name, f"seed{seed}")
         if not claim_run(workdir):
             report.busy.append(name)
             continue
         try:
-            if is_finished(workdir):  # finished by another worker between the check and the claim
+            if mismatched:
+                print(f"   {name}: moved the mismatched run to {move_aside(workdir)}", flush=True)
+                claim_run(workdir)  # the lock file moved with the old workdir
+            elif is_finished(workdir, config.total_steps):  # finished by another worker between the check and claim
                 report.skipped.append(name)
+                finished.add(name)
                 continue
             print(f"== {name}: {entry.overrides}", flush=True)
             outcome, detail = train_run(base, entry, seed, workdir)
@@ -279,22 +374,29 @@ def run_grid(
             release_run(workdir)
         if outcome == "preempted":
             print(f"   preempted at step {detail}; rerun the command to resume", flush=True)
+            report.preempted = True
             break
         if outcome == "failed":
             print(f"   {name} failed: {detail}", flush=True)
             report.failed[name] = detail
-        else:
+        elif is_finished(workdir, config.total_steps):
             report.trained.append(name)
-        report.table = write_outputs(entries, seeds, root, report.failed, reference)
-    report.table = write_outputs(entries, seeds, root, report.failed, reference)
+            finished.add(name)
+        else:
+            report.failed[name] = f"training ended without recording the evaluation of step {config.total_steps}"
+        report.table = write_outputs(entries, seeds, root, report.failed, reference, frozenset(finished))
+    report.table = write_outputs(entries, seeds, root, report.failed, reference, frozenset(finished))
     return report
 
 
-def read_results(entry: Entry, seeds: list[int], root: str) -> dict[int, dict]:
-    """seed -> eval results of the entry's finished runs."""
+def read_results(entry: Entry, seeds: list[int], root: str, finished: frozenset[str] | None = None) -> dict[int, dict]:
+    """seed -> eval results of the entry's finished runs (those named in `finished`, when given: run_grid passes the
+    runs whose config and final record it checked)."""
     results = {}
     for seed in entry_seeds(entry, seeds):
         path = os.path.join(root, entry.name, f"seed{seed}", RESULTS_FILE)
+        if finished is not None and run_name(entry, seed) not in finished:
+            continue
         if os.path.isfile(path):
             with open(path) as f:
                 results[seed] = json.load(f)
@@ -345,10 +447,11 @@ def summarise(
     root: str,
     failed: dict[str, str] | None = None,
     reference: str = REFERENCE,
+    finished: frozenset[str] | None = None,
 ) -> dict:
     """The table as JSON: per entry, per score, mean ± std over the finished seeds of every metric; the unnamed-object
     measure; and the differences to the `reference` entry paired by seed (when the grid has that entry)."""
-    by_name = {entry.name: read_results(entry, seeds, root) for entry in entries}
+    by_name = {entry.name: read_results(entry, seeds, root, finished) for entry in entries}
     rows = []
     for entry in entries:
         results = by_name[entry.name]
@@ -461,7 +564,8 @@ def bar_chart(table: dict, path: str) -> str:
     axes.set_yticks([i + height * (len(scores) - 1) / 2 for i in range(len(rows))], labels)
     axes.invert_yaxis()
     axes.set_xlabel("held-out RSUM (mean ± std over seeds)")
-    axes.legend(loc="lower right")
+    if rows:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -469,21 +573,31 @@ def bar_chart(table: dict, path: str) -> str:
 
 
 def write_outputs(
-    entries: list[Entry], seeds: list[int], root: str, failed: dict[str, str], reference: str = REFERENCE
+    entries: list[Entry],
+    seeds: list[int],
+    root: str,
+    failed: dict[str, str],
+    reference: str = REFERENCE,
+    finished: frozenset[str] | None = None,
 ) -> dict:
     """table.json, table.md and ablation.png under root; returns the table."""
-    table = summarise(entries, seeds, root, failed, reference)
+    table = summarise(entries, seeds, root, failed, reference, finished)
     os.makedirs(root, exist_ok=True)
     # Written aside and renamed: workers sharing the grid rewrite these concurrently, and a reader never sees half.
     prefix = f".tmp.{socket.gethostname()}.{os.getpid()}."  # the extension stays last: matplotlib reads the format
     outputs = {name: os.path.join(root, prefix + name) for name in ("table.json", "table.md", "ablation.png")}
-    with open(outputs["table.json"], "w") as f:
-        json.dump(table, f, indent=1)
-    with open(outputs["table.md"], "w") as f:
-        f.write(markdown_table(table))
-    bar_chart(table, outputs["ablation.png"])
-    for name, path in outputs.items():
-        os.replace(path, os.path.join(root, name))
+    try:
+        with open(outputs["table.json"], "w") as f:
+            json.dump(table, f, indent=1)
+        with open(outputs["table.md"], "w") as f:
+            f.write(markdown_table(table))
+        bar_chart(table, outputs["ablation.png"])
+        for name, path in outputs.items():
+            os.replace(path, os.path.join(root, name))
+    finally:  # a failed write (a full disk) leaves the previous tables and no partial files
+        for path in outputs.values():
+            if os.path.exists(path):
+                os.remove(path)
     return table
 
 
@@ -501,6 +615,11 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/ablation", "Root of the per-run 
 _REFERENCE = flags.DEFINE_string(
     "reference", REFERENCE, "Entry the table's paired differences are taken against (absent from the grid: none)."
 )
+_RETRAIN_MISMATCHED = flags.DEFINE_bool(
+    "retrain_mismatched",
+    False,
+    "Move a run's workdir trained under another config to <workdir>.mismatched and retrain it (default: refuse it).",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -513,15 +632,29 @@ def main(argv) -> None:
         only = select_entries(entries, _ENTRIES.value)
     except (FileNotFoundError, KeyError, ValueError) as error:
         sys.exit(f"ablation error: {error}")
-    report = run_grid(_CONFIG.value, entries, seeds, _WORKDIR.value, only, _REFERENCE.value)
+    try:
+        report = run_grid(
+            _CONFIG.value, entries, seeds, _WORKDIR.value, only, _REFERENCE.value, _RETRAIN_MISMATCHED.value
+        )
+    except config_lib.ConfigError as error:
+        sys.exit(f"ablation error: {error}")
+    except OSError as error:  # the tables could not be written; the runs' own workdirs are whole
+        sys.exit(f"ablation error: writing {error.filename or _WORKDIR.value} failed: {error.strerror or error}")
     print(markdown_table(report.table))
     print(
         f"trained {len(report.trained)}, already finished {len(report.skipped)}, held by other workers "
-        f"{len(report.busy)}, failed {len(report.failed)}; "
-        f"tables and plot in {_WORKDIR.value}"
+        f"{len(report.busy)}, failed {len(report.failed)}"
+        + (", stopped by SIGTERM (rerun the command to go on)" if report.preempted else "")
+        + f"; tables and plot in {_WORKDIR.value}"
     )
-    if report.failed:
-        sys.exit(1)
+    sys.exit(exit_status(report))
+
+
+def exit_status(report: GridReport) -> int:
+    """PREEMPTED_STATUS for a grid SIGTERM stopped, 1 when a run failed, else 0: wrappers rerun a non-zero grid."""
+    if report.preempted:
+        return PREEMPTED_STATUS
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

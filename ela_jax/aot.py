@@ -56,6 +56,8 @@ CHIPS = {
     "v6e": Chip("v6e", "v6e", 1, 2, "default", 32 * GIB, 918e12, 1640e9),
 }
 SLICE_ALIASES = {"v5litepod": "v5e"}
+# The largest power-of-two slice of each generation's pod (v4: 4096 chips, v5e and v6e: 256, v5p: 8960), in chips.
+MAX_SLICE_CHIPS = {"v4": 4096, "v5e": 256, "v5p": 8192, "v6e": 256}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,12 @@ def parse_slice(name: str, num_slices: int = 1) -> Slice:
         raise ConfigError(
             f"{name}: {chip.name} slices have a power-of-two number of chips, 1 or at least 4 ({per_chip * 4}, "
             f"{per_chip * 8}, ... in the name), e.g. v5e-256 or v5p-128"
+        )
+    largest = MAX_SLICE_CHIPS[chip.name]
+    if chips > largest:
+        raise ConfigError(
+            f"{name}: a {chip.name} slice has at most {largest} chips ({chip.name}-{largest * per_chip} in the name), "
+            "e.g. v5e-256 or v5p-128; use --num_slices for more"
         )
     if num_slices < 1:
         raise ConfigError(f"--num_slices must be >= 1, got {num_slices}")

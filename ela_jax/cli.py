@@ -50,13 +50,18 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags.FLAGS["config"].value.keys()  # a config file that failed to load says why only when first read
         return remaining
     except (AttributeError, KeyError) as error:  # an override naming a key the config does not have
-        key, *hint = [line.strip("'\"") for line in _lines(error)]
-        sys.exit(f"flag error: the config has no key {key!r} (in a --config.KEY override); {' '.join(hint)}".strip())
+        sys.exit(unknown_key_message(error))
     except (flags.Error, OSError) as error:
         lines = _lines(error)
         if any(line.startswith("Traceback") for line in lines):  # keep what was raised, not where
             lines = lines[-1:]
         sys.exit(f"flag error: {' '.join(lines)}")
+
+
+def unknown_key_message(error: BaseException) -> str:
+    """The one line for an override naming a key the config lacks (ml_collections' AttributeError or KeyError)."""
+    key, *hint = [line.strip("'\"") for line in _lines(error)]
+    return f"flag error: the config has no key {key!r} (in a --config.KEY override); {' '.join(hint)}".strip()
 
 
 def _lines(error: BaseException) -> list[str]:

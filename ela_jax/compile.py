@@ -17,9 +17,9 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
-from ela_jax import aot
+from ela_jax import aot, paths
 from ela_jax import config as config_lib
-from ela_jax.cli import quiet_libraries
+from ela_jax.cli import parse_flags, quiet_libraries
 from ela_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -50,12 +50,15 @@ def main(argv) -> None:
 
     def write(report: dict) -> None:
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(report, f, indent=1)
+            try:
+                paths.write_json(os.path.abspath(path), report)
+            except OSError as error:
+                sys.exit(f"compile error: writing {path} failed: {error.strerror or error}")
 
     config = _CONFIG.value
     try:
+        if path:  # before compiling: minutes of work must not end in a report nowhere to go
+            paths.check_writable(path, "--output" if _OUTPUT.value else "--workdir")
         tpu = aot.parse_slice(_TOPOLOGY.value, _NUM_SLICES.value)
         target = aot.SliceTarget(config, tpu, _WORKDIR.value or tempfile.mkdtemp(prefix="ela_compile_"))
         report = {
@@ -88,4 +91,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

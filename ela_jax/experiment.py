@@ -100,7 +100,7 @@ class Experiment:
         abstract_state = self.state_factory().abstract_with_shardings()
         try:
             if step is not None:
-                return checkpointer.restore(step, abstract_state), step
+                return checkpointer.restore_step(step, abstract_state), step
             newest = checkpointer.restore_newest(abstract_state, set_aside=False)
         finally:
             checkpointer.close()
@@ -145,8 +145,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(require_local(workdir, "the workdir"), "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist; is {workdir!r} a training workdir?")
-    with open(path) as f:
-        raw = json.load(f)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except ValueError as error:
+        raise config_lib.ConfigError(
+            f"{path} is unreadable ({error}); copy back a config.before_step_<N>.json if there is one, or rerun "
+            "training with the config it used (training rewrites the file)"
+        ) from None
+    if not isinstance(raw, dict):
+        raise config_lib.ConfigError(f"{path} holds {type(raw).__name__}, not a config; rerun training to rewrite it")
     config = config_lib.base_config()
     config.unlock()
     config.update_from_flattened_dict(_flatten(raw))

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import glob
 import importlib.util
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ela_jax import config as config_lib
-from ela_jax import host_allocator
+from ela_jax import host_allocator, paths
 from ela_jax.errors import ConfigError, DistributedConfigError
 
 # The JAX side applies the host-allocator settings on import, before JAX starts XLA:CPU's threads at its first
@@ -285,5 +284,4 @@ def sharding_report(mesh: Mesh, param_shardings: Any, abstract_params: Any) -> d
 
 
 def write_sharding_report(path: str, report: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    paths.write_json(path, report)  # replaced whole: a full disk leaves the previous report, not a cut one

@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import re
+import shutil
+import tempfile
 
 from ela_jax.config import ConfigError
 
@@ -39,6 +41,23 @@ def write_text(path: str, text: str) -> None:
             os.remove(temporary)
 
 
+def check_writable(path: str, what: str) -> None:
+    """ConfigError, in one line, unless a file can be written at `path` (its folder is created): checked before long
+    work whose result goes there."""
+    require_local(path, what)
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a folder; give the path of a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{what} {path} cannot be written ({error.strerror or error}); give a writable path"
+        ) from None
+
+
 def write_json(path: str, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=1))
 
@@ -57,3 +76,49 @@ def held_exclusively(path: str):
         yield
     finally:
         os.close(descriptor)  # closing the last descriptor releases the lock
+
+
+def check_output(target: str, marker: str, what: str = "--output") -> str:
+    """The absolute path of `target` when an export may go there (see `replaced_whole`); ConfigError otherwise.
+    Cheap: callers check before the work that fills the export."""
+    target = os.path.abspath(require_local(target, what))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"{what} {target} is an existing file; give a folder (it is created if missing)")
+    if os.path.isdir(target) and os.listdir(target) and not os.path.exists(os.path.join(target, marker)):
+        raise ConfigError(
+            f"{what} {target} holds files that are no previous export (it lacks {marker}); give a new or empty folder"
+        )
+    return target
+
+
+def one_line_os_error(error: OSError, output: str) -> str:
+    """A failed write (a full disk, no permission) as one line naming the path."""
+    return (
+        f"writing {error.filename or output} failed: {error.strerror or error}; nothing of it was kept (a previous "
+        f"export in {output} is left as it was)"
+    )
+
+
+@contextlib.contextmanager
+def replaced_whole(target: str, marker: str, what: str = "--output"):
+    """Yields a new folder beside `target` to write an output into; once the body completes, the folder replaces
+    `target` (a previous output there is removed), and if the body raises, the folder is removed. So `target` holds a
+    complete output, the previous one, or nothing: never a mix or a cut file. A `target` that is a file, or a folder
+    holding other files than a previous output (recognised by its `marker` file), is refused before anything is
+    written."""
+    target = check_output(target, marker, what)
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(target):
+            previous = tempfile.mkdtemp(prefix=f".{name}.previous-", dir=parent)
+            os.replace(target, os.path.join(previous, name))
+            os.replace(staging, target)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)

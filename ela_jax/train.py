@@ -7,11 +7,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from ela_jax import config as config_lib
 from ela_jax import parallel
 from ela_jax.cli import parse_flags, quiet_libraries
-from ela_jax.data.records import TooManySkipsError
-from ela_jax.training.workdir_lock import WorkdirBusy
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; training resumes from its latest checkpoint.")
@@ -31,20 +28,9 @@ def main(argv) -> None:
     except parallel.DistributedConfigError as error:
         sys.exit(f"distributed setup error: {error}")
     # After distributed init: importing JAX backends early is harmless, using them is not.
-    from ela_jax.training import checkpoint, loop
+    from ela_jax.train_errors import train_or_exit
 
-    try:
-        results = loop.train(_CONFIG.value, _WORKDIR.value)
-    except config_lib.ConfigError as error:
-        sys.exit(f"config error: {error}")
-    except loop.TrainingDiverged as error:
-        sys.exit(f"training stopped: {error}")
-    except WorkdirBusy as error:
-        sys.exit(f"workdir busy: {error}")
-    except checkpoint.CheckpointError as error:
-        sys.exit(f"checkpoint error: {error}")
-    except TooManySkipsError as error:
-        sys.exit(f"data error: {error}")
+    results = train_or_exit(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
         return

@@ -7,12 +7,14 @@ Each process gets JAX_COORDINATOR_ADDRESS (a free local port), JAX_NUM_PROCESSES
 and a fake device count in XLA_FLAGS, which `ela_jax.parallel.initialize_distributed` turns into
 `jax.distributed.initialize`. Output lines are prefixed with the process id; SIGINT/SIGTERM are forwarded to every
 process (the trainer then saves a checkpoint at a step all processes agree on); when one process fails, the others are
-stopped and the launcher exits with the failed process's status.
+stopped and the launcher exits with the failed process's status. When the launcher itself dies (killed, even by
+SIGKILL), the kernel sends every process SIGTERM (Linux's parent-death signal), so no worker runs on unseen.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -47,6 +49,23 @@ def process_env(base: dict[str, str], process_id: int, processes: int, devices: 
     }
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def die_with(launcher_pid: int):
+    """A Popen preexec_fn: the child gets SIGTERM when the launcher dies, and ends at once if it already has. None
+    off Linux, which has no parent-death signal."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher_pid:  # the launcher died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def stream_lines(process: subprocess.Popen, prefix: str, lock: threading.Lock) -> None:
     for line in process.stdout:
         with lock:
@@ -68,6 +87,7 @@ class LocalJob:
                 text=True,
                 errors="replace",
                 start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only, which forwards it once
+                preexec_fn=die_with(os.getpid()),  # before any thread of the launcher starts
             )
             for index in range(processes)
         ]

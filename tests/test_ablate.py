@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import importlib
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -212,7 +213,7 @@ def test_every_entry_of_the_expansion_grids_is_a_valid_config(grid, config_name)
 def test_workers_share_a_grid_through_run_locks(tmp_path):
     root = str(tmp_path)
     entries = [ablate.Entry("done", {}, seeds=1), ablate.Entry("held", {}, seeds=1)]
-    write_results(root, "done/seed0", 50.0, None)
+    fake_finished_run(root, entries[0], 0, make_tiny_config())
     held = os.path.join(root, "held", "seed0")
     assert ablate.claim_run(held) and not ablate.claim_run(held)  # this process holds it now
 
@@ -241,3 +242,136 @@ def test_workers_share_a_grid_through_run_locks(tmp_path):
     holder.wait()
     assert ablate.claim_run(held)
     ablate.release_run(held)
+
+
+def fake_finished_run(root: str, entry, seed: int, base, rsum: float = 50.0, **trained_with) -> str:
+    """A workdir as a finished grid run leaves it, without training: its config.json (the entry's config, changed by
+    the dotted `trained_with`), run spec, final checkpoint directory and final evaluation record."""
+    config = ablate.entry_config(base, entry, seed)
+    for key, value in trained_with.items():
+        config_lib.set_dotted(config, key, value)
+    workdir = os.path.join(root, entry.name, f"seed{seed}")
+    os.makedirs(os.path.join(workdir, "checkpoints", str(config.total_steps)))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort())
+    ablate.write_run_spec(workdir, ablate.run_spec(entry, seed))
+    write_results(root, run_name := f"{entry.name}/seed{seed}", rsum, None)
+    with open(results_path(root, run_name)) as f:
+        results = json.load(f)
+    with open(results_path(root, run_name), "w") as f:
+        json.dump({**results, "step": config.total_steps}, f)
+    return workdir
+
+
+def test_a_finished_run_of_another_model_or_eval_config_is_refused_not_averaged(tmp_path):
+    root, base = str(tmp_path), make_tiny_config()
+    entry = ablate.Entry("a", {}, seeds=3)
+    fake_finished_run(root, entry, 0, base, rsum=40.0, **{"model.image.depth": 3})
+    fake_finished_run(root, entry, 1, base, rsum=60.0)
+    fake_finished_run(root, entry, 2, base, rsum=20.0, **{"eval.scores": ("global",)})
+    report = ablate.run_grid(base, [entry], [0, 1, 2], root)
+    assert report.skipped == ["a/seed1"] and not report.trained
+    assert sorted(report.failed) == ["a/seed0", "a/seed2"]
+    assert "model.image.depth" in report.failed["a/seed0"] and "--retrain_mismatched" in report.failed["a/seed0"]
+    assert "eval.scores" in report.failed["a/seed2"]
+    (row,) = report.table["rows"]
+    assert row["seeds_finished"] == [1] and row["scores"]["global"]["rsum"]["values"] == [60.0]
+    assert ablate.exit_status(report) == 1
+
+
+def test_retrain_mismatched_moves_the_old_run_aside_and_trains_it_again(tmp_path, monkeypatch):
+    root, base = str(tmp_path), make_tiny_config()
+    entry = ablate.Entry("a", {}, seeds=1)
+    workdir = fake_finished_run(root, entry, 0, base, **{"model.embed_dim": 8})
+
+    def train_run(base_config, trained_entry, seed, into):
+        assert not os.path.exists(os.path.join(into, "config.json"))  # a fresh workdir, not the old run's
+        fake_finished_run(root, trained_entry, seed, base_config, rsum=70.0)
+        return "trained", ""
+
+    monkeypatch.setattr(ablate, "train_run", train_run)
+    report = ablate.run_grid(base, [entry], [0], root, retrain_mismatched=True)
+    assert report.trained == ["a/seed0"] and not report.failed
+    assert os.path.isfile(os.path.join(workdir + ".mismatched", "config.json"))
+    assert report.table["rows"][0]["scores"]["global"]["rsum"]["values"] == [70.0]
+
+
+def test_an_evaluation_of_an_earlier_step_is_not_a_finished_run(tmp_path):
+    """`evaluate` on a half-trained run (or an older evaluate that wrote eval/results.json) leaves a results file of
+    an earlier step: the run is still to be trained, and the table leaves it out."""
+    root, base = str(tmp_path), make_tiny_config()
+    entry = ablate.Entry("a", {}, seeds=1)
+    workdir = fake_finished_run(root, entry, 0, base)
+    assert ablate.is_finished(workdir, base.total_steps)
+    with open(results_path(root, "a/seed0")) as f:
+        results = json.load(f)
+    with open(results_path(root, "a/seed0"), "w") as f:
+        json.dump({**results, "step": 10}, f)
+    assert not ablate.is_finished(workdir, base.total_steps)
+    assert ablate.claim_run(workdir)  # held: run_grid must not train it here, only find it unfinished
+    try:
+        report = ablate.run_grid(base, [entry], [0], root)
+    finally:
+        ablate.release_run(workdir)
+    assert report.busy == ["a/seed0"] and not report.skipped
+    assert report.table["rows"][0]["seeds_finished"] == []
+    os.rmdir(os.path.join(workdir, "checkpoints", str(base.total_steps)))  # final record without its checkpoint
+    with open(results_path(root, "a/seed0"), "w") as f:
+        json.dump({**results, "step": base.total_steps}, f)
+    assert not ablate.is_finished(workdir, base.total_steps)
+
+
+def test_a_row_of_the_wrong_type_fails_in_one_line_and_later_rows_still_run(tmp_path):
+    root, base = str(tmp_path), make_tiny_config()
+    entries = [ablate.Entry("bad", {"total_steps": "many"}, seeds=1), ablate.Entry("good", {}, seeds=1)]
+    fake_finished_run(root, entries[1], 0, base)
+    report = ablate.run_grid(base, entries, [0], root)
+    assert report.skipped == ["good/seed0"]
+    (reason,) = report.failed.values()
+    assert reason.startswith("grid entry 'bad': total_steps='many': ") and "\n" not in reason
+
+
+def test_a_grid_stopped_by_sigterm_exits_non_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablate, "train_run", lambda *args: ("preempted", "5"))
+    entries = [ablate.Entry("a", {}, seeds=1), ablate.Entry("b", {}, seeds=1)]
+    report = ablate.run_grid(make_tiny_config(), entries, [0], str(tmp_path))
+    assert report.preempted and not report.failed and not report.trained
+    assert ablate.exit_status(report) == ablate.PREEMPTED_STATUS != 0
+
+
+BAD_GRID_FILES = [
+    ("X = 1\n", "defines no GRIDS dict"),
+    ("GRIDS = {'g': [dict(name='a', overides={})]}\n", "unknown field(s) ['overides']"),
+    ("GRIDS = {'g': [dict(name='a'\n", "does not parse: "),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD_GRID_FILES, ids=["no_grids", "unknown_field", "syntax_error"])
+def test_a_bad_grid_file_is_one_line(tmp_path, text, expected):
+    path = tmp_path / "grid.py"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        ablate.load_grid(str(path), "g")
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("seeds", ["-1", str(2**70), "0,2147483648"])
+def test_seeds_out_of_range_are_refused(seeds):
+    with pytest.raises(ValueError, match=r"--seeds must be in \[0, 2147483647\]"):
+        ablate.parse_seeds(seeds)
+
+
+def test_tables_that_cannot_be_written_leave_the_previous_ones_and_no_partial_files(tmp_path, monkeypatch):
+    root, entries = str(tmp_path), [ablate.Entry("a", {}, seeds=1)]
+    monkeypatch.setattr(ablate, "bar_chart", lambda table, path: pathlib.Path(path).write_bytes(b"chart"))
+    ablate.write_outputs(entries, [0], root, {})
+    before = {name: (tmp_path / name).read_bytes() for name in ("table.json", "table.md", "ablation.png")}
+
+    def full_disk(table, path):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(ablate, "bar_chart", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ablate.write_outputs(entries, [0], root, {"a/seed0": "x"})
+    assert sorted(os.listdir(root)) == ["ablation.png", "table.json", "table.md"]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before

@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from ela_jax import aot
+from ela_jax import aot, paths
 from ela_jax import config as config_lib
 from ela_jax.errors import ConfigError
 
@@ -42,10 +42,36 @@ def test_slice_names_give_cloud_tpu_chip_grids(name, chip, shape):
     assert tpu.chips == math.prod(shape)
 
 
-@pytest.mark.parametrize("name", ["v5e-3", "v5p-6", "v7-8", "v5e-2", "v5p-4"])
+@pytest.mark.parametrize("name", ["v5e-3", "v5p-6", "v7-8", "v5e-2", "v5p-4", "v5e-1073741824", "v4-16384", "v6e-512"])
 def test_slice_names_that_do_not_exist_are_refused(name):
-    with pytest.raises(ConfigError, match="v5e-256"):
+    with pytest.raises(ConfigError, match="v5e-256") as error:
         aot.parse_slice(name)
+    assert "\n" not in str(error.value)
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_compiling(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=r"--output .*a_file/report.json cannot be written \(File exists\)"):
+        paths.check_writable(str(tmp_path / "a_file" / "report.json"), "--output")
+    with pytest.raises(ConfigError, match="--output .* is a folder; give the path of a file"):
+        paths.check_writable(str(tmp_path), "--output")
+    paths.check_writable(str(tmp_path / "new" / "report.json"), "--output")
+    assert os.listdir(tmp_path / "new") == []  # checked, nothing left behind
+
+
+@pytest.mark.integration  # runs the command line
+def test_compile_with_a_typod_key_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ela_jax.compile", "--config", "configs/demo.py", "--topology", "v5e-4"]
+        + ["--config.optim.lrr=1"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("flag error: the config has no key 'lrr'")
 
 
 def test_collectives_are_counted_by_kind_and_batch_squares_found():

@@ -3,6 +3,7 @@ names the key), and a source that skips too much stops with a clear error; nothi
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import os
@@ -216,8 +217,9 @@ def test_damaged_shards_stream_good_batches_and_count_skips(tmp_path, caplog):
         stream = iter(pipeline.train_dataset(config, tok, 0, 1))
         batches = [next(stream) for _ in range(6)]
     assert all(b["images"].shape == (4, 32, 32, 3) and b["token_ids"].shape == (4, 16) for b in batches)
-    index_summary = next(r.message for r in caplog.records if r.message.startswith("webdataset index: skipped 6"))
-    assert "(bad_tar: 2, no_caption: 2, no_image: 1, truncated: 1)" in index_summary  # tars: two cut, one key each
+    index_summary = next(r.message for r in caplog.records if r.message.startswith("webdataset index: skipped 20"))
+    # Two tars cut after 6 keys beside a whole one of 14: each lost the 8 keys a whole shard holds beyond those read.
+    assert "skipped 20 of 42 records (bad_tar: 16, no_caption: 2, no_image: 1, truncated: 1)" in index_summary
     for named in ("badjson (no_caption)", "zero (empty)", "corrupt (corrupt)", "emptytext (no_caption)"):
         assert f"webdataset train (host 0): skipped 00000.tar:{named}" in caplog.text  # 24 good pairs: a full epoch
 
@@ -247,3 +249,57 @@ def test_a_tar_that_stops_at_an_unreadable_header_is_counted_not_dropped_silentl
     samples = webdataset.index_shard(path, 0, skips)
     assert len(samples) == 3 and skips.reasons == {"bad_tar": 1}
     assert f"at byte {header} of {os.path.getsize(path)}" in skips.first_keys[0]
+
+
+def good_shard(path: str, count: int, first: int = 0) -> None:
+    fixtures.tar_shard(
+        path, [(f"k{k}", {"jpg": fixtures.jpeg_bytes(k), "txt": b"photo %d" % k}) for k in range(first, first + count)]
+    )
+
+
+def webdataset_source(root: str, max_skip_fraction: float = 0.05):
+    config = make_tiny_config(**{"data.name": "webdataset", "data.manual_dir": root})
+    config.data.max_skip_fraction = max_skip_fraction
+    return webdataset.shard_source(config.data, root, 0, 1)
+
+
+def test_an_unreadable_shard_counts_the_samples_it_held(tmp_path):
+    """One good shard and three gzip files named .tar: three quarters of the data is gone, not 3 records of 35."""
+    good_shard(str(tmp_path / "00000.tar"), 32)
+    for shard in (1, 2, 3):
+        good_shard(str(tmp_path / "tmp.tar"), 32, first=32 * shard)
+        with open(tmp_path / "tmp.tar", "rb") as f, gzip.open(tmp_path / f"0000{shard}.tar", "wb") as g:
+            g.write(f.read())
+        os.remove(tmp_path / "tmp.tar")
+    with pytest.raises(records.TooManySkipsError, match=r"skipped 96 of 128 records \(bad_tar: 96\)") as error:
+        webdataset_source(str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def test_a_truncated_shard_counts_the_samples_it_lost(tmp_path):
+    for shard in range(4):
+        good_shard(str(tmp_path / f"0000{shard}.tar"), 32, first=32 * shard)
+    path = str(tmp_path / "00003.tar")
+    with tarfile.open(path) as archive:
+        cut = [member for member in archive if member.name == "k100.jpg"][0].offset  # 4 whole samples before it
+    with open(path, "r+b") as f:
+        f.truncate(cut + 100)
+    skips = records.SkipCounter("webdataset index", max_fraction=0.5)
+    mine, samples = webdataset.host_samples(webdataset.shard_paths(str(tmp_path)), 0, 1, skips)
+    assert len(samples) == 100 and skips.reasons == {"bad_tar": 28} and skips.seen == 128
+    with pytest.raises(records.TooManySkipsError, match=r"skipped 28 of 128 records"):
+        webdataset_source(str(tmp_path), max_skip_fraction=0.1)
+
+
+@pytest.mark.parametrize("content", ["zero_byte_tar", "keys_all_mismatch"])
+def test_shards_with_nothing_usable_stop_in_one_line(tmp_path, content):
+    if content == "zero_byte_tar":
+        (tmp_path / "00000.tar").write_bytes(b"")
+        expected = r"skipped 1 of 1 records \(bad_tar: 1\)"
+    else:  # images and captions under different keys: no sample has both
+        samples = [(f"img{k}", {"jpg": fixtures.jpeg_bytes(k)}) for k in range(3)]
+        fixtures.tar_shard(str(tmp_path / "00000.tar"), samples + [(f"cap{k}", {"txt": b"photo"}) for k in range(3)])
+        expected = r"skipped 6 of 6 records \(no_caption: 3, no_image: 3\)"
+    with pytest.raises(records.TooManySkipsError, match=expected) as error:
+        webdataset_source(str(tmp_path))
+    assert "\n" not in str(error.value)

@@ -264,6 +264,10 @@ def test_crops_keep_image_content_and_differ_across_epochs(tmp_path):
         ({"data.name": "webdataset", "data.manual_dir": "{empty}"}, "lacks \\*.tar shards"),
         ({"data.name": "webdataset", "data.manual_dir": "{shards}"}, "has no test split to evaluate on"),
         ({"data.eval_name": "webdataset"}, "data.eval_name='webdataset' is not one of"),
+        (
+            {"data.name": "webdataset", "data.manual_dir": "{shards}", "data.eval_name": "world"},
+            "data.eval_name='world' evaluates on the embedded world, which a data.name='webdataset' run does not read",
+        ),
         ({"data.eval_name": "folder"}, "data source 'folder' needs data.eval_manual_dir"),
         ({"data.max_skip_fraction": 1.0}, "data.max_skip_fraction must lie in \\[0, 1\\)"),
         ({"data.crop_scale": (0.0, 1.0)}, "data.crop_scale must satisfy 0 < low <= high <= 1"),

@@ -233,3 +233,37 @@ def test_workers_install_runtime_requirements_only_and_pip_sees_the_same_depende
         assert name in runtime and dependency.specifier.contains(runtime[name]), dependency
     with open(os.path.join(REPO, "Makefile")) as f:
         assert re.search(r"^\$\(STAMP\):.*requirements-runtime\.txt", f.read(), re.M)  # a change reinstalls
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may be slow to reap an orphan)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.integration  # spawns processes
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_local_workers_end_when_their_launcher_is_killed():
+    worker = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(600)"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launch.local", "--processes", "2", "--", sys.executable, "-c", worker],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids = [int(launcher.stdout.readline().split()[-1]) for _ in range(2)]
+    try:
+        assert all(running(pid) for pid in pids)
+        launcher.kill()  # SIGKILL: the launcher forwards nothing
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in pids)
+    finally:
+        for pid in pids:
+            if running(pid):
+                os.kill(pid, 9)

@@ -326,6 +326,45 @@ def test_evaluation_reads_the_newest_checkpoint_that_restores_and_moves_nothing(
     assert sorted(os.listdir(checkpoints)) == ["12", "4", "8"] and not os.path.exists(checkpoints + "_damaged")
 
 
+def evaluate_command(workdir: str, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ela_jax.evaluate", "--workdir", workdir, *overrides]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # two evaluate commands; tests/test_readers.py covers each behaviour without them
+@pytest.mark.integration
+def test_the_evaluate_command_past_a_damaged_checkpoint_keeps_the_runs_record(uninterrupted, tmp_path):
+    """One line for the skipped step, no traceback; the reader's file is named by the step it read, and the run's own
+    eval/results.json (step 12) stays as training wrote it. A config.json edited away from the checkpoints: one line."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    with open(os.path.join(workdir, "eval", "results.json")) as f:
+        record = f.read()
+    damage_checkpoint(os.path.join(workdir, "checkpoints", str(RESUME_STEPS)), "truncated_data_file")
+    result = evaluate_command(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    skipped = [line for line in result.stderr.splitlines() if "does not restore" in line]
+    assert len(skipped) == 1 and f"checkpoint step {RESUME_STEPS} in " in skipped[0]
+    with open(os.path.join(workdir, "eval", "results.json")) as f:
+        assert f.read() == record
+    with open(os.path.join(workdir, "eval", f"results_step{RESUME_STEPS - RESUME_EVERY}.json")) as f:
+        assert json.load(f)["step"] == RESUME_STEPS - RESUME_EVERY
+
+    config_path = os.path.join(workdir, "config.json")
+    with open(config_path) as f:
+        edited = json.load(f)
+    edited["model"]["embed_dim"] *= 2
+    with open(config_path, "w") as f:
+        json.dump(edited, f)
+    result = evaluate_command(workdir)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"checkpoint error: no checkpoint in {workdir}/checkpoints restores"), result.stderr[-3000:]
+    assert len(result.stderr.strip().splitlines()) <= 5, result.stderr[-3000:]
+
+
 @pytest.mark.integration
 def test_a_run_resumes_past_a_damaged_checkpoint_as_if_uninterrupted(uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import jax
 
@@ -29,7 +30,9 @@ from ela_jax.convert.hf_export import (
     write_tokenizer,
 )
 from ela_jax.experiment import Experiment, load_config
-from ela_jax.paths import require_local
+from ela_jax.config import ConfigError
+from ela_jax.paths import check_output, one_line_os_error, replaced_whole
+from ela_jax.training.checkpoint import CheckpointError
 
 __all__ = [
     "ELA_CONFIG_FILE",
@@ -51,17 +54,18 @@ __all__ = [
 
 def convert(workdir: str, output_dir: str, step: int | None = None) -> int:
     """Exports checkpoint `step` (latest when None) of `workdir`; returns the step exported."""
-    require_local(output_dir, "--output")
+    check_output(output_dir, ELA_CONFIG_FILE)
     experiment = Experiment.build(load_config(workdir), workdir)
     state, step = experiment.restore_checkpoint(step)
     params = jax.device_get(state.params)
-    export(
-        experiment.config,
-        experiment.tokenizer,
-        params,
-        output_dir,
-        source={"workdir": os.path.abspath(workdir), "step": int(step)},
-    )
+    with replaced_whole(output_dir, ELA_CONFIG_FILE) as staging:
+        export(
+            experiment.config,
+            experiment.tokenizer,
+            params,
+            staging,
+            source={"workdir": os.path.abspath(workdir), "step": int(step)},
+        )
     return int(step)
 
 
@@ -72,7 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step to export (default: the latest)")
     args = parser.parse_args(argv)
     quiet_libraries()
-    step = convert(args.workdir, args.output, args.step)
+    try:
+        step = convert(args.workdir, args.output, args.step)
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
+        sys.exit(f"export error: {error}")
+    except OSError as error:
+        sys.exit(f"export error: {one_line_os_error(error, args.output)}")
     print(
         f"exported step {step} of {args.workdir} to {args.output} "
         f"(load with ela_jax.torch_model.ELATorch.from_pretrained({args.output!r}))"

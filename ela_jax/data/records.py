@@ -67,10 +67,11 @@ class SkipCounter:
         with self._lock:
             self.seen += count
 
-    def skip(self, key: str, reason: str) -> None:
-        """Counts one skipped record (already counted as seen) and checks the rate once enough records were seen."""
+    def skip(self, key: str, reason: str, count: int = 1) -> None:
+        """Counts `count` skipped records under one key (already counted as seen; e.g. a whole unreadable shard) and
+        checks the rate once enough records were seen."""
         with self._lock:
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
             named = f"{key} ({reason})"
             if len(self.first_keys) < WARN_FIRST_KEYS and named not in self.first_keys:  # epochs revisit records
                 self.first_keys.append(named)

@@ -84,6 +84,11 @@ def validate_section(data) -> None:
         check_manual_dir(data.name, data.manual_dir, "data.manual_dir", "train")
     if data.eval_name:
         check_choice(data.eval_name, EVAL_NAMES, "data.eval_name")
+        if data.eval_name == "world" and data.name != "world":  # found at the final evaluation otherwise
+            raise ConfigError(
+                f"data.eval_name='world' evaluates on the embedded world, which a data.name={data.name!r} run does not "
+                "read; set data.eval_name to coco, flickr30k or folder, with data.eval_manual_dir"
+            )
         if data.eval_name != "world":
             check_manual_dir(data.eval_name, data.eval_manual_dir, "data.eval_manual_dir", "test")
     elif data.name in ("coco", "flickr30k"):  # evaluation reads the training source's test split (a folder's is

@@ -32,12 +32,20 @@ def bert_base_uncased_vocab() -> str:
 
 
 def write_world_vocab(path: str, world_kind: str = "shapes") -> str:
-    """Writes an embedded world's word-level vocabulary (special tokens first) to `path` and returns it."""
+    """Writes an embedded world's word-level vocabulary (special tokens first) to `path` and returns it; a file that
+    already holds those words is left untouched (readers of a workdir never write into its training files)."""
+    text = "\n".join(SPECIAL_TOKENS + tuple(WORLD_MODULES[world_kind].vocabulary_words())) + "\n"
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass  # missing (or unreadable): written below
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Written aside and renamed: the processes of a multi-host job write it at once and must never read half a file.
     partial = f"{path}.{os.getpid()}.partial"
     with open(partial, "w") as f:
-        f.write("\n".join(SPECIAL_TOKENS + tuple(WORLD_MODULES[world_kind].vocabulary_words())) + "\n")
+        f.write(text)
     os.replace(partial, path)
     return path
 

@@ -24,6 +24,7 @@ import tarfile
 import numpy as np
 
 from ela_jax.data import records
+from ela_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ def split_key(name: str) -> tuple[str, str]:
     return os.path.join(directory, stem), extension.lower()
 
 
-def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray:
+def index_shard(path: str, shard: int, skips: records.SkipCounter, keys: dict | None = None) -> np.ndarray:
     """Samples of one tar (structured array of SAMPLE_FIELDS); a key without an image or a caption, and the rest of a
-    truncated tar, are counted in `skips`, never raised."""
+    truncated tar, are counted in `skips`, never raised. An unreadable tar (or the unread rest of one) is counted as
+    one record; given `keys` (shard -> (keys read, why the tar is damaged or '')), `count_lost_samples` counts it in
+    the samples it lost instead."""
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
     file_size = os.path.getsize(path)
     try:
@@ -67,8 +70,14 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray
         if unread:
             raise tarfile.ReadError(f"{unread} at byte {stopped_at} of {file_size}")
     except (tarfile.TarError, OSError, EOFError) as error:
-        skips.count_seen()
-        skips.skip(f"{os.path.basename(path)} after {len(members)} keys: {type(error).__name__} {error}", "bad_tar")
+        damage = f"{os.path.basename(path)} after {len(members)} keys: {type(error).__name__} {error}"
+        if keys is None:
+            skips.count_seen()
+            skips.skip(damage, "bad_tar")
+    else:
+        damage = ""
+    if keys is not None:
+        keys[shard] = (len(members), damage)
     samples = []
     for key, fields in members.items():
         skips.count_seen()
@@ -85,6 +94,20 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter) -> np.ndarray
             (shard, image.offset, image.offset_data, image.size, caption[0].offset_data, caption[0].size, caption[1])
         )
     return np.array(samples, dtype=SAMPLE_FIELDS)
+
+
+def count_lost_samples(keys: dict[int, tuple[int, str]], skips: records.SkipCounter) -> None:
+    """Counts what each damaged shard lost in samples, so data.max_skip_fraction compares samples with samples: a
+    shard held about as many keys as the median intact shard (img2dataset writes equal shards), less those read before
+    the damage; at least one per damaged shard (and one where no shard is intact to compare with)."""
+    intact = [count for count, damage in keys.values() if not damage]
+    typical = int(np.median(intact)) if intact else 0
+    for shard, (read, why) in sorted(keys.items()):
+        if not why:
+            continue
+        lost = max(typical - read, 1)
+        skips.count_seen(lost)
+        skips.skip(why, "bad_tar", count=lost)
 
 
 def _unreadable_header(path: str, offset: int) -> str:
@@ -104,16 +127,19 @@ def host_samples(
 ) -> tuple[list[str], np.ndarray]:
     """(the host's shard paths, its samples); see the module docstring for the split."""
     if not paths:
-        raise ValueError("no .tar shards found; point data.manual_dir at a folder of NNNNN.tar files")
+        raise ConfigError("no .tar shards found; point data.manual_dir at a folder of NNNNN.tar files")
     whole_shards = len(paths) >= process_count
     mine = paths[process_index::process_count] if whole_shards else paths
+    keys: dict[int, tuple[int, str]] = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-        indexed = list(pool.map(lambda item: index_shard(item[1], item[0], skips), enumerate(mine)))
+        indexed = list(pool.map(lambda item: index_shard(item[1], item[0], skips, keys), enumerate(mine)))
+    count_lost_samples(keys, skips)
     samples = np.concatenate(indexed) if indexed else np.zeros(0, SAMPLE_FIELDS)
     if not whole_shards:
         samples = samples[process_index::process_count]
     if len(samples) == 0:
-        raise ValueError(
+        skips.finish()  # a host whose every record was skipped says what was wrong with them
+        raise ConfigError(
             f"host {process_index} of {process_count} has no samples in {len(mine)} shard(s) of {len(paths)}; "
             "the shards hold fewer usable samples than there are hosts"
         )

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import ela_jax
 from ela_jax.cli import quiet_libraries
+from ela_jax.config import ConfigError
 from ela_jax.data.pipeline import retrieval_set
-from ela_jax.paths import require_local
+from ela_jax.paths import check_output, one_line_os_error, replaced_whole
+from ela_jax.training.checkpoint import CheckpointError
 from ela_jax.retrieval.sparse_vectors import (
     ANSERINI_SCALE,
     DOCUMENTS_FILE,
@@ -61,7 +64,7 @@ def export_workdir(
 ) -> dict:
     """Encodes `split` of the workdir's dataset with its latest checkpoint: images become documents (id = image index),
     captions queries (id = caption index, mapped to their image in id_map.json)."""
-    require_local(output_dir, "--output")
+    check_output(output_dir, STATS_FILE)
     if quantize_scale is None:
         log.warning(
             "writing float weights: Anserini's JsonVectorCollection reads weights as integers, so weights below 1 "
@@ -88,15 +91,16 @@ def export_workdir(
         "threshold": threshold,
         "quantize_scale": quantize_scale,
     }
-    return export_vectors(
-        output_dir,
-        prune_and_quantize(image_lexicon, top_k, threshold, quantize_scale),
-        prune_and_quantize(caption_lexicon, top_k, threshold, quantize_scale),
-        vocabulary,
-        id_map,
-        settings,
-        relevant=dataset.caption_image,
-    )
+    with replaced_whole(output_dir, STATS_FILE) as staging:  # stats.json is written last: a whole export has it
+        return export_vectors(
+            staging,
+            prune_and_quantize(image_lexicon, top_k, threshold, quantize_scale),
+            prune_and_quantize(caption_lexicon, top_k, threshold, quantize_scale),
+            vocabulary,
+            id_map,
+            settings,
+            relevant=dataset.caption_image,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     quiet_libraries()
-    stats = export_workdir(args.workdir, args.output, args.split, args.top_k, args.threshold, args.quantize)
+    try:
+        stats = export_workdir(args.workdir, args.output, args.split, args.top_k, args.threshold, args.quantize)
+    except (ConfigError, FileNotFoundError, CheckpointError) as error:
+        sys.exit(f"export error: {error}")
+    except OSError as error:
+        sys.exit(f"export error: {one_line_os_error(error, args.output)}")
     for side in ("documents", "queries"):
         side_stats = stats[side]
         print(

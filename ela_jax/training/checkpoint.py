@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import glob
 import logging
 import os
 import re
+import sys
 
 import grain
 import jax
@@ -86,6 +90,29 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
+    def restore_step(self, step: int, abstract_state):
+        """The state of checkpoint `step` for a reader; CheckpointError in one line (the steps there are, or why the
+        step does not restore) instead of orbax's report."""
+        steps = sorted(self.manager.all_steps())
+        if step not in steps:
+            raise CheckpointError(f"{self.directory} has no checkpoint step {step}; the steps there are {steps}")
+        state, reason = self._try_restore(step, abstract_state)
+        if reason:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} does not restore ({reason}); if the config changed "
+                "since it was saved, use the one it was saved with"
+            )
+        return state
+
+    def _try_restore(self, step: int, abstract_state, data_iterator=None):
+        """(state, '') or (None, why not in one line), whatever makes the step unreadable. The error is dropped inside
+        the quieting: what orbax left behind is collected, unreported, before it ends."""
+        with quiet_libraries_while_restoring():
+            try:
+                return self.restore(step, abstract_state, data_iterator), ""
+            except Exception as error:  # noqa: BLE001 - an older step may serve, or the caller says it in one line
+                return None, one_line(error)
+
     def restore_newest(self, abstract_state, data_iterator=None, set_aside: bool = True):
         """(state, step) of the newest step that restores; None when there is no step. Each newer step that does not
         restore is logged with the reason and, with `set_aside` (a run that will save again), moved to
@@ -94,17 +121,23 @@ class Checkpointer:
         (a config that no longer fits them)."""
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                state = self.restore(step, abstract_state, data_iterator)
-            except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
-                damaged.append((step, one_line(error)))
-                log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, damaged[-1][1])
+            state, reason = self._try_restore(step, abstract_state, data_iterator)
+            if reason:
+                damaged.append((step, reason))
+                log.warning("checkpoint step %d in %s does not restore (%s)", step, self.directory, reason)
                 continue
             if set_aside:
                 self._set_aside([step for step, _ in damaged])
             return state, step
         if damaged:
             step, reason = damaged[0]
+            saved_by = saved_process_count(os.path.join(self.directory, str(step)))
+            if saved_by is not None and saved_by != jax.process_count():
+                raise CheckpointError(
+                    f"no checkpoint in {self.directory} restores: step {step} was saved by a job of {saved_by} "
+                    f"processes and this one has {jax.process_count()}; resume it with {saved_by} processes (e.g. "
+                    f"python -m launch.local --processes {saved_by} -- ..., or JAX_NUM_PROCESSES={saved_by})"
+                )
             raise CheckpointError(
                 f"no checkpoint in {self.directory} restores (newest, step {step}: {reason}); if the config changed, "
                 "use the one it was saved with, else move that directory away to start afresh"
@@ -152,6 +185,46 @@ class Checkpointer:
             f"saving a checkpoint under {self.directory} failed: {root_cause(error)}; free space or fix the "
             "directory, then rerun the same command to resume from the last checkpoint"
         )
+
+
+def saved_process_count(step_directory: str) -> int | None:
+    """How many processes saved a checkpoint step: grain writes one `process_<i>-of-<n>.json` per process."""
+    names = glob.glob(os.path.join(step_directory, "data", "process_*-of-*.json"))
+    counts = {int(match[1]) for name in names if (match := re.search(r"-of-(\d+)\.json$", name))}
+    return counts.pop() if len(counts) == 1 else None
+
+
+@contextlib.contextmanager
+def quiet_libraries_while_restoring():
+    """orbax, TensorStore and grain report a failed restore from every array they read, tracebacks included: as log
+    records, and as "Exception ignored" reports of the reading coroutines that failed beside the one raised. The caller
+    reports the failure once, in one line, so for the attempt their records below CRITICAL are dropped, and so are the
+    reports of orbax's coroutines (collected before it ends, so none is reported later)."""
+    loggers = [logging.getLogger(name) for name in QUIETED_WHILE_RESTORING]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _without_orbax_coroutines(previous_hook)
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous_hook
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _without_orbax_coroutines(unraisablehook):
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or f"{os.sep}orbax{os.sep}" not in code.co_filename:
+            unraisablehook(unraisable)
+
+    return hook
+
+
+QUIETED_WHILE_RESTORING = ("absl", "orbax", "grain", "tensorstore", "jax._src.distributed")
 
 
 def locate(path: str) -> tuple[str, int | None]:

@@ -150,6 +150,17 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
         )
 
 
+def check_total_steps(config, workdir: str, resumed_step: int | None) -> None:
+    """A checkpoint past total_steps holds weights trained longer than the run would record: refused, not evaluated
+    under the shorter length's name."""
+    if resumed_step is not None and resumed_step > config.total_steps:
+        raise config_lib.ConfigError(
+            f"total_steps={config.total_steps} is below the step of {workdir}'s newest checkpoint ({resumed_step}); "
+            f"pass --config.total_steps={resumed_step} or more to resume it, or evaluate it with "
+            "python -m ela_jax.evaluate"
+        )
+
+
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
     """The state to start from and its step, in this order: the workdir's newest checkpoint that restores (a
     preempted or killed run continues; newer unreadable ones are set aside, see Checkpointer.restore_newest),
@@ -219,15 +230,11 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
+    check_total_steps(config, workdir, checkpointer.latest_step())
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
-    if is_chief:
-        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
-    if is_chief:
-        report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
-        parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- input: the grain iterator is part of the checkpoint.
     progress = Progress(config.total_steps, is_chief, config.log.progress)
@@ -237,6 +244,12 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
             pipeline.train_dataset(config, experiment.tokenizer, jax.process_index(), jax.process_count())
         )
     state, start_step = initial_state(config, factory, checkpointer, data_iterator)
+    # The workdir's records change only once its checkpoints restored under this config: a failed restore (another
+    # process count, a config they no longer fit) leaves the record of the run they belong to.
+    if is_chief:
+        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
+        report = parallel.sharding_report(mesh, factory.param_shardings, factory.abstract_params)
+        parallel.write_sharding_report(os.path.join(workdir, "sharding.json"), report)
 
     # --- step: one jit, explicit shardings, donated state.
     train_step = experiment.train_step(factory)

@@ -31,14 +31,16 @@ FREE_BETWEEN_RESTARTS = (
 )
 
 
-def workdir_config_differences(workdir: str, config: ml_collections.ConfigDict, sections=EXPERIMENT_SECTIONS):
+def workdir_config_differences(
+    workdir: str, config: ml_collections.ConfigDict, sections=EXPERIMENT_SECTIONS, free=FREE_BETWEEN_RESTARTS
+):
     """`config_differences` between the config.json a run wrote in `workdir` and `config` ([] when there is none)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
         stored = json.load(f)
-    return config_differences(stored, json.loads(config.to_json_best_effort()), sections)
+    return config_differences(stored, json.loads(config.to_json_best_effort()), sections, free)
 
 
 def config_differences(stored: dict, wanted: dict, sections=EXPERIMENT_SECTIONS, free=FREE_BETWEEN_RESTARTS):
