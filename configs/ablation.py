@@ -1,10 +1,12 @@
 """Ablation grids for `python -m ela_jax.ablate`: each entry is a name, dotted overrides of the base config and a seed
 count. Grids `ela` and `minilm` take configs/demo.py with the soft-CE loss form it had when they ran (ELA on caption
 words only, beta = 0); grid `scenes` takes configs/scenes.py, the world where captions leave out objects their words
-predict; grid `demo` takes configs/demo.py as it is.
+predict; grid `demo` takes configs/demo.py as it is; grid `cues` takes configs/cues.py, where only expansion can teach
+the image lexicon a mute object's word.
 
 Run: python -m ela_jax.ablate --config configs/scenes.py --grid scenes --seeds 0,1,2 --workdir runs/ablation/scenes
      python -m ela_jax.ablate --config configs/demo.py --grid demo --seeds 0,1,2 --workdir runs/ablation/demo
+     python -m ela_jax.ablate --config configs/cues.py --grid cues --seeds 0,1,2 --workdir runs/ablation/cues
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
          --workdir runs/ablation
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid minilm --seeds 0,1 \
@@ -77,7 +79,38 @@ def expansion_rows(seeds: int) -> list[dict]:
     ]
 
 
+# The cue world: the frozen MiniLM knows cue -> mute word, so it is the source that can teach it from the first step.
+# Target presence trains which words clear the lexicon's ReLU (soft-CE only ranks them); the shuffled source
+# (another caption's a_T) is the control that separates this image's words from a broader lexicon shape.
+PRESENCE = {"objective.ela.presence_weight": 1.0}
+CUES_PRETRAINED = {**FIXED, **PRETRAINED, **PRESENCE}
+CUES_ROWS = [
+    entry("beta0", {}, seeds=3, description="caption words only: no mute word can be learnt"),
+    entry("pretrained_softce", {**FIXED, **PRETRAINED}, seeds=3, description="MiniLM source, soft-CE alone"),
+    entry("pretrained", CUES_PRETRAINED, seeds=3, description="MiniLM source, soft-CE + target presence"),
+    entry(
+        "pretrained_shuffled",
+        {**CUES_PRETRAINED, "objective.ela.shuffle_source": True},
+        seeds=3,
+        description="control: expanded from another caption's a_T",
+    ),
+    entry(
+        "pretrained_lexicon_term",
+        {**CUES_PRETRAINED, "objective.lexicon_weight": 0.3},
+        seeds=3,
+        description="+ LexLIP's lexicon retrieval term (trains the text lexicon too)",
+    ),
+    entry(
+        "online",
+        {**FIXED, **PRESENCE, "objective.ela.target_source": "online"},
+        seeds=3,
+        description="the online text head as source, trained by MLM on captions and the text stream",
+    ),
+    entry("pretrained_rerun", CUES_PRETRAINED, seeds=1, description="noise floor: `pretrained` at seed 0 again"),
+]
+
 GRIDS = {
+    "cues": CUES_ROWS,
     "scenes": [
         entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
         entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),

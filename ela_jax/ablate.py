@@ -60,11 +60,21 @@ UNNAMED_KEY = "unnamed_objects"
 UNNAMED_VARIANTS = ("lexicon", "global")
 UNNAMED_METRICS = (
     ("auc", "AUC"),
+    ("auc_within_scene", "AUC in scene"),
     ("recall@1", "R@1"),
     ("recall@5", "R@5"),
     ("query_recall@1", "query R@1"),
     ("query_recall@5", "R@5"),
     ("query_recall@10", "R@10"),
+)
+# Mute-word presence on the cue world (ela_jax/evaluation/mute_words.py), averaged over the mute words.
+MUTE_KEY = "mute_words"
+MUTE_METRICS = (
+    ("lexicon_auc", "mute AUC"),
+    ("lexicon_gap", "mute gap"),
+    ("cue_auc", "cue AUC"),
+    ("cue_gap", "cue gap"),
+    ("global_auc", "mute AUC (global)"),
 )
 # Paired differences against the reference row, by seed: (label, path into a run's results).
 PAIRED = (
@@ -72,10 +82,13 @@ PAIRED = (
     ("lexicon RSUM", ("scores", "lexicon", "rsum")),
     ("unnamed AUC (lexicon)", (UNNAMED_KEY, "lexicon", "auc")),
     ("unnamed AUC (global)", (UNNAMED_KEY, "global", "auc")),
+    ("unnamed AUC in scene (lexicon)", (UNNAMED_KEY, "lexicon", "auc_within_scene")),
     ("unnamed R@5 (lexicon)", (UNNAMED_KEY, "lexicon", "recall@5")),
     ("query R@10 (lexicon)", (UNNAMED_KEY, "lexicon", "query_recall@10")),
     ("query R@10 (global)", (UNNAMED_KEY, "global", "query_recall@10")),
     ("nnz/image", ("lexicon_nonzeros", "image")),
+    ("mute AUC (lexicon)", (MUTE_KEY, "mean", "lexicon_auc")),
+    ("mute gap (lexicon)", (MUTE_KEY, "mean", "lexicon_gap")),
 )
 REFERENCE = "beta0"
 MAX_SEED = 2**31 - 1  # seeds reach numpy, grain and jax.random as 32-bit integers
@@ -431,6 +444,13 @@ def paired_differences(results: dict[int, dict], reference: dict[int, dict]) -> 
     return {"seeds": seeds, "metrics": differences}
 
 
+def mute_summary(runs: list[dict]) -> dict:
+    """metric -> mean ± std over the runs of the mute-word averages, when every run reports them."""
+    if not runs or not all(MUTE_KEY in r for r in runs):
+        return {}
+    return {key: mean_std([r[MUTE_KEY]["mean"][key] for r in runs]) for key, _ in MUTE_METRICS}
+
+
 def unnamed_summary(runs: list[dict]) -> dict:
     """variant -> metric -> mean ± std over the runs, when every run reports the unnamed-object measure."""
     if not runs or not all(UNNAMED_KEY in r for r in runs):
@@ -464,6 +484,7 @@ def summarise(
             "scores": {},
             "lexicon_nonzeros": {},
             UNNAMED_KEY: unnamed_summary(list(results.values())),
+            MUTE_KEY: mute_summary(list(results.values())),
         }
         if reference in by_name and entry.name != reference:
             row["paired_vs_reference"] = paired_differences(results, by_name[reference])
@@ -503,7 +524,7 @@ def markdown_table(table: dict) -> str:
             nonzeros = row["lexicon_nonzeros"] if score == "lexicon" else {}
             cells += [format_cell(nonzeros.get(side)) for side, _ in NONZERO_SIDES]
             lines.append(f"| {row['entry']} | {seeds} | {score} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n" + unnamed_table(table) + paired_table(table)
+    text = "\n".join(lines) + "\n" + unnamed_table(table) + mute_table(table) + paired_table(table)
     if table["failed"]:
         text += "\nFailed runs (retried by the next invocation):\n\n"
         text += "".join(f"- {run}: {reason}\n" for run, reason in sorted(table["failed"].items()))
@@ -523,6 +544,21 @@ def unnamed_table(table: dict) -> str:
         for variant, metrics in row[UNNAMED_KEY].items():
             cells = [format_cell(metrics[key]) for key, _ in UNNAMED_METRICS]
             lines.append(f"| {row['entry']} | {seeds} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mute_table(table: dict) -> str:
+    """Markdown: mute-word presence per entry, averaged over the mute words ("" when no run reports it)."""
+    rows = [row for row in table["rows"] if row.get(MUTE_KEY)]
+    if not rows:
+        return ""
+    header = ["entry", "seeds"] + [label for _, label in MUTE_METRICS]
+    lines = ["", "Mute words, on held-out images of their own scene (%; chance: AUC 50, gap 0):", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        seeds = f"{len(row['seeds_finished'])}/{len(row['seeds_planned'])}"
+        cells = [format_cell(row[MUTE_KEY][key]) for key, _ in MUTE_METRICS]
+        lines.append(f"| {row['entry']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

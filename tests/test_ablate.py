@@ -375,3 +375,22 @@ def test_tables_that_cannot_be_written_leave_the_previous_ones_and_no_partial_fi
         ablate.write_outputs(entries, [0], root, {"a/seed0": "x"})
     assert sorted(os.listdir(root)) == ["ablation.png", "table.json", "table.md"]
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_table_reports_mute_words_and_their_paired_difference(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("beta0", {}, seeds=2), ablate.Entry("expand", {}, seeds=2)]
+    for name, aucs in (("beta0", (50.0, 50.0)), ("expand", (70.0, 64.0))):
+        for seed, auc in enumerate(aucs):
+            write_results(root, f"{name}/seed{seed}", 100.0, None)
+            with open(results_path(root, f"{name}/seed{seed}")) as f:
+                results = json.load(f)
+            mean = {key: auc - index for index, (key, _) in enumerate(ablate.MUTE_METRICS)}
+            results[ablate.MUTE_KEY] = {"mean": mean, "words": {}}
+            with open(results_path(root, f"{name}/seed{seed}"), "w") as f:
+                json.dump(results, f)
+    table = ablate.summarise(entries, [0, 1], root)
+    expand = table["rows"][1]
+    assert expand[ablate.MUTE_KEY]["lexicon_auc"]["values"] == pytest.approx([70.0, 64.0])
+    assert expand["paired_vs_reference"]["metrics"]["mute AUC (lexicon)"]["values"] == pytest.approx([20.0, 14.0])
+    assert "| expand | 2/2 | 67.0 ± 4.2 | 66.0 ± 4.2 |" in ablate.markdown_table(table)

@@ -113,7 +113,8 @@ def test_an_oracle_encoder_finds_every_unnamed_object(tmp_path):
     count = len(scenes.OBJECT_NAMES)
     present, named = masks([e.present for e in examples], [e.named for e in examples], count)
     images = np.arange(len(examples), dtype=np.uint8).reshape(-1, 1, 1, 1)
-    annotations = unnamed.ObjectAnnotations(images=images, present=present, named=named)
+    scene = np.asarray([e.scene for e in examples], np.int64)
+    annotations = unnamed.ObjectAnnotations(images=images, present=present, named=named, scene=scene)
     tok = tokenizer.from_config(make_tiny_config().tokenizer, str(tmp_path), "scenes")
     results = unnamed.evaluate_unnamed(OracleEncoder(present, tok), tok, annotations, make_tiny_config().eval)
     assert results["num_images"] == 60
@@ -121,6 +122,20 @@ def test_an_oracle_encoder_finds_every_unnamed_object(tmp_path):
         metrics = results[variant]
         assert metrics["auc"] == pytest.approx(100.0) and metrics["recall@1"] == pytest.approx(100.0), variant
         assert metrics["query_recall@1"] == pytest.approx(100.0), variant
+        assert metrics["auc_within_scene"] == pytest.approx(100.0), variant
+
+
+def test_a_scorer_that_knows_only_the_scene_is_at_chance_within_the_scene():
+    """It scores a word 1 when the word belongs to the image's scene: high on the plain AUC (most negatives are other
+    scenes' objects), exactly 50 within the scene."""
+    examples = [scenes.generate_example(scenes.ScenesSpec(), "test", i) for i in range(200)]
+    present, named = masks([e.present for e in examples], [e.named for e in examples], len(scenes.OBJECT_NAMES))
+    scene = np.asarray([e.scene for e in examples], np.int64)
+    annotations = unnamed.ObjectAnnotations(images=None, present=present, named=named, scene=scene)
+    scene_scores = annotations.in_scene().astype(np.float64)
+    assert unnamed.object_ranking_metrics(scene_scores, present, named)["auc"] > 80.0
+    within = unnamed.object_ranking_metrics(scene_scores, present, named, candidates=annotations.in_scene())
+    assert within["auc"] == pytest.approx(50.0) and within["num_images"] > 100
 
 
 # Trains on the scenes world; tests/test_evaluators.py runs the evaluators in the loop and the tests above check the

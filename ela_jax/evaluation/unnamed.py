@@ -12,6 +12,10 @@ top k (out of min(k, their number), ties broken against the model). Query recall
 unnamed objects ("a cup and a oven"); the relevant images are every image holding all of them; R@k is the share of
 queries with a relevant image in the top k (ties against the model). All values are percentages, averaged over images
 or queries.
+
+`auc_within_scene` restricts both sides to the objects of the image's own scene. The plain AUC's negatives are mostly
+other scenes' objects, so a scorer that recognises no object and only knows the scene gets about 90 there; within the
+scene it gets exactly 50, so only recognising the objects themselves lifts this one.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ QUERY_KS = (1, 5, 10)
 VARIANTS = ("lexicon", "global")
 
 
-def object_ranking_metrics(scores: np.ndarray, present: np.ndarray, named: np.ndarray, ks=OBJECT_KS) -> dict:
-    """scores [N, O] for each image's object words; present, named bool [N, O]. Images without an unnamed present
-    object or without an absent one are left out. {'auc', 'recall@k', 'num_images'}."""
+def object_ranking_metrics(
+    scores: np.ndarray, present: np.ndarray, named: np.ndarray, ks=OBJECT_KS, candidates: np.ndarray | None = None
+) -> dict:
+    """scores [N, O] for each image's object words; present, named bool [N, O]; candidates bool [N, O] (default all)
+    limits both the unnamed and the absent objects. Images without an unnamed present object or without an absent
+    one are left out. {'auc', 'recall@k', 'num_images'}."""
     scores = np.asarray(scores, np.float64)
-    unnamed, absent = present & ~named, ~present
+    candidates = np.ones_like(present) if candidates is None else candidates
+    unnamed, absent = present & ~named & candidates, ~present & candidates
     aucs, recalls = [], {k: [] for k in ks}
     for row, u_mask, a_mask in zip(scores, unnamed, absent):
         if not u_mask.any() or not a_mask.any():
@@ -76,7 +84,12 @@ class ObjectAnnotations:
     images: np.ndarray
     present: np.ndarray
     named: np.ndarray
+    scene: np.ndarray  # int [N], into scenes.SCENE_NAMES
     words: tuple[str, ...] = scenes.OBJECT_NAMES
+
+    def in_scene(self) -> np.ndarray:
+        """bool [N, O]: the object belongs to the image's own scene."""
+        return self.scene[:, None] == scenes.OBJECT_SCENE[None, : len(self.words)]
 
 
 def _mask(ids: np.ndarray, count: int) -> np.ndarray:
@@ -100,6 +113,7 @@ def load_annotations(data_config, split: str = "test") -> ObjectAnnotations:
         images=np.stack([r["image"] for r in records]),
         present=_mask(np.stack([r["objects_present"] for r in records]), count),
         named=_mask(np.stack([r["objects_named"] for r in records]), count),
+        scene=np.asarray([int(r["scene"]) for r in records], np.int64),
     )
 
 
@@ -125,6 +139,10 @@ def evaluate_unnamed(encoder: Encoder, tokenizer: Tokenizer, annotations: Object
         score_fn = scores_lib.score_function(variant, image_out, query_out, eval_config)
         similarity = retrieval.directions(score_fn(np.arange(len(image_global)), np.arange(len(queries))))[1].T
         metrics = object_ranking_metrics(object_scores[variant], annotations.present, annotations.named)
+        within = object_ranking_metrics(
+            object_scores[variant], annotations.present, annotations.named, candidates=annotations.in_scene()
+        )
+        metrics.update(auc_within_scene=within["auc"], num_images_within_scene=within["num_images"])
         metrics.update(query_recall(similarity, relevant))
         results[variant] = metrics
     return results
