@@ -253,6 +253,11 @@ def base_config() -> ml_collections.ConfigDict:
             "b2": 0.98,
             "eps": 1e-6,
             "clip_norm": 1.0,
+            # Regular expressions over '/'-joined parameter paths (matching the whole path). frozen: parameters left
+            # as they are, with no optimizer state and no weight decay (LiT: ("image_tower/.*",)). lr_multipliers:
+            # (pattern, multiplier) pairs, the first matching pattern scaling that parameter's learning rate.
+            "frozen": (),
+            "lr_multipliers": (),
         }
     )
     config.mesh = ml_collections.ConfigDict(
@@ -330,7 +335,9 @@ def base_config() -> ml_collections.ConfigDict:
             "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
-    config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
+    # init.workdir: another run's weights (its newest checkpoint that restores) with a fresh optimizer at step 0, the
+    # fine-tuning start; unlike config.resume it takes neither the optimizer state nor the data position.
+    config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": "", "workdir": ""})
     config.lock()
     return config
 

@@ -154,6 +154,40 @@ class Checkpointer:
         )
 
 
+def restore_newest_params(path: str, abstract_params):
+    """(params, step) of the newest checkpoint under `path` (see `locate`; a step directory names that step) whose
+    params restore into `abstract_params` (ShapeDtypeStructs with shardings, so the mesh may differ from the one that
+    saved them); the optimizer state, teacher and data position are not read. Raises CheckpointError when none does.
+    """
+    directory, step = locate(path)
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
+    item = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    failures = []
+    try:
+        for step in steps:
+            try:
+                return manager.restore(step, args=args)["state"]["params"], step
+            except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
+                failures.append((step, one_line(error)))
+                log.warning("checkpoint step %d in %s does not restore (%s)", step, directory, failures[-1][1])
+    finally:
+        manager.close()
+    if not failures:
+        raise CheckpointError(f"{directory} holds no complete checkpoint; give a run that saved one")
+    step, reason = failures[0]
+    raise CheckpointError(
+        f"no checkpoint in {directory} restores into this config's parameters (newest, step {step}: {reason}); the "
+        "model and tokenizer must match that run's config.json"
+    )
+
+
 def locate(path: str) -> tuple[str, int | None]:
     """A training workdir, its `checkpoints/` directory, or one step directory in it -> (checkpoints directory,
     step; None meaning the latest). Raises FileNotFoundError naming what was looked for."""

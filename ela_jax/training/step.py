@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from ela_jax import objectives, parallel
 from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
+from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
@@ -298,6 +299,7 @@ def make_train_step(
         else:
             grad_fn = jax.value_and_grad(objective, has_aux=True)
             (loss, metrics), grads = grad_fn(state.params, state.teacher, batch, state.step, rng)
+        grads = optimizer_lib.without_frozen_gradients(grads, config.optim)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
