@@ -13,6 +13,7 @@ import ml_collections
 from ela_jax.errors import ConfigError
 
 VOCAB_SIZE_FROM_TOKENIZER = -1
+GLOBAL_LOSSES = ("info_nce", "sigmoid")
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 TARGET_FORMS = ("softmax", "sparse")
@@ -116,6 +117,9 @@ def model_config(
             "attention_batch_splits": 1,
             "init_temperature": 0.07,
             "min_temperature": 0.01,  # CLIP clips its logit scale at 100
+            # objective.global_loss="sigmoid" learns a global logit bias too; Experiment.build sets `enabled` from it.
+            # The scale (1 / temperature) and bias start where SigLIP's do.
+            "sigmoid": {"enabled": False, "init_scale": 10.0, "init_bias": -10.0},
         }
     )
 
@@ -210,6 +214,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective = ml_collections.ConfigDict(
         {
             "global_weight": 1.0,
+            # The global term: "info_nce" (CLIP's softmax over the batch) or "sigmoid" (SigLIP's pairwise loss, with a
+            # learnable logit bias, model.sigmoid); on a mesh the sigmoid loss is ring-sharded (sharded_contrastive).
+            "global_loss": "info_nce",
             "fine_weight": 0.0,
             "ela_weight": 0.0,
             "flops_weight": 0.0,

@@ -185,6 +185,20 @@ def _validate_init_workdir(config: ml_collections.ConfigDict) -> None:
             )
 
 
+def _validate_sigmoid_start(config: ml_collections.ConfigDict) -> None:
+    """The sigmoid loss's starting scale is a logit scale like the others: positive and under the clamp."""
+    if config.objective.global_loss != "sigmoid":
+        return
+    sigmoid, largest = config.model.sigmoid, 1.0 / config.model.min_temperature
+    _require(
+        math.isfinite(sigmoid.init_scale) and 0 < sigmoid.init_scale <= largest,
+        "model.sigmoid.init_scale",
+        sigmoid.init_scale,
+        f"in (0, {largest:g}] (1 / model.min_temperature)",
+    )
+    _require(math.isfinite(sigmoid.init_bias), "model.sigmoid.init_bias", sigmoid.init_bias, "finite")
+
+
 def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
     """Temperatures divide logits: zero or negative ones give infinities at the first step."""
     model, ela = config.model, config.objective.ela
@@ -278,6 +292,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
         raise ConfigError(f"model.attention_batch_splits must be a positive integer, got {splits!r}")
     objective = config.objective
+    check_choice(objective.global_loss, config_lib.GLOBAL_LOSSES, "objective.global_loss")
+    _validate_sigmoid_start(config)
     check_choice(objective.ela.loss, config_lib.ELA_LOSSES, "objective.ela.loss")
     check_choice(objective.ela.target_source, config_lib.TARGET_SOURCES, "objective.ela.target_source")
     check_choice(objective.ela.pool, config_lib.PATCH_POOLS, "objective.ela.pool")

@@ -152,7 +152,12 @@ class ObjectiveBuilder:
         objective = self.config.objective
         scales = self.model.apply({"params": params}, method=ELAModel.logit_scales)
         terms = {}
-        if objective.global_weight > 0:
+        if objective.global_weight > 0 and objective.global_loss == "sigmoid":
+            shared = (scales["global"], scales["global_bias"])
+            terms["global"] = self.contrastive.sigmoid(
+                sigmoid_logits, reps["image_global"], reps["text_global"], shared
+            )
+        elif objective.global_weight > 0:
             terms["global"] = self.contrastive(
                 global_logits, reps["image_global"], reps["text_global"], scales["global"]
             )
@@ -176,6 +181,8 @@ class ObjectiveBuilder:
         loss = sum(weights[name] * value for name, value in terms.items())
         metrics = {f"loss_{name}": value for name, value in terms.items()}
         metrics["temperature"] = 1.0 / scales["global"]
+        if "global_bias" in scales:
+            metrics["logit_bias"] = scales["global_bias"]
         for side in ("image", "text"):
             if f"{side}_lexicon" in reps:
                 metrics[f"{side}_lexicon_nonzeros"] = jnp.mean(jnp.sum(reps[f"{side}_lexicon"] > 0, axis=-1))
@@ -260,6 +267,13 @@ def merge_microbatches(tree):
 
 def global_logits(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = scale * image @ text.T
+    return logits, logits
+
+
+def sigmoid_logits(image: jax.Array, text: jax.Array, scale_and_bias: tuple) -> tuple[jax.Array, jax.Array]:
+    """SigLIP's logits: scale * cosine + bias."""
+    scale, bias = scale_and_bias
+    logits = scale * image @ text.T + bias
     return logits, logits
 
 
