@@ -213,3 +213,26 @@ def test_init_workdir_without_a_checkpoint_says_so(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
         restore_newest_params(str(tmp_path), {})
+
+
+def test_the_lit_config_validates_and_locks_exactly_the_image_tower(tmp_path):
+    from configs import lit
+
+    config = lit.get_config("fsdp")
+    config.data.update(name="world", eval_name="", manual_dir="")
+    validation.validate(config, num_devices=256)
+    # Its patterns on the micro model's parameter tree (same names as B/16's, fewer and smaller leaves).
+    small = global_only_config(
+        **{"optim.frozen": config.optim.frozen, "optim.lr_multipliers": config.optim.lr_multipliers}
+    )
+    params = Experiment.build(small, str(tmp_path)).state_factory().abstract_params
+    labels = optimizer_lib.parameter_labels(params, config.optim)
+    assert set(jax.tree.leaves(labels["image_tower"])) == {optimizer_lib.FROZEN}
+    assert set(jax.tree.leaves(labels["text_tower"])) == {optimizer_lib.multiplier_label(0.1)}
+    others = [
+        label
+        for name, group in labels.items()
+        if name not in ("image_tower", "text_tower")
+        for label in jax.tree.leaves(group)
+    ]
+    assert set(others) == {optimizer_lib.multiplier_label(1.0)}
