@@ -163,7 +163,7 @@ def restore_newest_params(path: str, abstract_params):
     manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
     )
     item = {"params": abstract_params}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
@@ -173,6 +173,9 @@ def restore_newest_params(path: str, abstract_params):
     try:
         for step in steps:
             try:
+                misfit = params_misfit(manager.item_metadata(step)["state"], abstract_params)
+                if misfit:
+                    raise ValueError(misfit)
                 return manager.restore(step, args=args)["state"]["params"], step
             except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
                 failures.append((step, one_line(error)))
@@ -186,6 +189,22 @@ def restore_newest_params(path: str, abstract_params):
         f"no checkpoint in {directory} restores into this config's parameters (newest, step {step}: {reason}); the "
         "model and tokenizer must match that run's config.json"
     )
+
+
+def params_misfit(state_metadata, abstract_params) -> str:
+    """'' when the checkpoint's saved params have every parameter of `abstract_params` in its shape, else the first
+    parameter that is missing or shaped otherwise (found from the metadata, before anything is read)."""
+    saved = getattr(state_metadata, "tree", state_metadata)["params"]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+        node = saved
+        for key in path:
+            node = node.get(str(getattr(key, "key", key))) if isinstance(node, dict) else None
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        if node is None:
+            return f"the checkpoint has no parameter {name}"
+        if tuple(node.shape) != tuple(leaf.shape):
+            return f"{name} is {list(node.shape)} there, {list(leaf.shape)} in this config"
+    return ""
 
 
 def locate(path: str) -> tuple[str, int | None]:
