@@ -13,6 +13,7 @@ import ml_collections
 from ela_jax.errors import ConfigError
 
 VOCAB_SIZE_FROM_TOKENIZER = -1
+GLOBAL_LOSSES = ("info_nce", "sigmoid")
 ELA_LOSSES = ("soft_ce", "bce", "lex_contrastive", "lexlip_cosine")
 TARGET_SOURCES = ("online", "ema", "frozen", "pretrained")
 TARGET_FORMS = ("softmax", "sparse")
@@ -116,6 +117,9 @@ def model_config(
             "attention_batch_splits": 1,
             "init_temperature": 0.07,
             "min_temperature": 0.01,  # CLIP clips its logit scale at 100
+            # objective.global_loss="sigmoid" learns a global logit bias too; Experiment.build sets `enabled` from it.
+            # The scale (1 / temperature) and bias start where SigLIP's do.
+            "sigmoid": {"enabled": False, "init_scale": 10.0, "init_bias": -10.0},
         }
     )
 
@@ -214,6 +218,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective = ml_collections.ConfigDict(
         {
             "global_weight": 1.0,
+            # The global term: "info_nce" (CLIP's softmax over the batch) or "sigmoid" (SigLIP's pairwise loss, with a
+            # learnable logit bias, model.sigmoid); on a mesh the sigmoid loss is ring-sharded (sharded_contrastive).
+            "global_loss": "info_nce",
             "fine_weight": 0.0,
             "ela_weight": 0.0,
             "flops_weight": 0.0,
@@ -270,6 +277,11 @@ def base_config() -> ml_collections.ConfigDict:
             "b2": 0.98,
             "eps": 1e-6,
             "clip_norm": 1.0,
+            # Regular expressions over '/'-joined parameter paths (matching the whole path). frozen: parameters left
+            # as they are, with no optimizer state and no weight decay (LiT: ("image_tower/.*",)). lr_multipliers:
+            # (pattern, multiplier) pairs, the first matching pattern scaling that parameter's learning rate.
+            "frozen": (),
+            "lr_multipliers": (),
         }
     )
     config.mesh = ml_collections.ConfigDict(
@@ -347,7 +359,9 @@ def base_config() -> ml_collections.ConfigDict:
             "zeroshot": {"type": "zeroshot", "during_training": False},
         }
     )
-    config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": ""})
+    # init.workdir: another run's weights (its newest checkpoint that restores) with a fresh optimizer at step 0, the
+    # fine-tuning start; unlike config.resume it takes neither the optimizer state nor the data position.
+    config.init = ml_collections.ConfigDict({"text_tower": "", "image_tower": "", "workdir": ""})
     config.lock()
     return config
 

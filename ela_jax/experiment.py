@@ -59,6 +59,7 @@ class Experiment:
                 f"{tokenizer.vocab_size} words; set it to -1 to follow the tokenizer"
             )
         check_vocab_sharding(config, len(devices))
+        config.model.sigmoid.enabled = config.objective.global_loss == "sigmoid"  # the loss's logit bias
         # Towers started from Hugging Face checkpoints take their architecture from them (or fail here, uncompiled).
         from_pytorch.apply_hf_architecture(config)
         mesh_shape = config_lib.resolve_mesh_shape(config.mesh, len(devices))

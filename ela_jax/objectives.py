@@ -55,6 +55,21 @@ def local_rows_info_nce(logits_i2t: jax.Array, logits_t2i: jax.Array, axis_name)
     return 0.5 * (image_to_text + text_to_image) / total
 
 
+def sigmoid_terms(logits: jax.Array, pairs_on_diagonal: bool | jax.Array = True) -> jax.Array:
+    """sum_ij -log sigmoid(z_ij * logits_ij) over a block of SigLIP's logits (scaled and biased, [rows, columns]):
+    z_ij = 1 where the block's diagonal holds the batch's image-caption pairs (when `pairs_on_diagonal`), -1 for
+    every other entry. A row-sharded ring adds up these block sums (see `ela_jax.training.contrastive`)."""
+    rows, columns = logits.shape
+    positive = jnp.logical_and(pairs_on_diagonal, jnp.eye(rows, columns, dtype=bool))
+    labels = jnp.where(positive, 1.0, -1.0)
+    return -jnp.sum(jax.nn.log_sigmoid(labels * logits.astype(jnp.float32)))
+
+
+def sigmoid_loss(logits: jax.Array) -> jax.Array:
+    """SigLIP's pairwise sigmoid loss, normalised by the batch size as SigLIP's is; logits [B, B] scaled and biased."""
+    return sigmoid_terms(logits) / logits.shape[0]
+
+
 def global_contrastive_loss(image_global: jax.Array, text_global: jax.Array, logit_scale: jax.Array) -> jax.Array:
     """CLIP InfoNCE; image_global, text_global: L2-normalised [B, d]."""
     return symmetric_info_nce(logit_scale * image_global @ text_global.T)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import ml_collections
 
@@ -89,10 +90,10 @@ def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
             f"{source}, but with objective.mlm_weight=0 nothing trains the text lexicon head; set "
             "objective.mlm_weight > 0, or objective.ela.target_source='pretrained' with objective.ela.teacher_dir"
         )
-    if ela.target_source == "frozen" and not config.init.text_tower:
+    if ela.target_source == "frozen" and not (config.init.text_tower or config.init.workdir):
         raise ConfigError(
             f"{source}, a copy of the text side at step 0, but init.text_tower is empty so that copy is random; set "
-            "init.text_tower to a BERT checkpoint with an MLM head, or use target_source 'ema' or 'pretrained'"
+            "init.text_tower to a BERT checkpoint with an MLM head (or init.workdir to a run), or use target_source 'ema' or 'pretrained'"
         )
     if ela.target_source == "pretrained" and not ela.teacher_dir:
         raise ConfigError(
@@ -146,6 +147,56 @@ def _validate_optimizer(optim) -> None:
     # eps > 0 keeps Adam's update finite where a gradient entry and its second moment are both zero.
     _require(math.isfinite(optim.eps) and optim.eps > 0, "optim.eps", optim.eps, "a finite number > 0 (e.g. 1e-6)")
     _require(math.isfinite(optim.clip_norm) and optim.clip_norm > 0, "optim.clip_norm", optim.clip_norm, "> 0")
+
+
+def _validate_parameter_groups(optim) -> None:
+    """optim.frozen: regular expressions; optim.lr_multipliers: (regular expression, multiplier > 0) pairs."""
+    patterns = list(optim.frozen)
+    for entry in optim.lr_multipliers:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], (int, float))):
+            raise ConfigError(
+                f"optim.lr_multipliers entries must be (pattern, multiplier) pairs, got {entry!r}; e.g. "
+                "(('image_tower/.*', 0.1),)"
+            )
+        _require(
+            math.isfinite(entry[1]) and entry[1] > 0,
+            f"optim.lr_multipliers[{entry[0]!r}]",
+            entry[1],
+            "a finite number > 0 (freeze with optim.frozen instead of 0)",
+        )
+        patterns.append(entry[0])
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise ConfigError(f"optim pattern {pattern!r} is not a regular expression ({error}); e.g. 'image_tower/.*'")
+
+
+def _validate_init_workdir(config: ml_collections.ConfigDict) -> None:
+    """init.workdir replaces every initial weight, so it cannot be combined with the other starting points."""
+    if not config.init.workdir:
+        return
+    others = {"resume": config.resume, "init.text_tower": config.init.text_tower}
+    others["init.image_tower"] = config.init.image_tower
+    for key, value in others.items():
+        if value:
+            raise ConfigError(
+                f"init.workdir={config.init.workdir!r} and {key}={value!r} both set the starting weights; keep one"
+            )
+
+
+def _validate_sigmoid_start(config: ml_collections.ConfigDict) -> None:
+    """The sigmoid loss's starting scale is a logit scale like the others: positive and under the clamp."""
+    if config.objective.global_loss != "sigmoid":
+        return
+    sigmoid, largest = config.model.sigmoid, 1.0 / config.model.min_temperature
+    _require(
+        math.isfinite(sigmoid.init_scale) and 0 < sigmoid.init_scale <= largest,
+        "model.sigmoid.init_scale",
+        sigmoid.init_scale,
+        f"in (0, {largest:g}] (1 / model.min_temperature)",
+    )
+    _require(math.isfinite(sigmoid.init_bias), "model.sigmoid.init_bias", sigmoid.init_bias, "finite")
 
 
 def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
@@ -254,6 +305,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     mesh_shape = config_lib.resolve_mesh_shape(config.mesh, num_devices)
     _validate_sizes(config)
     _validate_optimizer(config.optim)
+    _validate_parameter_groups(config.optim)
+    _validate_init_workdir(config)
     _validate_temperatures(config)
     _validate_tokenizer(config.tokenizer)
     if config.train.microbatches < 1:
@@ -271,6 +324,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
         raise ConfigError(f"model.attention_batch_splits must be a positive integer, got {splits!r}")
     objective = config.objective
+    check_choice(objective.global_loss, config_lib.GLOBAL_LOSSES, "objective.global_loss")
+    _validate_sigmoid_start(config)
     check_choice(objective.ela.loss, config_lib.ELA_LOSSES, "objective.ela.loss")
     check_choice(objective.ela.target_source, config_lib.TARGET_SOURCES, "objective.ela.target_source")
     check_choice(objective.ela.pool, config_lib.PATCH_POOLS, "objective.ela.pool")

@@ -77,13 +77,24 @@ class ELAModel(nn.Module):
         self.image_token = projection(config.token_dim, "image_token", dtype)
         self.text_token = projection(config.token_dim, "text_token", dtype)
         init_log_scale = nn.initializers.constant(math.log(1.0 / config.init_temperature))
-        self.global_log_scale = self.param("global_log_scale", layers.partitioned(init_log_scale), ())
+        init_global_log_scale = init_log_scale
+        # SigLIP's start (scale 10, bias -10): every pair begins near "no match", as nearly all of a batch's pairs are,
+        # so the first steps are not spent undoing a large loss on the negatives.
+        if config.sigmoid.enabled:
+            init_global_log_scale = nn.initializers.constant(math.log(config.sigmoid.init_scale))
+            init_bias = nn.initializers.constant(config.sigmoid.init_bias)
+            self.global_logit_bias = self.param("global_logit_bias", layers.partitioned(init_bias), ())
+        self.global_log_scale = self.param("global_log_scale", layers.partitioned(init_global_log_scale), ())
         self.fine_log_scale = self.param("fine_log_scale", layers.partitioned(init_log_scale), ())
 
     def logit_scales(self) -> dict[str, jax.Array]:
-        """exp(learnable log scale). Training clamps the parameter at `max_log_scale` after each update (as CLIP
-        does) instead of clipping here: a clip in the forward pass has zero gradient past the cap and can stick."""
-        return {"global": jnp.exp(self.global_log_scale), "fine": jnp.exp(self.fine_log_scale)}
+        """exp(learnable log scale), and the global logit bias where the sigmoid loss learns one. Training clamps the
+        log scale at `max_log_scale` after each update (as CLIP does) instead of clipping here: a clip in the forward
+        pass has zero gradient past the cap and can stick."""
+        scales = {"global": jnp.exp(self.global_log_scale), "fine": jnp.exp(self.fine_log_scale)}
+        if self.config.sigmoid.enabled:
+            scales["global_bias"] = self.global_logit_bias
+        return scales
 
     def pool(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
         """The global head's input: the CLS state, or the mean over real tokens (CLS included), [b, width]."""

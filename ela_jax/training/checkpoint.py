@@ -227,6 +227,59 @@ def _without_orbax_coroutines(unraisablehook):
 QUIETED_WHILE_RESTORING = ("absl", "orbax", "grain", "tensorstore", "jax._src.distributed")
 
 
+def restore_newest_params(path: str, abstract_params):
+    """(params, step) of the newest checkpoint under `path` (see `locate`; a step directory names that step) whose
+    params restore into `abstract_params` (ShapeDtypeStructs with shardings, so the mesh may differ from the one that
+    saved them); the optimizer state, teacher and data position are not read. Raises CheckpointError when none does.
+    """
+    directory, step = locate(path)
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+    )
+    item = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    failures = []
+    try:
+        for step in steps:
+            try:
+                misfit = params_misfit(manager.item_metadata(step)["state"], abstract_params)
+                if misfit:
+                    raise ValueError(misfit)
+                return manager.restore(step, args=args)["state"]["params"], step
+            except Exception as error:  # noqa: BLE001 - whatever makes a step unreadable, an older one may serve
+                failures.append((step, one_line(error)))
+                log.warning("checkpoint step %d in %s does not restore (%s)", step, directory, failures[-1][1])
+    finally:
+        manager.close()
+    if not failures:
+        raise CheckpointError(f"{directory} holds no complete checkpoint; give a run that saved one")
+    step, reason = failures[0]
+    raise CheckpointError(
+        f"no checkpoint in {directory} restores into this config's parameters (newest, step {step}: {reason}); the "
+        "model and tokenizer must match that run's config.json"
+    )
+
+
+def params_misfit(state_metadata, abstract_params) -> str:
+    """'' when the checkpoint's saved params have every parameter of `abstract_params` in its shape, else the first
+    parameter that is missing or shaped otherwise (found from the metadata, before anything is read)."""
+    saved = getattr(state_metadata, "tree", state_metadata)["params"]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+        node = saved
+        for key in path:
+            node = node.get(str(getattr(key, "key", key))) if isinstance(node, dict) else None
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        if node is None:
+            return f"the checkpoint has no parameter {name}"
+        if tuple(node.shape) != tuple(leaf.shape):
+            return f"{name} is {list(node.shape)} there, {list(leaf.shape)} in this config"
+    return ""
+
+
 def locate(path: str) -> tuple[str, int | None]:
     """A training workdir, its `checkpoints/` directory, or one step directory in it -> (checkpoints directory,
     step; None meaning the latest). Raises FileNotFoundError naming what was looked for."""

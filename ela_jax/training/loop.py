@@ -20,7 +20,8 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluators
 from ela_jax.experiment import Experiment
 from ela_jax.paths import write_json, write_text
-from ela_jax.training.checkpoint import Checkpointer, locate
+from ela_jax.training.checkpoint import Checkpointer, locate, restore_newest_params
+from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.progress import Progress
@@ -161,11 +162,18 @@ def check_total_steps(config, workdir: str, resumed_step: int | None) -> None:
         )
 
 
+def log_trainable_parameters(config, abstract_params) -> None:
+    """How many parameter values the optimizer updates; shown (as a warning) whenever optim.frozen holds some back."""
+    trainable, total = optimizer_lib.count_parameters(abstract_params, config.optim)
+    level = logging.WARNING if trainable < total else logging.INFO
+    log.log(level, "trainable parameters: %d of %d (%.1f%%)", trainable, total, 100.0 * trainable / max(total, 1))
+
+
 def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) -> tuple[TrainState, int]:
     """The state to start from and its step, in this order: the workdir's newest checkpoint that restores (a
     preempted or killed run continues; newer unreadable ones are set aside, see Checkpointer.restore_newest),
-    `config.resume` (another run's checkpoint: state and data position), the pretrained towers of `config.init.*`,
-    or a fresh initialisation."""
+    `config.resume` (another run's checkpoint: state and data position), `config.init.workdir` (another run's
+    weights only), the pretrained towers of `config.init.*_tower`, or a fresh initialisation."""
     restored = checkpointer.restore_newest(factory.abstract_with_shardings(), data_iterator)
     if restored is not None:
         log.warning("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
@@ -180,6 +188,14 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
         state = source.restore(step, factory.abstract_with_shardings(), data_iterator)
         source.close()
         return state, step
+    if config.init.workdir:
+        params, step = restore_newest_params(config.init.workdir, factory.abstract_with_shardings().params)
+        log.warning(
+            "starting from init.workdir: the weights of step %d in %s, a fresh optimizer at step 0",
+            step,
+            config.init.workdir,
+        )
+        return factory.load_pretrained_teacher(factory.from_params(params)), 0
     state = factory.create(config.seed)
     if config.init.text_tower or config.init.image_tower:
         # Every host loads the checkpoint into the whole params, then keeps only its devices' shards.
@@ -235,6 +251,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
+    log_trainable_parameters(config, factory.abstract_params)
 
     # --- input: the grain iterator is part of the checkpoint.
     progress = Progress(config.total_steps, is_chief, config.log.progress)

@@ -38,6 +38,26 @@ def teacher_params(params: dict) -> dict:
     return {group: params[group] for group in TEXT_PARAM_GROUPS}
 
 
+def optimizer_state_shardings(abstract_opt_state: Any, abstract_params: Any, param_shardings: Any, other) -> Any:
+    """Each optimizer-state leaf that mirrors a parameter (an Adam moment, in whichever parameter group holds it) gets
+    that parameter's sharding, every other leaf (step counts) `other`. A leaf mirrors a parameter when its tree path
+    ends with the parameter's path and their shapes agree; unlike `optax.tree_map_params` this also sees through
+    `optax.multi_transform` and `optax.masked`, whose states hold parts of the parameter tree."""
+    params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    shardings = jax.tree.leaves(param_shardings)
+    by_path = {tuple(path): (leaf.shape, sharding) for (path, leaf), sharding in zip(params, shardings)}
+    lengths = sorted({len(path) for path in by_path}, reverse=True)
+
+    def sharding_of(path, leaf):
+        for length in lengths:
+            shape, sharding = by_path.get(tuple(path[-length:]), (None, None))
+            if sharding is not None and shape == leaf.shape:
+                return sharding
+        return other
+
+    return jax.tree_util.tree_map_with_path(sharding_of, abstract_opt_state)
+
+
 class StateFactory:
     """Builds the train state directly into its shardings on `mesh`, and describes them."""
 
@@ -87,12 +107,8 @@ class StateFactory:
 
     def _state_shardings(self) -> TrainState:
         replicated = parallel.replicated(self.mesh)
-        opt_shardings = optax.tree_map_params(
-            self.optimizer,
-            lambda _, sharding: sharding,
-            self.abstract_state.opt_state,
-            self.param_shardings,
-            transform_non_params=lambda _: replicated,
+        opt_shardings = optimizer_state_shardings(
+            self.abstract_state.opt_state, self.abstract_params, self.param_shardings, replicated
         )
         teacher = teacher_params(self.param_shardings) if needs_teacher(self.config) else {}
         if self.pretrained is not None:  # a small frozen model: every device keeps all of it

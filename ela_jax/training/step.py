@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from ela_jax import objectives, parallel
 from ela_jax.models.ela import LOG_SCALE_PARAMS, ELAModel, max_log_scale
+from ela_jax.training import optimizer as optimizer_lib
 from ela_jax.training.teacher import PretrainedTeacher
 from ela_jax.training.contrastive import Contrastive
 from ela_jax.training.state import TrainState, teacher_params
@@ -180,7 +181,12 @@ class ObjectiveBuilder:
         objective = self.config.objective
         scales = self.model.apply({"params": params}, method=ELAModel.logit_scales)
         terms = {}
-        if objective.global_weight > 0:
+        if objective.global_weight > 0 and objective.global_loss == "sigmoid":
+            shared = (scales["global"], scales["global_bias"])
+            terms["global"] = self.contrastive.sigmoid(
+                sigmoid_logits, reps["image_global"], reps["text_global"], shared
+            )
+        elif objective.global_weight > 0:
             terms["global"] = self.contrastive(
                 global_logits, reps["image_global"], reps["text_global"], scales["global"]
             )
@@ -214,6 +220,8 @@ class ObjectiveBuilder:
         loss = sum(weights[name] * value for name, value in terms.items())
         metrics = {f"loss_{name}": value for name, value in terms.items()}
         metrics["temperature"] = 1.0 / scales["global"]
+        if "global_bias" in scales:
+            metrics["logit_bias"] = scales["global_bias"]
         for side in ("image", "text"):
             if f"{side}_lexicon" in reps:
                 metrics[f"{side}_lexicon_nonzeros"] = jnp.mean(jnp.sum(reps[f"{side}_lexicon"] > 0, axis=-1))
@@ -314,6 +322,13 @@ def lexlip_logits(image_lexicon: jax.Array, text_lexicon: jax.Array, tau: float)
     return logits, logits
 
 
+def sigmoid_logits(image: jax.Array, text: jax.Array, scale_and_bias: tuple) -> tuple[jax.Array, jax.Array]:
+    """SigLIP's logits: scale * cosine + bias."""
+    scale, bias = scale_and_bias
+    logits = scale * image @ text.T + bias
+    return logits, logits
+
+
 def filip_logits(image: tuple, text: tuple, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     s_image, s_text = objectives.filip_similarities(image[0], text[0], image[1], text[1])
     return scale * s_image, scale * s_text
@@ -350,6 +365,7 @@ def make_train_step(
         else:
             grad_fn = jax.value_and_grad(objective, has_aux=True)
             (loss, metrics), grads = grad_fn(state.params, state.teacher, batch, state.step, rng)
+        grads = optimizer_lib.without_frozen_gradients(grads, config.optim)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
