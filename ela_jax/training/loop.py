@@ -220,6 +220,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
+    for change in restarts.schedule_changes(config, workdir, checkpointer.latest_step()):
+        log.warning("%s", change)
     if is_chief:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
