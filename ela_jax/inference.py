@@ -12,8 +12,8 @@ class ELAInference:
     """encode_images(PIL images or uint8 [B, H, W, 3] of any size) and encode_texts(list[str]) -> {'global' [B, d], 'lexicon' [B, |V|]}, plus
     'tokens' (the towers' final hidden states) and the text 'mask' with return_tokens=True."""
 
-    def __init__(self, experiment: Experiment, params, batch_size: int = 256):
-        self.experiment = experiment
+    def __init__(self, experiment: Experiment, params, batch_size: int = 256, step: int | None = None):
+        self.experiment, self.step = experiment, step  # the checkpoint step the params come from, when known
         self.tokenizer = experiment.tokenizer
         self.encoder = experiment.encoder(params, batch_size)
 
@@ -47,5 +47,5 @@ def _public_outputs(outputs: dict) -> dict:
 def load(workdir: str, step: int | None = None, batch_size: int = 256) -> ELAInference:
     """The model of `workdir`'s checkpoint `step` (latest when None), on all local devices."""
     experiment = Experiment.build(load_config(workdir), workdir)
-    state = experiment.restore_state(step)
-    return ELAInference(experiment, state.params, batch_size)
+    state, step = experiment.restore_checkpoint(step)
+    return ELAInference(experiment, state.params, batch_size, step)

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -30,8 +29,7 @@ from ela_jax.models import layers
 from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
-from ela_jax.training.state import example_inputs
-from tests.helpers import make_tiny_config, set_keys
+from tests.helpers import abstract_params, make_tiny_config, random_params, save_workdir, set_keys
 
 TOLERANCE = 1e-4
 TEXTS = [
@@ -65,24 +63,6 @@ def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
-def abstract_params(experiment: Experiment) -> dict:
-    return nn.unbox(
-        jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))["params"]
-    )
-
-
-def random_params(experiment: Experiment, seed: int = 1) -> dict:
-    """Every leaf random, biases and log scales too (zeros at init would hide a misplaced bias); norms near 1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        noise = rng.normal(0.0, 0.05, leaf.shape)
-        is_norm_scale = jax.tree_util.keystr(path).endswith("['scale']")
-        return np.asarray(noise + 1.0 if is_norm_scale else noise, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract_params(experiment))
-
-
 def zero_vocab_padding(params: dict, vocab_size: int) -> dict:
     def zero(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -94,16 +74,6 @@ def zero_vocab_padding(params: dict, vocab_size: int) -> dict:
         return leaf
 
     return jax.tree_util.tree_map_with_path(zero, params)
-
-
-def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> None:
-    """What a training run leaves behind: config.json and a checkpoint around each step's params."""
-    with open(os.path.join(experiment.workdir, "config.json"), "w") as f:
-        f.write(experiment.config.to_json_best_effort(indent=1))
-    factory, checkpointer = experiment.state_factory(), experiment.checkpointer()
-    for step, params in params_by_step.items():
-        checkpointer.save(step, factory.from_params(params), None)
-    checkpointer.close()
 
 
 @pytest.fixture(scope="module")
