@@ -26,6 +26,8 @@ from ela_jax.paths import require_local
 from ela_jax.retrieval import folder_index, sparse_vectors
 from ela_jax.retrieval.retrievers import PAD_ID, ExactSparseIndex, FaissFlatIndex, Retriever, SeismicIndex
 
+ENCODE_BATCH = 256  # images per encoder call (ela_jax.load's default)
+
 __all__ = ["PAD_ID", "ExactSparseIndex", "FaissFlatIndex", "Retriever", "SeismicIndex", "index_folder", "main"]
 
 
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         images_to_index(args.images, args.output, args.shard_size)  # before the model loads
         manifest = index_folder(
-            ela_jax.load(args.workdir, args.step),
+            # Encoder batches are padded to full size: no larger than a shard, or small shards pay for padding.
+            ela_jax.load(args.workdir, args.step, batch_size=min(ENCODE_BATCH, args.shard_size)),
             args.images,
             args.output,
             args.shard_size,
