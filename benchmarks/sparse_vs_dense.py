@@ -20,7 +20,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import sparse  # noqa: E402
 
-from ela_jax.retrieval import compressed, index  # noqa: E402
+from ela_jax.retrieval import compressed, retrievers  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sparse_vs_dense.json")
 K = 10
@@ -107,7 +107,7 @@ def recall_at_k(found: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, expected)]))
 
 
-def measure(retriever: index.Retriever, queries, expected_ids: np.ndarray) -> dict:
+def measure(retriever: retrievers.Retriever, queries, expected_ids: np.ndarray) -> dict:
     """One query per call (latency), then all queries in one call (batched throughput)."""
     latencies, found = [], []
     for row in range(queries.shape[0]):
@@ -129,10 +129,10 @@ def measure(retriever: index.Retriever, queries, expected_ids: np.ndarray) -> di
     }
 
 
-def timed_add(retriever: index.Retriever, vectors) -> float:
+def timed_add(retriever: retrievers.Retriever, vectors) -> float:
     start = time.perf_counter()
     retriever.add(vectors)
-    if isinstance(retriever, index.SeismicIndex):
+    if isinstance(retriever, retrievers.SeismicIndex):
         retriever.build()  # Seismic builds lazily; build now so that search timings exclude it
     return time.perf_counter() - start
 
@@ -167,7 +167,7 @@ def run(
     document_nonzeros = np.diff(documents.indptr)
     results = {}
 
-    exact = index.ExactSparseIndex(vocab_size)
+    exact = retrievers.ExactSparseIndex(vocab_size)
     build_seconds = timed_add(exact, documents)
     results["sparse_exact_csr"] = {"build_seconds": build_seconds, **measure(exact, queries, expected_sparse)}
     del exact
@@ -186,7 +186,7 @@ def run(
     if with_seismic:
         # Seismic's approximation trades recall for speed through query_cut and heap_factor; the first setting
         # in this list that reaches the target recall is reported, every tried setting is kept.
-        seismic = index.SeismicIndex(
+        seismic = retrievers.SeismicIndex(
             vocab_size, n_postings=4000, centroid_fraction=0.1, summary_energy=0.4, num_threads=1
         )
         build_seconds = timed_add(seismic, documents)
@@ -212,7 +212,7 @@ def run(
     dense_queries = rng.standard_normal((num_queries, dense_dim), dtype=np.float32)
     dense_queries /= np.linalg.norm(dense_queries, axis=1, keepdims=True)
     expected_dense = exact_dense_top_k(dense_documents, dense_queries, K)
-    flat = index.FaissFlatIndex(dense_dim)
+    flat = retrievers.FaissFlatIndex(dense_dim)
     build_seconds = timed_add(flat, dense_documents)
     del dense_documents
     results["dense_faiss_flat"] = {"build_seconds": build_seconds, **measure(flat, dense_queries, expected_dense)}

@@ -14,6 +14,8 @@ import transformers
 from safetensors.torch import load_file
 from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
+from ela_jax.data.images import model_images
+
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """As ela_jax.models.ela.l2_normalise: x / max(|x|, eps)."""
@@ -30,7 +32,7 @@ def pool_lexicon(logits: torch.Tensor, token_mask: torch.Tensor, special_ids: li
 
 
 class ELATorch(torch.nn.Module):
-    """encode_images(uint8 [B, H, W, 3]) and encode_texts(list[str]) -> {'global' [B, d], 'lexicon' [B, |V|]} as
+    """encode_images(PIL images or uint8 [B, H, W, 3] of any size) and encode_texts(list[str]) -> {'global' [B, d], 'lexicon' [B, |V|]} as
     float32 numpy, plus 'tokens' (the towers' last_hidden_state) and the text 'mask' with return_tokens=True."""
 
     def __init__(
@@ -102,11 +104,10 @@ class ELATorch(torch.nn.Module):
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     @torch.no_grad()
-    def encode_images(self, images: np.ndarray, return_tokens: bool = False) -> dict[str, np.ndarray]:
-        images = np.asarray(images)
-        size = self.ela_config["image_size"]
-        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [batch, {size}, {size}, 3], got {images.dtype} {images.shape}")
+    def encode_images(self, images, return_tokens: bool = False) -> dict[str, np.ndarray]:
+        """`images`: PIL images or uint8 arrays of any size, brought to the model's input as ela_jax.load and
+        evaluation do (shorter side resized, centre crop; the exported preprocessor_config.json says the same)."""
+        images = model_images(images, self.ela_config["image_size"])
         chunks = [
             self._encode_image_batch(torch.from_numpy(images[start : start + self.batch_size]), return_tokens)
             for start in range(0, len(images), self.batch_size)

@@ -8,10 +8,14 @@ import os
 import struct
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from ela_jax import config as config_lib
+from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
+from ela_jax.training.state import example_inputs
 
 
 def make_tiny_config(**overrides):
@@ -137,3 +141,31 @@ def model_inputs():
     tokens = rng.integers(0, 50, (2, 8)).astype(np.int32)
     mask = np.arange(8)[None, :] < np.array([[5], [8]])
     return images, tokens, mask
+
+
+def abstract_params(experiment: Experiment) -> dict:
+    return nn.unbox(
+        jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))["params"]
+    )
+
+
+def random_params(experiment: Experiment, seed: int = 1) -> dict:
+    """Every leaf random, biases and log scales too (zeros at init would hide a misplaced bias); norms near 1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        noise = rng.normal(0.0, 0.05, leaf.shape)
+        is_norm_scale = jax.tree_util.keystr(path).endswith("['scale']")
+        return np.asarray(noise + 1.0 if is_norm_scale else noise, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(experiment))
+
+
+def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> None:
+    """What a training run leaves behind: config.json and a checkpoint around each step's params."""
+    with open(os.path.join(experiment.workdir, "config.json"), "w") as f:
+        f.write(experiment.config.to_json_best_effort(indent=1))
+    factory, checkpointer = experiment.state_factory(), experiment.checkpointer()
+    for step, params in params_by_step.items():
+        checkpointer.save(step, factory.from_params(params), None)
+    checkpointer.close()

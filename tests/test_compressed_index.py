@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from ela_jax.retrieval import compressed, index
+from ela_jax.retrieval import compressed, retrievers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from sparse_vs_dense import zipf_sparse  # noqa: E402
@@ -82,7 +82,7 @@ def test_fewer_documents_than_k_are_padded():
     search_index = compressed.CompressedSparseIndex(5)
     search_index.add(np.array([[0, 1, 0, 0, 2], [1, 0, 0, 0, 0]], np.float32))
     scores, ids = search_index.search(np.array([[0, 0, 0, 0, 1]], np.float32), 4)
-    np.testing.assert_array_equal(ids, [[0, 1, index.PAD_ID, index.PAD_ID]])
+    np.testing.assert_array_equal(ids, [[0, 1, retrievers.PAD_ID, retrievers.PAD_ID]])
     assert scores[0, 0] == pytest.approx(2.0) and scores[0, 1] == 0.0 and np.all(np.isneginf(scores[0, 2:]))
 
 
@@ -93,7 +93,7 @@ def test_8bit_index_keeps_recall_at_10_of_float_search_in_under_a_third_of_csr_m
     search_index = compressed.CompressedSparseIndex(30522, weight_bits=8)
     search_index.add(documents)
     _, ids = search_index.search(queries, 10)
-    exact = index.ExactSparseIndex(30522)
+    exact = retrievers.ExactSparseIndex(30522)
     exact.add(documents)
     _, expected = exact.search(queries, 10)
     recall = np.mean([len(set(found) & set(wanted)) / 10 for found, wanted in zip(ids, expected)])

@@ -10,26 +10,26 @@ import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from PIL import Image
 
 import ela_jax
 from configs.ela_minilm import minilm_dir
 from ela_jax import config as config_lib
 from ela_jax.config import ConfigError
-from ela_jax.convert import from_pytorch, to_pytorch
+from ela_jax.convert import from_pytorch, hf_export, to_pytorch
+from ela_jax.data import images as images_lib
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.inference import ELAInference
 from ela_jax.models import layers
 from ela_jax.models.ela import ELAModel
 from ela_jax.torch_model import ELATorch
 from ela_jax.training.loop import train
-from ela_jax.training.state import example_inputs
-from tests.helpers import make_tiny_config, set_keys
+from tests.helpers import abstract_params, make_tiny_config, random_params, save_workdir, set_keys
 
 TOLERANCE = 1e-4
 TEXTS = [
@@ -63,24 +63,6 @@ def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
-def abstract_params(experiment: Experiment) -> dict:
-    return nn.unbox(
-        jax.eval_shape(experiment.model.init, jax.random.key(0), *example_inputs(experiment.config))["params"]
-    )
-
-
-def random_params(experiment: Experiment, seed: int = 1) -> dict:
-    """Every leaf random, biases and log scales too (zeros at init would hide a misplaced bias); norms near 1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        noise = rng.normal(0.0, 0.05, leaf.shape)
-        is_norm_scale = jax.tree_util.keystr(path).endswith("['scale']")
-        return np.asarray(noise + 1.0 if is_norm_scale else noise, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract_params(experiment))
-
-
 def zero_vocab_padding(params: dict, vocab_size: int) -> dict:
     def zero(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -92,16 +74,6 @@ def zero_vocab_padding(params: dict, vocab_size: int) -> dict:
         return leaf
 
     return jax.tree_util.tree_map_with_path(zero, params)
-
-
-def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> None:
-    """What a training run leaves behind: config.json and a checkpoint around each step's params."""
-    with open(os.path.join(experiment.workdir, "config.json"), "w") as f:
-        f.write(experiment.config.to_json_best_effort(indent=1))
-    factory, checkpointer = experiment.state_factory(), experiment.checkpointer()
-    for step, params in params_by_step.items():
-        checkpointer.save(step, factory.from_params(params), None)
-    checkpointer.close()
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +134,21 @@ def assert_same_encodings(jax_model, torch_model: ELATorch, images: np.ndarray, 
             np.testing.assert_array_equal(actual["mask"], expected["mask"])
 
 
+def assert_same_non_square_encodings(jax_model, torch_model: ELATorch, output: str) -> None:
+    """PIL images and arrays of other sizes and shapes encode the same through ela_jax.load, ELATorch and the
+    exported ViTImageProcessor + ViTModel."""
+    inputs = non_square_images() + list(random_images(2, 16, seed=5))  # five, the batch the encoders compiled for
+    expected = jax_model.encode_images(inputs, return_tokens=True)
+    actual = torch_model.encode_images(inputs, return_tokens=True)
+    for key in ("global", "lexicon", "tokens"):
+        assert_close(actual[key], expected[key], f"non-square images, ELATorch {key}")
+    processor = transformers.ViTImageProcessor.from_pretrained(os.path.join(output, "image"))
+    vit = transformers.ViTModel.from_pretrained(os.path.join(output, "image"), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        hidden = vit(**processor(inputs, return_tensors="pt")).last_hidden_state
+    assert_close(hidden.numpy(), expected["tokens"], "non-square images, ViTImageProcessor + ViTModel")
+
+
 @pytest.mark.integration
 def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
     experiment, params, output = random_export
@@ -169,10 +156,39 @@ def test_elatorch_matches_ela_jax_load_with_random_weights(random_export):
         assert json.load(f)["source"] == {"workdir": os.path.abspath(experiment.workdir), "step": 7}
     torch_model = ELATorch.from_pretrained(output)
     assert not torch_model.training
-    assert_same_encodings(ela_jax.load(experiment.workdir, step=7), torch_model, random_images(5, 16), TEXTS)
+    jax_model = ela_jax.load(experiment.workdir, step=7)
+    assert_same_encodings(jax_model, torch_model, random_images(5, 16), TEXTS)
+    assert_same_non_square_encodings(jax_model, torch_model, output)
     max_log_scale = np.log(1.0 / experiment.config.model.min_temperature)
     for name, scale in torch_model.logit_scales().items():
         assert scale == pytest.approx(np.exp(min(params[f"{name}_log_scale"], max_log_scale)), rel=1e-6)
+
+
+def non_square_images() -> list:
+    """A wide PIL image, a tall uint8 array and a palette PIL image, none of them 16 x 16."""
+    rng = np.random.default_rng(4)
+    wide = Image.fromarray(rng.integers(0, 256, (17, 41, 3), dtype=np.uint8))
+    tall = rng.integers(0, 256, (30, 19, 3), dtype=np.uint8)
+    palette = Image.fromarray(rng.integers(0, 256, (24, 36, 3), dtype=np.uint8)).convert("P")
+    return [wide, tall, palette]
+
+
+def test_the_exported_image_processor_crops_as_evaluation_does_without_squashing():
+    """preprocessor_config.json drives ViTImageProcessor to the pixels ela_jax.load and ELATorch feed the tower:
+    shorter side resized, centre crop (a square squash of the same images differs)."""
+    image_config = small_config().model.image
+    processor = transformers.ViTImageProcessor(**hf_export.image_processor_config(image_config))
+    inputs = non_square_images()
+    pixels = processor(inputs, return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    ours = images_lib.model_images(inputs, 16)
+    assert ours.shape == (3, 16, 16, 3) and ours.dtype == np.uint8
+    mean, std = np.asarray(image_config.pixel_mean), np.asarray(image_config.pixel_std)
+    np.testing.assert_allclose(pixels, (ours / 255.0 - mean) / std, atol=1e-5)
+    squashed = np.asarray(Image.fromarray(inputs[1]).resize((16, 16), Image.Resampling.BILINEAR))
+    assert np.abs(squashed.astype(int) - ours[1]).max() > 50
+    assert images_lib.model_images(ours, 16) is ours  # a batch at the model's size passes unchanged
+    with pytest.raises(ValueError, match="image 1 must be a PIL image or a uint8"):
+        images_lib.model_images([inputs[1], inputs[1].astype(np.float32)], 16)
 
 
 @pytest.mark.integration  # trains, then converts

@@ -10,8 +10,9 @@ import pytest
 
 from ela_jax import config as config_lib
 from ela_jax import validation
-from ela_jax.data import batching, captions_tfds, pipeline, records, tokenizer, webdataset
+from ela_jax.data import batching, captions_tfds, pipeline, real_pipeline, records, tokenizer, webdataset
 from ela_jax.evaluation import evaluators, retrieval
+from ela_jax.retrieval import export
 from tests import data_fixtures as fixtures
 from tests.helpers import make_tiny_config
 
@@ -102,6 +103,41 @@ def test_a_folder_trains_without_a_test_split_and_is_then_not_evaluated(tmp_path
         pipeline.retrieval_set(config.data, "test")
 
 
+def test_a_folder_keeps_every_images_key_through_evaluation_and_the_export_id_map(tmp_path):
+    """The prepared split is in another order than test.jsonl, whose lines are in neither file-name order: each
+    image of the evaluation set still carries its path, and the export's id map names it for its captions."""
+    root = str(tmp_path)
+    order = [5, 3, 0, 4, 1, 2]
+    paths = {tag: f"{'b' if tag % 2 else 'a'}/img_{9 - tag:03d}.jpg" for tag in order}
+    for tag in order:
+        fixtures.write_file(os.path.join(root, paths[tag]), fixtures.jpeg_bytes(tag))
+    fixtures.write_jsonl(
+        os.path.join(root, "test.jsonl"), [{"image": paths[t], "captions": fixtures.captions_for(t, 2)} for t in order]
+    )
+    fixtures.write_jsonl(os.path.join(root, "captions.jsonl"), [{"image": paths[0], "caption": "photo 0"}])
+    dataset = pipeline.retrieval_set(real_config("folder", root).data, "test")
+    assert sorted(dataset.keys) == sorted(paths.values()) and dataset.keys != [paths[t] for t in order]
+    tag_of_path = {path: tag for tag, path in paths.items()}
+    assert [fixtures.tag_of_pixels(image) for image in dataset.images] == [tag_of_path[k] for k in dataset.keys]
+    id_map = export.retrieval_id_map("test", dataset.keys, dataset.captions, dataset.caption_image)
+    assert [document["key"] for document in id_map["documents"]] == dataset.keys
+    assert len(id_map["queries"]) == 12
+    for query in id_map["queries"]:
+        assert tag_of_path[query["image_key"]] == fixtures.tag_of_caption(query["caption"])
+
+
+@pytest.mark.parametrize(
+    "name, record, key",
+    [
+        ("coco", {"key": b"val2014/COCO_val2014_000000000042.jpg", "image_id": 42}, "42"),
+        ("flickr30k", {"key": b"1000092795.jpg", "image_id": 3}, "1000092795"),  # the Flickr photo id, not imgid
+        ("folder", {"key": b"holiday/beach.png", "image_id": 0}, "holiday/beach.png"),
+    ],
+)
+def test_each_source_names_its_images_as_its_users_do(name, record, key):
+    assert real_pipeline.image_key(name, record) == key
+
+
 REAL_CAPTIONS = ["a brown dog runs along the beach at sunset", "two people ride bicycles through a busy street"]
 
 
@@ -135,6 +171,7 @@ def test_evaluation_sees_every_caption_of_every_image(coco, tmp_path):
     caption_tags = np.asarray([fixtures.tag_of_caption(c) for c in dataset.captions])
     np.testing.assert_array_equal(image_tags[dataset.caption_image], caption_tags)
     assert sorted(image_tags) == tags["test"]
+    assert dataset.keys == [str(100_000 + tag) for tag in image_tags]  # COCO's image ids
 
     def oracle(rows, columns):
         return (image_tags[rows][:, None] == caption_tags[columns][None, :]).astype(np.float64)

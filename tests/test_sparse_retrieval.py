@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import sparse
 
-from ela_jax.retrieval import export, index
+from ela_jax.retrieval import export, retrievers
 from tests.helpers import brute_force_top_k, dyadic_sparse
 
 
@@ -29,7 +29,7 @@ def test_exact_sparse_index_returns_the_brute_force_top10_with_ties_and_empty_ve
     queries[2, 59] = 0.25
     documents[:, 59] = 0.0
     documents[[205, 7], 59] = 0.5  # a query matching only two documents: the rest are zero-score fill
-    retriever = index.ExactSparseIndex(vocab)
+    retriever = retrievers.ExactSparseIndex(vocab)
     retriever.add(sparse.csr_matrix(documents[:120]))
     retriever.add(documents[120:])  # a second batch, given dense
     scores, ids = retriever.search(sparse.csr_matrix(queries), k=10)
@@ -43,7 +43,7 @@ def test_exact_sparse_index_returns_the_brute_force_top10_with_ties_and_empty_ve
 def test_exact_sparse_index_equals_brute_force_on_random_floats_and_pads_short_collections():
     documents = sparse.random(500, 200, density=0.04, random_state=2, format="csr", dtype=np.float32)
     queries = sparse.random(30, 200, density=0.05, random_state=3, format="csr", dtype=np.float32)
-    retriever = index.ExactSparseIndex(200)
+    retriever = retrievers.ExactSparseIndex(200)
     retriever.add(documents)
     scores, ids = retriever.search(queries, k=10)
     expected_scores, expected_ids = brute_force_top_k(queries.toarray(), documents.toarray(), 10)
@@ -53,10 +53,10 @@ def test_exact_sparse_index_equals_brute_force_on_random_floats_and_pads_short_c
     with pytest.raises(ValueError, match="non-negative"):
         retriever.search(-queries, k=10)
 
-    short = index.ExactSparseIndex(200)
+    short = retrievers.ExactSparseIndex(200)
     short.add(documents[:3])
     scores, ids = short.search(queries[:1], k=5)
-    np.testing.assert_array_equal(ids[0, 3:], [index.PAD_ID, index.PAD_ID])
+    np.testing.assert_array_equal(ids[0, 3:], [retrievers.PAD_ID, retrievers.PAD_ID])
     assert np.all(np.isneginf(scores[0, 3:])) and sorted(ids[0, :3]) == [0, 1, 2]
 
 
@@ -64,7 +64,7 @@ def test_faiss_flat_index_equals_numpy_brute_force():
     rng = np.random.default_rng(2)
     documents = rng.standard_normal((400, 32)).astype(np.float32)
     queries = rng.standard_normal((20, 32)).astype(np.float32)
-    retriever = index.FaissFlatIndex(32)
+    retriever = retrievers.FaissFlatIndex(32)
     retriever.add(documents[:150])
     retriever.add(documents[150:])
     scores, ids = retriever.search(queries, k=10)
@@ -73,10 +73,10 @@ def test_faiss_flat_index_equals_numpy_brute_force():
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
     assert retriever.memory_bytes == 400 * 32 * 4
 
-    short = index.FaissFlatIndex(32)
+    short = retrievers.FaissFlatIndex(32)
     short.add(documents[:3])
     scores, ids = short.search(queries[:1], k=5)
-    np.testing.assert_array_equal(ids[0, 3:], [index.PAD_ID, index.PAD_ID])
+    np.testing.assert_array_equal(ids[0, 3:], [retrievers.PAD_ID, retrievers.PAD_ID])
     assert np.all(np.isneginf(scores[0, 3:]))
 
 
@@ -84,7 +84,7 @@ def test_seismic_index_reaches_095_recall_at_10_of_exact_search():
     pytest.importorskip("seismic")
     documents = sparse.random(2000, 300, density=0.05, random_state=4, format="csr", dtype=np.float32)
     queries = sparse.random(50, 300, density=0.04, random_state=5, format="csr", dtype=np.float32)
-    retriever = index.SeismicIndex(300, n_postings=400, query_cut=20, heap_factor=0.9)
+    retriever = retrievers.SeismicIndex(300, n_postings=400, query_cut=20, heap_factor=0.9)
     retriever.add(documents)
     _, ids = retriever.search(queries, k=10)
     _, expected_ids = brute_force_top_k(queries.toarray(), documents.toarray(), 10)

@@ -67,12 +67,17 @@ def vit_config(model_config: ml_collections.ConfigDict) -> transformers.ViTConfi
 
 
 def image_processor_config(image_config: ml_collections.ConfigDict) -> dict:
-    """ViTImageProcessor settings that give the pixels the JAX model normalises on device: x / 255, then mean/std."""
+    """ViTImageProcessor settings that give the pixels the JAX model sees: the evaluation geometry
+    (ela_jax.data.images.centre_crop: shorter side resized, centre crop, no squashing), then x / 255 and mean/std."""
+    size = image_config.image_size
     return {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
-        "size": {"height": image_config.image_size, "width": image_config.image_size},
+        "size": {"shortest_edge": size},
         "resample": 2,  # PIL bilinear; images already at image_size pass through unchanged
+        "do_center_crop": True,
+        "do_convert_rgb": True,  # palette, greyscale, CMYK to RGB; alpha on white, as ela_jax.data.images.to_rgb
+        "crop_size": {"height": size, "width": size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -31,11 +31,13 @@ class TokeniseBatch(grain.transforms.Map):
 
 @dataclasses.dataclass
 class RetrievalSet:
-    """Images [N, H, W, 3] uint8 and all captions, with caption_image[c] the index of caption c's image."""
+    """Images [N, H, W, 3] uint8 and all captions, with caption_image[c] the index of caption c's image; keys[i]
+    names image i in its source (`real_pipeline.image_key`), so results can be traced back to the user's files."""
 
     images: np.ndarray
     captions: list[str]
     caption_image: np.ndarray
+    keys: list[str]
 
 
 def unknown_share(tokenizer: Tokenizer, captions: list[str]) -> float:

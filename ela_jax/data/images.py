@@ -93,11 +93,44 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def centre_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Evaluation geometry: shorter side resized to `size`, centre square crop; uint8 [size, size, 3]."""
+    """Evaluation geometry: the shorter side resized to `size` (the longer to int(size * longer / shorter)), then the
+    centre square cut at whole pixels; uint8 [size, size, 3]. This is torchvision's Resize(size) + CenterCrop(size)
+    and what the exported preprocessor_config.json asks of transformers' image processor, pixel for pixel."""
     width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return _resize_box(image, (left, top, left + side, top + side), size)
+    longer = int(size * max(width, height) / min(width, height))
+    resized_size = (size, longer) if width <= height else (longer, size)
+    pixels = np.asarray(image.resize(resized_size, RESAMPLE))
+    top, left = (resized_size[1] - size) // 2, (resized_size[0] - size) // 2
+    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
+
+
+def model_images(images, size: int) -> np.ndarray:
+    """What a model's encode_images feeds its image tower: a PIL image, a uint8 array [H, W, 3] or [B, H, W, 3] of any
+    size, or a sequence of PIL images and uint8 [H, W, 3] arrays (sizes may differ) -> uint8 [B, size, size, 3] in
+    the evaluation geometry (`centre_crop`). Images already size x size pass unchanged; PIL images become RGB
+    (`to_rgb`). Raises ValueError naming the first image of another kind."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype == np.uint8 and images.shape[1:] == (size, size, 3):
+            return images
+        items = list(images)
+    elif isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        items = [images]
+    else:
+        items = list(images)
+    batch = [_model_image(item, size, index) for index, item in enumerate(items)]
+    return np.stack(batch) if batch else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _model_image(item, size: int, index: int) -> np.ndarray:
+    if isinstance(item, Image.Image):
+        return centre_crop(to_rgb(item), size)
+    pixels = np.asarray(item)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(
+            f"image {index} must be a PIL image or a uint8 [height, width, 3] array, got {pixels.dtype} "
+            f"{pixels.shape}; decode files with PIL.Image.open and pass the images"
+        )
+    return pixels if pixels.shape[:2] == (size, size) else centre_crop(Image.fromarray(pixels), size)
 
 
 def random_resized_crop(

@@ -86,11 +86,12 @@ def retrieval_set(data_config, split: str = "test") -> RetrievalSet:
     if name != "world":
         return real_pipeline.retrieval_set(name, manual_dir, data_config, split)
     source = data_source(data_config, split)
-    images, captions, caption_image = [], [], []
+    images, captions, caption_image, keys = [], [], [], []
     for index in range(len(source)):
         record = source[index]
         images.append(record["image"])
+        keys.append(str(int(record["image_id"])))
         for caption in record["captions"]:
             captions.append(_decode(caption))
             caption_image.append(index)
-    return RetrievalSet(np.stack(images), captions, np.asarray(caption_image, np.int64))
+    return RetrievalSet(np.stack(images), captions, np.asarray(caption_image, np.int64), keys)

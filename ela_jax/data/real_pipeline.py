@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 
 import grain
 import numpy as np
@@ -101,6 +102,15 @@ def train_dataset(config, tokenizer: Tokenizer, process_index: int, process_coun
     return stream
 
 
+def image_key(name: str, record: dict) -> str:
+    """The name a user knows an image of source `name` by: COCO's image id, Flickr30K's photo id (the file name's
+    stem), a folder's path relative to the folder."""
+    if name == "coco":
+        return str(int(record["image_id"]))
+    path = _text(record["key"])
+    return os.path.splitext(os.path.basename(path))[0] if name == "flickr30k" else path
+
+
 def retrieval_set(name: str, manual_dir: str, data_config, split: str) -> RetrievalSet:
     """Every usable image of `split` (shorter side resized, centre crop) with all of its captions."""
     if name not in sources.EVAL_NAMES:
@@ -112,7 +122,7 @@ def retrieval_set(name: str, manual_dir: str, data_config, split: str) -> Retrie
     skips = records.SkipCounter(f"{name} {split}", data_config.max_skip_fraction)
     size = data_config.image_size
 
-    def load(index: int) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    def load(index: int) -> tuple[np.ndarray, tuple[str, ...], str] | None:
         record = source[index]
         skips.count_seen()
         captions = records.clean_captions(record["captions"])
@@ -120,7 +130,8 @@ def retrieval_set(name: str, manual_dir: str, data_config, split: str) -> Retrie
             skips.skip(_text(record["key"]), "no_caption")
             return None
         try:
-            return images.centre_crop(images.open_image(record["image"], min_side=size), size), captions
+            pixels = images.centre_crop(images.open_image(record["image"], min_side=size), size)
+            return pixels, captions, image_key(name, record)
         except images.ImageDecodeError as error:
             skips.skip(_text(record["key"]), error.reason)
             return None
@@ -130,6 +141,11 @@ def retrieval_set(name: str, manual_dir: str, data_config, split: str) -> Retrie
     skips.finish()
     if not loaded:
         raise ValueError(f"{name} split {split!r} in {manual_dir} has no usable image")
-    captions = [caption for _, image_captions in loaded for caption in image_captions]
-    caption_image = [index for index, (_, image_captions) in enumerate(loaded) for _ in image_captions]
-    return RetrievalSet(np.stack([pixels for pixels, _ in loaded]), captions, np.asarray(caption_image, np.int64))
+    captions = [caption for _, image_captions, _ in loaded for caption in image_captions]
+    caption_image = [index for index, (_, image_captions, _) in enumerate(loaded) for _ in image_captions]
+    return RetrievalSet(
+        np.stack([pixels for pixels, _, _ in loaded]),
+        captions,
+        np.asarray(caption_image, np.int64),
+        [key for _, _, key in loaded],
+    )

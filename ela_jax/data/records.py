@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 
-from ela_jax.errors import TooManySkipsError
+from ela_jax.data.sources import csv_header_problem
+from ela_jax.errors import ConfigError, TooManySkipsError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,13 @@ MAX_CAPTION_CHARS = 4096
 # The skip rate is judged only after this many records, so one bad record at the start cannot stop a run.
 MIN_RECORDS_FOR_SKIP_RATE = 100
 WARN_FIRST_KEYS = 5
+
+# What a caption file's skip line says was looked for, and the field names a file needs.
+LOOKED_FOR = {
+    "jsonl": {"no_image": "no 'image' field", "no_caption": "no 'caption' or 'captions' text"},
+    "csv": {"no_image": "empty 'image' column", "no_caption": "empty 'caption' column"},
+}
+EXPECTED_FIELDS = {"jsonl": "'image' with 'caption' or 'captions'", "csv": "'image' and 'caption'"}
 
 # Karpathy split names -> ours; "restval" (the 30,504 COCO val2014 images outside val/test) joins train, as in every
 # paper that reports the 5K test set.
@@ -67,12 +75,13 @@ class SkipCounter:
         with self._lock:
             self.seen += count
 
-    def skip(self, key: str, reason: str, count: int = 1) -> None:
+    def skip(self, key: str, reason: str, detail: str = "", count: int = 1) -> None:
         """Counts `count` skipped records under one key (already counted as seen; e.g. a whole unreadable shard) and
-        checks the rate once enough records were seen."""
+        checks the rate once enough records were seen; `detail` says what was looked for (e.g. the field a line lacks).
+        """
         with self._lock:
             self.reasons[reason] = self.reasons.get(reason, 0) + count
-            named = f"{key} ({reason})"
+            named = f"{key} ({reason}: {detail})" if detail else f"{key} ({reason})"
             if len(self.first_keys) < WARN_FIRST_KEYS and named not in self.first_keys:  # epochs revisit records
                 self.first_keys.append(named)
                 log.warning("%s: skipped %s", self.source, named)
@@ -142,17 +151,39 @@ def read_caption_files(paths: list[str], image_root: str, skips: SkipCounter) ->
     line) or CSVs with `image,caption` columns; lines naming the same image are grouped, in first-seen order."""
     grouped: dict[str, list[str]] = {}
     for path in paths:
-        lines = _jsonl_rows(path, skips) if path.endswith(".jsonl") else _csv_rows(path, skips)
-        for line_key, image, captions in lines:
+        kind = "jsonl" if path.endswith(".jsonl") else "csv"
+        rows = _jsonl_rows(path, skips) if kind == "jsonl" else _csv_rows(path, skips)
+        lines, missing, fields = 0, {}, set()
+        for line_key, image, captions, line_fields in rows:
+            lines += 1
+            fields.update(line_fields)
             captions = clean_captions(captions)
             if not image or not captions:
-                skips.skip(line_key, "no_image" if not image else "no_caption")
+                reason = "no_image" if not image else "no_caption"
+                missing[reason] = missing.get(reason, 0) + 1
+                skips.skip(line_key, reason, LOOKED_FOR[kind][reason])
                 continue
             grouped.setdefault(os.path.normpath(image), []).extend(captions)
+        _check_mostly_missing(path, kind, lines, missing, fields)
     return [
         ImageText(image, os.path.join(image_root, image), tuple(captions), index)
         for index, (image, captions) in enumerate(grouped.items())
     ]
+
+
+def _check_mostly_missing(path: str, kind: str, lines: int, missing: dict[str, int], fields: set[str]) -> None:
+    """Stops on a small caption file most of whose lines lack the same field: its field names are wrong, and the
+    skip rate, judged only from MIN_RECORDS_FOR_SKIP_RATE records on, would let training run on the few lines left."""
+    if not missing or lines >= MIN_RECORDS_FOR_SKIP_RATE:
+        return
+    reason, count = max(missing.items(), key=lambda item: item[1])
+    if 2 * count <= lines:
+        return
+    raise TooManySkipsError(
+        f"{path}: {count} of {lines} lines skipped ({reason}: {LOOKED_FOR[kind][reason]}); the lines have the "
+        f"{'fields' if kind == 'jsonl' else 'columns'} {sorted(fields)}, expected {EXPECTED_FIELDS[kind]}; "
+        "rename them or fill them in"
+    )
 
 
 def _jsonl_rows(path: str, skips: SkipCounter):
@@ -172,15 +203,16 @@ def _jsonl_rows(path: str, skips: SkipCounter):
                 continue
             captions = row.get("captions", [row["caption"]] if "caption" in row else [])
             captions = [captions] if isinstance(captions, str) else captions
-            yield key, str(row.get("image") or ""), [c for c in captions if isinstance(c, str)]
+            yield key, str(row.get("image") or ""), [c for c in captions if isinstance(c, str)], row.keys()
 
 
 def _csv_rows(path: str, skips: SkipCounter):
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        problem = csv_header_problem(path)
+        if problem:
+            raise ConfigError(problem)
         reader = csv.DictReader(f)
-        if not {"image", "caption"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path} needs a header with 'image' and 'caption' columns, got {reader.fieldnames}")
         for row in reader:
             skips.count_seen()
             key = f"{os.path.basename(path)}:{reader.line_num}"
-            yield key, (row.get("image") or "").strip(), [row.get("caption") or ""]
+            yield key, (row.get("image") or "").strip(), [row.get("caption") or ""], reader.fieldnames

@@ -3,6 +3,7 @@ anything is prepared or compiled). Imports nothing heavy."""
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
 
@@ -17,6 +18,7 @@ FLICKR_IMAGE_DIR = "flickr30k-images"
 # Caption files of a folder source and the split each one feeds.
 FOLDER_SPLIT_FILES = {"captions": "train", "train": "train", "validation": "validation", "test": "test"}
 FOLDER_EXTENSIONS = (".jsonl", ".csv")
+CSV_COLUMNS = ("image", "caption")  # the header a folder's caption CSV needs
 REQUIRED_ENTRIES = {
     "coco": (KARPATHY_FILES["coco"], "train2014", "val2014"),
     "flickr30k": (KARPATHY_FILES["flickr30k"], FLICKR_IMAGE_DIR),
@@ -41,6 +43,18 @@ def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
     return [entry for entry in REQUIRED_ENTRIES[name] if not os.path.exists(os.path.join(manual_dir, entry))]
 
 
+def csv_header_problem(path: str) -> str:
+    """Why the caption CSV at `path` cannot be read ('' when its header names the CSV_COLUMNS)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    if set(CSV_COLUMNS) <= set(header):
+        return ""
+    return (
+        f"{path} needs a header line naming the columns {','.join(CSV_COLUMNS)}, got {header}; "
+        f"make its first line {','.join(CSV_COLUMNS)} (or rename the columns)"
+    )
+
+
 def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
     """Raises ConfigError (one line) when `manual_dir` cannot serve `split` of source `name`."""
     if not manual_dir:
@@ -53,6 +67,12 @@ def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
             f"{key}={manual_dir!r} lacks {', '.join(missing)} for the {split} split; "
             f"source {name!r} needs {CONTENTS[name]}"
         )
+    if name == "folder":
+        for stem, stem_split in FOLDER_SPLIT_FILES.items():
+            path = os.path.join(manual_dir, stem + ".csv")
+            problem = csv_header_problem(path) if stem_split == split and os.path.isfile(path) else ""
+            if problem:
+                raise ConfigError(problem)
 
 
 def parse_mixture_entry(entry: str) -> tuple[str, str, float]:

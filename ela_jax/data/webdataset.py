@@ -84,7 +84,9 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter, keys: dict | 
         image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
         caption = next(((fields[e], e == "json") for e in CAPTION_EXTENSIONS if e in fields), None)
         if image is None or caption is None:
-            skips.skip(f"{os.path.basename(path)}:{key}", "no_image" if image is None else "no_caption")
+            reason, extensions = ("no_image", IMAGE_EXTENSIONS) if image is None else ("no_caption", CAPTION_EXTENSIONS)
+            looked_for = "no " + " / ".join(f"{key}.{extension}" for extension in extensions)
+            skips.skip(f"{os.path.basename(path)}:{key}", reason, looked_for)
             continue
         if max(m.offset_data + m.size for m in (image, caption[0])) > file_size:
             # tarfile stops quietly at a truncated end; members whose data runs past it are cut.

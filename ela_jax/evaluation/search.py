@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ela_jax.evaluation import retrieval, scores
-from ela_jax.retrieval import compressed, index, sparse_vectors
+from ela_jax.retrieval import compressed, retrievers, sparse_vectors
 
 # Which score each index serves: sparse indexes hold lexicon vectors, FAISS flat holds the dense global embeddings.
 SERVED_SCORE = {"sparse_exact": "lexicon", "sparse_compressed": "lexicon", "seismic": "lexicon", "faiss": "global"}
@@ -27,16 +27,16 @@ def _vectors(score: str, outputs: dict, eval_config):
     return sparse_vectors.sparsify(scores.lexicon_vectors(outputs, eval_config.lexicon_similarity))
 
 
-def make_index(retriever: str, dim: int, seismic_options: dict | None = None) -> index.Retriever:
+def make_index(retriever: str, dim: int, seismic_options: dict | None = None) -> retrievers.Retriever:
     """An empty index; `seismic_options` (eval.seismic's keys) tune the Seismic index."""
     if retriever == "sparse_exact":
-        return index.ExactSparseIndex(dim)
+        return retrievers.ExactSparseIndex(dim)
     if retriever == "sparse_compressed":
         return compressed.CompressedSparseIndex(dim, weight_bits=8)
     if retriever == "seismic":
-        return index.SeismicIndex(dim, **(seismic_options or {}))
+        return retrievers.SeismicIndex(dim, **(seismic_options or {}))
     if retriever == "faiss":
-        return index.FaissFlatIndex(dim)
+        return retrievers.FaissFlatIndex(dim)
     raise ValueError(f"unknown retriever {retriever!r}; use one of {sorted(SERVED_SCORE)}")
 
 
@@ -62,7 +62,7 @@ def index_ranks(
     caption_scores, caption_ids = top_k(retriever, caption_vectors, image_vectors, k, chunk_size, options)  # per image
     image_scores, image_ids = top_k(retriever, image_vectors, caption_vectors, k, chunk_size, options)  # per caption
     images = np.arange(image_vectors.shape[0])
-    caption_is_relevant = (caption_ids != index.PAD_ID) & (caption_image[caption_ids] == images[:, None])
+    caption_is_relevant = (caption_ids != retrievers.PAD_ID) & (caption_image[caption_ids] == images[:, None])
     image_is_relevant = image_ids == caption_image[:, None]
     image_ranks = retrieval.ranks_from_top_k(caption_scores, caption_is_relevant)
     caption_ranks = retrieval.ranks_from_top_k(image_scores, image_is_relevant)

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from scipy import sparse
 
-from ela_jax.retrieval import index
+from ela_jax.retrieval import retrievers
 
 WEIGHT_BITS = (4, 5, 6, 7, 8)
 
@@ -213,7 +213,7 @@ def linear_codebook(weights: np.ndarray, weight_bits: int, max_weight: float | N
     return np.arange(2**weight_bits) * (top / (2**weight_bits - 1))
 
 
-class CompressedSparseIndex(index.Retriever):
+class CompressedSparseIndex(retrievers.Retriever):
     """Exact top-k over quantised lexicon weights, postings compressed (see the module docstring); each `add` makes
     one segment, searched one after the other with document ids offset.
 
@@ -264,18 +264,18 @@ class CompressedSparseIndex(index.Retriever):
 
     def dequantised(self, vectors) -> sparse.csr_matrix:
         """The collection as the index scores it: each weight replaced by its level's value (for exactness checks)."""
-        levels = self.quantise(index.as_sparse_rows(vectors, self.vocab_size))
+        levels = self.quantise(retrievers.as_sparse_rows(vectors, self.vocab_size))
         levels.data = self.codebook[levels.data.astype(np.int64)]
         return levels
 
     def add(self, vectors) -> None:
-        rows = index.non_negative_rows(vectors, self.vocab_size, "document")
+        rows = retrievers.non_negative_rows(vectors, self.vocab_size, "document")
         self.segments.append(build_segment(self.quantise(rows), self.weight_bits))
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = index.non_negative_rows(queries, self.vocab_size, "query")
+        queries = retrievers.non_negative_rows(queries, self.vocab_size, "query")
         scores = np.full((queries.shape[0], k), -np.inf, np.float64)
-        ids = np.full((queries.shape[0], k), index.PAD_ID, np.int64)
+        ids = np.full((queries.shape[0], k), retrievers.PAD_ID, np.int64)
         for row in range(queries.shape[0]):
             start, end = queries.indptr[row], queries.indptr[row + 1]
             row_scores, row_ids = self._search_one(queries.indices[start:end], queries.data[start:end], k)

@@ -29,6 +29,7 @@ from ela_jax.retrieval.sparse_vectors import (
     prune_and_quantize,
     quantize,
     read_jsonl,
+    retrieval_id_map,
     sparsify,
     vector_stats,
     write_jsonl,
@@ -46,6 +47,7 @@ __all__ = [
     "prune_and_quantize",
     "quantize",
     "read_jsonl",
+    "retrieval_id_map",
     "sparsify",
     "vector_stats",
     "write_jsonl",
@@ -63,7 +65,8 @@ def export_workdir(
     quantize_scale: float | None = None,
 ) -> dict:
     """Encodes `split` of the workdir's dataset with its latest checkpoint: images become documents (id = image index),
-    captions queries (id = caption index, mapped to their image in id_map.json)."""
+    captions queries (id = caption index); id_map.json names each image by its key in the source (a folder's file
+    path, COCO's image id, Flickr30K's photo id) and each caption's image."""
     check_output(output_dir, STATS_FILE)
     if quantize_scale is None:
         log.warning(
@@ -76,14 +79,7 @@ def export_workdir(
     image_lexicon = model.encode_images(dataset.images)["lexicon"]  # [images, V]
     caption_lexicon = model.encode_texts(dataset.captions)["lexicon"]  # [captions, V]
     vocabulary = [model.tokenizer.id_to_token(i) for i in range(image_lexicon.shape[1])]
-    id_map = {
-        "split": split,
-        "documents": [{"id": i, "image_index": i} for i in range(len(dataset.images))],
-        "queries": [
-            {"id": c, "caption": caption, "image_id": int(image)}
-            for c, (caption, image) in enumerate(zip(dataset.captions, dataset.caption_image))
-        ],
-    }
+    id_map = retrieval_id_map(split, dataset.keys, dataset.captions, dataset.caption_image)
     settings = {
         "workdir": os.path.abspath(workdir),
         "split": split,

@@ -148,6 +148,19 @@ def vector_stats(vectors: sparse.csr_matrix) -> dict:
     }
 
 
+def retrieval_id_map(split: str, keys: Sequence[str], captions: Sequence[str], caption_image: Sequence[int]) -> dict:
+    """id_map.json of an exported split: document id -> the image's key in its source (a folder's file path, COCO's
+    image id, Flickr30K's photo id); query id -> caption text and the id and key of its image."""
+    return {
+        "split": split,
+        "documents": [{"id": i, "key": key} for i, key in enumerate(keys)],
+        "queries": [
+            {"id": c, "caption": caption, "image_id": int(image), "image_key": keys[int(image)]}
+            for c, (caption, image) in enumerate(zip(captions, caption_image))
+        ],
+    }
+
+
 def export_vectors(
     output_dir: str,
     documents: sparse.csr_matrix,

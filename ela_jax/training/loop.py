@@ -248,6 +248,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     checkpointer = experiment.checkpointer()
     check_total_steps(config, workdir, checkpointer.latest_step())
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
+    for change in restarts.schedule_changes(config, workdir, checkpointer.latest_step()):
+        log.warning("%s", change)
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
