@@ -110,7 +110,7 @@ def test_a_log_file_reads_plain_progress_and_phase_lines(full_short_run):
         f"[ela_jax] done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {full_short_run}"
         in stderr
     )
-    steps = [line.split()[2] for line in stderr.splitlines() if line.startswith("[ela_jax] step ")]
+    steps = [line.split()[4] for line in stderr.splitlines() if " [ela_jax] step " in line]
     assert steps == [f"{step}/24" for step in range(1, 25)]  # log.every_steps=1, with log.progress=False too
 
 

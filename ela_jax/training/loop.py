@@ -157,7 +157,7 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
     or a fresh initialisation."""
     restored = checkpointer.restore_newest(factory.abstract_with_shardings(), data_iterator)
     if restored is not None:
-        log.warning("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
+        log.info("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
         return restored
     if config.resume:
         directory, step = locate(config.resume)
@@ -165,7 +165,7 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
         step = source.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"config.resume={config.resume!r} holds no complete checkpoint")
-        log.warning("starting from config.resume: checkpoint step %d in %s", step, directory)
+        log.info("starting from config.resume: checkpoint step %d in %s", step, directory)
         state = source.restore(step, factory.abstract_with_shardings(), data_iterator)
         source.close()
         return state, step
@@ -217,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(experiment: Experiment, is_chief: bool) -> dict:
     config, workdir = experiment.config, experiment.workdir
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
-    log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
+    log.debug("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:

@@ -8,6 +8,8 @@ import time
 
 import tqdm
 
+from ela_jax import logs
+
 
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
@@ -44,7 +46,7 @@ class Progress:
 
     def phase(self, message: str) -> None:
         if self.enabled:
-            self.bar.write(f"[ela_jax] {message}", file=self.stream)
+            self.bar.write(logs.line(message), file=self.stream)
             self.stream.flush()
 
     def step_done(self, step: int) -> None:
