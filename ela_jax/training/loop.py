@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import time
 
 import jax
 import ml_collections
@@ -23,7 +22,7 @@ from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate
 from ela_jax.training import restarts
 from ela_jax.training.metrics import MetricWriter
-from ela_jax.training.progress import Progress
+from ela_jax.training.progress import Progress, Throughput
 from ela_jax.training.state import TrainState
 from ela_jax.training.workdir_lock import WorkdirLock
 
@@ -249,7 +248,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
     progress.start(start_step)
-    window_start, window_steps = time.perf_counter(), 0
+    throughput = Throughput(config.batch_size)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
@@ -258,18 +257,18 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
             with parallel.sharding_context(mesh, rules):
                 state, metrics = train_step(state, batch)
             if step == start_step + 1:
+                throughput.restart()  # the call compiled the step; its execution is still to come
                 host_allocator.release_free_memory()  # what compiling the step freed
             bad_steps.observe(step, metrics, last_checkpoint)
             checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
-            window_steps += 1
+            throughput.step_done()
             progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                metrics["pairs_per_second"] = throughput.pairs_per_second()
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
                 progress.logged(step, metrics)
-                window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
@@ -302,7 +301,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results.get(evaluation.retrieval))
     best.close()
-    MetricWriter.tensorboard_only(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
+    MetricWriter.final_evaluation(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
     if is_chief:
         evaluation.write(workdir, results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))

@@ -17,6 +17,29 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+class Throughput:
+    """Pairs per second over the steps since the last logged one. A first step's call returns once its program is
+    compiled, its execution dispatched asynchronously: `restart()` then keeps compile time out of the window."""
+
+    def __init__(self, batch_size: int, clock=time.perf_counter):
+        self.batch_size = batch_size
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = self.clock(), 0
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def pairs_per_second(self) -> float:
+        """The window's rate; the next window starts now."""
+        now = self.clock()
+        rate = self.steps * self.batch_size / max(now - self.start, 1e-9)
+        self.start, self.steps = now, 0
+        return rate
+
+
 class Progress:
     """Step progress and phase lines ("compiling", "evaluating", ...) on `stream`, from the chief process only.
 
