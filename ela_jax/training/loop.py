@@ -20,8 +20,9 @@ from ela_jax.evaluation import evaluators
 from ela_jax.experiment import Experiment
 from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate
-from ela_jax.training import restarts
+from ela_jax.training import restarts, trackers
 from ela_jax.training.metrics import MetricWriter
+from ela_jax.training.profiling import StepTrace
 from ela_jax.training.progress import Progress, Throughput
 from ela_jax.training.state import TrainState
 from ela_jax.training.workdir_lock import WorkdirLock
@@ -209,11 +210,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
     is_chief = jax.process_index() == 0
-    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
-        return _train(experiment, is_chief)
+    with (
+        WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext(),
+        contextlib.ExitStack() as closing,
+    ):
+        return _train(experiment, is_chief, closing)
 
 
-def _train(experiment: Experiment, is_chief: bool) -> dict:
+def _train(experiment: Experiment, is_chief: bool, closing: contextlib.ExitStack) -> dict:
+    """The run; what `closing` holds (the trackers) is closed once the run ends, however it ends."""
     config, workdir = experiment.config, experiment.workdir
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
     log.debug("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
@@ -221,6 +226,8 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     if is_chief:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
+    # After the resume check: a refused resume starts no tracker run.
+    run_trackers = closing.enter_context(trackers.opened(config, workdir, enabled=is_chief))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
@@ -241,7 +248,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     train_step = experiment.train_step(factory)
 
     # --- loop
-    writer = MetricWriter(workdir, start_step, enabled=is_chief)
+    writer = MetricWriter(workdir, start_step, enabled=is_chief, trackers=run_trackers)
     evaluation = Evaluation(experiment)
     best = BestCheckpoints(experiment)
     preemption = PreemptionWatch()
@@ -249,13 +256,16 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     last_checkpoint = start_step or None
     progress.start(start_step)
     throughput = Throughput(config.batch_size)
+    trace = StepTrace(workdir, config.log.profile_steps, config.log.profile_start_step, start_step)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
             if step == start_step + 1:
                 progress.phase(f"compiling the train step (from step {step})")
-            with parallel.sharding_context(mesh, rules):
+            with parallel.sharding_context(mesh, rules), trace.step(step):
                 state, metrics = train_step(state, batch)
+            if trace.step_done(step, metrics):
+                progress.phase(f"profiled steps {trace.steps.start}-{step} into {trace.directory}")
             if step == start_step + 1:
                 throughput.restart()  # the call compiled the step; its execution is still to come
                 host_allocator.release_free_memory()  # what compiling the step freed
@@ -291,6 +301,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 writer.write(step, evaluation.scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
+        trace.close()
         progress.close()
         checkpointer.close()
         preemption.close()
@@ -301,7 +312,9 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results.get(evaluation.retrieval))
     best.close()
-    MetricWriter.final_evaluation(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
+    MetricWriter.final_evaluation(
+        workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief, trackers=run_trackers
+    )
     if is_chief:
         evaluation.write(workdir, results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))

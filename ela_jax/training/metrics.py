@@ -14,8 +14,9 @@ class MetricWriter:
     lines past the restored step and hides the events past it (TensorBoard's purge_step), so neither has duplicates
     of the steps trained again; `resume_step=None` only appends."""
 
-    def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True):
+    def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True, trackers=()):
         self.enabled = enabled
+        self.trackers = trackers  # training.trackers: they get each record too
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not enabled:
             return
@@ -30,11 +31,13 @@ class MetricWriter:
         )
 
     @classmethod
-    def final_evaluation(cls, workdir: str, step: int, metrics: dict[str, float], enabled: bool = True) -> None:
+    def final_evaluation(
+        cls, workdir: str, step: int, metrics: dict[str, float], enabled: bool = True, trackers=()
+    ) -> None:
         """The final evaluation's scalars after the run's writer closed: merged into the record of `step` (the last
         step, always logged) in metrics.jsonl, so a rerun of a finished run replaces them rather than adding a
-        second record; and added to TensorBoard. Its full record is eval/results.json."""
-        writer = cls(workdir, None, enabled)
+        second record; and added to TensorBoard and the trackers. Its full record is eval/results.json."""
+        writer = cls(workdir, None, enabled, trackers)
         if enabled:
             records = read_metrics(workdir) if os.path.exists(writer.path) else []
             same_step = [record for record in records if record["step"] == step]
@@ -44,6 +47,8 @@ class MetricWriter:
                 records.append(writer.record(step, metrics))
             writer._rewrite(records)
             writer.add_scalars(step, metrics)
+            for tracker in trackers:
+                tracker.log(step, metrics)
         writer.close()
 
     def _truncate_after(self, step: int) -> None:
@@ -67,6 +72,8 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(self.record(step, metrics)) + "\n")
         self.add_scalars(step, metrics)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
 
     def add_scalars(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
