@@ -101,15 +101,25 @@ def test_metric_records_carry_their_wall_time(tmp_path):
     assert not any(v.tag == "wall_time" for e in read_events(str(tmp_path)) for v in e.summary.value)
 
 
-def test_throughput_leaves_out_the_compile_time_of_the_first_step():
+def test_throughput_leaves_out_the_compiling_step():
     now = [0.0]
     throughput = Throughput(batch_size=32, clock=lambda: now[0])
-    now[0] += 100.0  # the first call compiles for 100 s, then returns
+    now[0] += 100.0  # the first step compiles and runs for 100 s; the loop then restarts the window
+    assert throughput.pairs_per_second() is None  # logged at the first step: nothing timed yet
     throughput.restart()
-    for _ in range(4):  # steps of 1 s, the first one's execution included
+    for _ in range(4):  # steps of 1 s
         now[0] += 1.0
         throughput.step_done()
     assert throughput.pairs_per_second() == 32.0
     now[0] += 2.0
     throughput.step_done()
     assert throughput.pairs_per_second() == 16.0  # the next window starts where the last one was taken
+
+
+def test_a_logged_step_without_a_rate_prints_a_dash():
+    stream = io.StringIO()
+    progress = Progress(total_steps=4, enabled=True, bar=True, stream=stream)
+    progress.start(0)
+    progress.step_done(1)
+    progress.logged(1, {"loss": 2.5, "learning_rate": 1e-3})
+    assert "step 1/4  loss 2.5000  lr 0.001  pairs/s -" in stream.getvalue()

@@ -267,15 +267,19 @@ def _train(experiment: Experiment, is_chief: bool, closing: contextlib.ExitStack
             if trace.step_done(step, metrics):
                 progress.phase(f"profiled steps {trace.steps.start}-{step} into {trace.directory}")
             if step == start_step + 1:
-                throughput.restart()  # the call compiled the step; its execution is still to come
                 host_allocator.release_free_memory()  # what compiling the step freed
+                jax.block_until_ready(metrics)
+                throughput.restart()  # from the end of the compiling step
+            else:
+                throughput.step_done()
             bad_steps.observe(step, metrics, last_checkpoint)
             checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
-            throughput.step_done()
             progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["pairs_per_second"] = throughput.pairs_per_second()
+                rate = throughput.pairs_per_second()
+                if rate is not None:  # None at the compiling step, when it is logged
+                    metrics["pairs_per_second"] = rate
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
                 progress.logged(step, metrics)
