@@ -9,10 +9,13 @@ import warnings
 from absl import flags
 from absl import logging as absl_logging
 
+from ela_jax import logs
+
 
 def quiet_libraries() -> None:
-    """orbax and TFDS log every save and dataset load at INFO; keep warnings and errors."""
+    """orbax and TFDS log every save and dataset load at INFO; keep warnings and errors, in timestamped lines."""
     absl_logging.set_verbosity(absl_logging.WARNING)
+    logs.use_line_format()
     logging.getLogger("tensorflow_datasets").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.WARNING)
     # TFDS warns on every load of a builder config it does not register; ours are generated on purpose.

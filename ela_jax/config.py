@@ -314,6 +314,15 @@ def base_config() -> ml_collections.ConfigDict:
         {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False}
     )
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
+    # Experiment trackers beside metrics.jsonl and TensorBoard, off by default (see training/trackers.py).
+    # wandb.project set: Weights & Biases (pip install 'ela_jax[wandb]'); tracker: "module:function", called with
+    # (config, workdir), returning an object with log(step, metrics) and close().
+    config.log.wandb = ml_collections.ConfigDict({"project": "", "entity": "", "name": "", "mode": "online"})
+    config.log.tracker = ""
+    # A jax.profiler trace of profile_steps steps into W/profile, from profile_start_step (0: the first step after
+    # the one that compiles).
+    config.log.profile_steps = 0
+    config.log.profile_start_step = 0
     config.eval = ml_collections.ConfigDict(
         {
             "every_steps": 0,  # 0: only after the last step

@@ -368,7 +368,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         path = config.init[tower]
         if path and not os.path.isfile(os.path.join(path, "config.json")):
             raise ConfigError(f"init.{tower}={path!r} holds no config.json; point it at a Hugging Face model directory")
-    for key in ("checkpoint.every_steps", "log.every_steps", "eval.every_steps"):
+    for key in (
+        "checkpoint.every_steps",
+        "log.every_steps",
+        "eval.every_steps",
+        "log.profile_steps",
+        "log.profile_start_step",
+    ):
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ConfigError(f"{key} must be >= 0, got {config[section][name]}")

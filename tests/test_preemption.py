@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,11 +80,11 @@ SHORT_RUN = (
 )
 
 
-def run_to_completion(command: list[str], env: dict) -> str:
-    """The run's stderr (a pipe, as a cluster's log file)."""
+def run_to_completion(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """The finished run, its stdout and stderr captured (pipes, as a cluster's log files)."""
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    return result
 
 
 def short_run(workdir: str) -> list[str]:
@@ -94,15 +95,21 @@ def short_run(workdir: str) -> list[str]:
 def full_short_run(tmp_path_factory):
     """The uninterrupted CLI run that the SIGTERM and SIGKILL tests compare against."""
     full = str(tmp_path_factory.mktemp("full"))
-    FULL_RUN_STDERR.append(run_to_completion(short_run(full), {**os.environ, "JAX_PLATFORMS": "cpu"}))
+    FULL_RUN.append(run_to_completion(short_run(full), {**os.environ, "JAX_PLATFORMS": "cpu"}))
     return full
 
 
-FULL_RUN_STDERR = []
+FULL_RUN = []  # the subprocess.CompletedProcess of `full_short_run`
 
 
 def test_a_log_file_reads_plain_progress_and_phase_lines(full_short_run):
-    stderr = FULL_RUN_STDERR[0]
+    stderr = FULL_RUN[0].stderr
+    lines = stderr.splitlines()
+    ours = [line for line in lines if "[ela_jax]" in line]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[ela_jax\] ", line) for line in ours), stderr[-3000:]
+    # No Python log record in absl's own format (level, date, thread id, file:line); XLA's C++ alarms may remain.
+    assert not [line for line in lines if re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]", line)]
+    assert "Downloading and preparing" not in FULL_RUN[0].stdout
     assert "\r" not in stderr
     for phase in ("preparing data", "compiling the train step", "saving checkpoint: step 8", "evaluating at step 24"):
         assert f"[ela_jax] {phase}" in stderr, phase
@@ -110,8 +117,21 @@ def test_a_log_file_reads_plain_progress_and_phase_lines(full_short_run):
         f"[ela_jax] done: eval/results.json, metrics.jsonl, tensorboard/, checkpoints/ and plots/ are in {full_short_run}"
         in stderr
     )
-    steps = [line.split()[2] for line in stderr.splitlines() if line.startswith("[ela_jax] step ")]
+    steps = [line.split()[4] for line in stderr.splitlines() if " [ela_jax] step " in line]
     assert steps == [f"{step}/24" for step in range(1, 25)]  # log.every_steps=1, with log.progress=False too
+
+
+def test_metrics_carry_wall_time_a_throughput_without_compile_time_and_the_final_evaluation(full_short_run):
+    records = read_metrics(full_short_run)
+    times = [record["wall_time"] for record in records]
+    assert times == sorted(times)
+    # Step 1 compiles: it is not timed, and step 2's rate is that of the steps after it.
+    later = sorted(record["pairs_per_second"] for record in records[2:])
+    assert "pairs_per_second" not in records[0]
+    assert records[1]["pairs_per_second"] > 0.2 * later[len(later) // 2], [r.get("pairs_per_second") for r in records]
+    with open(os.path.join(full_short_run, "eval", "results.json")) as f:
+        rsum = json.load(f)["scores"]["global"]["rsum"]
+    assert records[-1]["step"] == 24 and records[-1]["eval/global/rsum"] == pytest.approx(rsum)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(full_short_run, tmp_path):

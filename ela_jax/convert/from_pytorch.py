@@ -227,7 +227,7 @@ def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) 
     if config.model.lexicon.init_image_from_text:
         # The copy made at initialisation holds the random text head (or random word embeddings); copy again.
         params = copy_text_lexicon_to_image(params, config.model.lexicon.tie_text_decoder)
-    log.warning("text tower%s initialised from %s", " and MLM (text lexicon) head" if has_mlm_head else "", directory)
+    log.info("text tower%s initialised from %s", " and MLM (text lexicon) head" if has_mlm_head else "", directory)
     return params
 
 
@@ -236,7 +236,7 @@ def _load_vit(config: ml_collections.ConfigDict, params: dict, directory: str) -
     weights = read_weights(weight_files(directory, described_as))
     prefix = wrapper_prefix(weights, "embeddings.cls_token", "vit.", described_as)
     params = keymap.vit_encoder(config.model.image.depth, prefix).to_flax(weights, params, source=directory)
-    log.warning("image tower initialised from %s", directory)
+    log.info("image tower initialised from %s", directory)
     return params
 
 

@@ -5,8 +5,12 @@ records each image's scene and its present and named objects) or "cues" (ela_jax
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -18,6 +22,12 @@ from ela_jax.data import cues, scenes, world
 # The worlds whose records carry object annotations (scene, present and named object ids), by spec type.
 OBJECT_WORLDS = {scenes.ScenesSpec: scenes, cues.CuesSpec: cues}
 SPECS = {"shapes": world.WorldSpec, "scenes": scenes.ScenesSpec, "cues": cues.CuesSpec}  # data.world -> its spec
+
+log = logging.getLogger(__name__)
+
+# What TFDS prints to stdout around preparing a dataset: about a download of "Unknown size", which a dataset generated
+# here (a world, a caption file) never has.
+TFDS_ANNOUNCEMENTS = ("Downloading and preparing dataset ", "Subsequent calls will reuse this data.")
 
 
 @dataclasses.dataclass
@@ -97,9 +107,15 @@ def prepared(make_builder, lock_path: str):
     with paths.held_exclusively(lock_path):
         builder = make_builder()
         tfds.disable_progress_bar()  # the train loop has its own progress bar
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
-        )
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=False)
+            )
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stdout.writelines(line for line in lines if not any(text in line for text in TFDS_ANNOUNCEMENTS))
+    if any(TFDS_ANNOUNCEMENTS[1] in line for line in lines):
+        log.info("prepared %s in %s", builder.name, builder.data_dir)
     return builder
 
 

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import time
 
 import jax
 import ml_collections
@@ -22,9 +21,10 @@ from ela_jax.experiment import Experiment
 from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate, restore_newest_params
 from ela_jax.training import optimizer as optimizer_lib
-from ela_jax.training import restarts
+from ela_jax.training import restarts, trackers
 from ela_jax.training.metrics import MetricWriter
-from ela_jax.training.progress import Progress
+from ela_jax.training.profiling import StepTrace
+from ela_jax.training.progress import Progress, Throughput
 from ela_jax.training.state import TrainState
 from ela_jax.training.workdir_lock import WorkdirLock
 
@@ -176,7 +176,7 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
     weights only), the pretrained towers of `config.init.*_tower`, or a fresh initialisation."""
     restored = checkpointer.restore_newest(factory.abstract_with_shardings(), data_iterator)
     if restored is not None:
-        log.warning("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
+        log.info("resuming from checkpoint step %d in %s", restored[1], checkpointer.directory)
         return restored
     if config.resume:
         directory, step = locate(config.resume)
@@ -184,7 +184,7 @@ def initial_state(config, factory, checkpointer: Checkpointer, data_iterator) ->
         step = source.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"config.resume={config.resume!r} holds no complete checkpoint")
-        log.warning("starting from config.resume: checkpoint step %d in %s", step, directory)
+        log.info("starting from config.resume: checkpoint step %d in %s", step, directory)
         state = source.restore(step, factory.abstract_with_shardings(), data_iterator)
         source.close()
         return state, step
@@ -237,19 +237,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- setup: validation happens before anything compiles.
     experiment = Experiment.build(config, workdir)
     is_chief = jax.process_index() == 0
-    with WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext():
-        return _train(experiment, is_chief)
+    with (
+        WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext(),
+        contextlib.ExitStack() as closing,
+    ):
+        return _train(experiment, is_chief, closing)
 
 
-def _train(experiment: Experiment, is_chief: bool) -> dict:
+def _train(experiment: Experiment, is_chief: bool, closing: contextlib.ExitStack) -> dict:
+    """The run; what `closing` holds (the trackers) is closed once the run ends, however it ends."""
     config, workdir = experiment.config, experiment.workdir
     mesh, rules = experiment.mesh, parallel.logical_rules(config.mesh)
-    log.info("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
+    log.debug("host allocator: %s", host_allocator.state())  # ELA_JAX_HOST_MALLOC; see ela_jax.host_allocator
     checkpointer = experiment.checkpointer()
     check_total_steps(config, workdir, checkpointer.latest_step())
     check_resumed_config(config, workdir, checkpointer.latest_step(), is_chief)
     for change in restarts.schedule_changes(config, workdir, checkpointer.latest_step()):
         log.warning("%s", change)
+    # After the resume checks: a refused resume starts no tracker run.
+    run_trackers = closing.enter_context(trackers.opened(config, workdir, enabled=is_chief))
 
     # --- state: abstract first, then created (or restored) directly into its shardings.
     factory = experiment.state_factory()
@@ -274,34 +280,41 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     train_step = experiment.train_step(factory)
 
     # --- loop
-    writer = MetricWriter(workdir, start_step, enabled=is_chief)
+    writer = MetricWriter(workdir, start_step, enabled=is_chief, trackers=run_trackers)
     evaluation = Evaluation(experiment)
     best = BestCheckpoints(experiment)
     preemption = PreemptionWatch()
     bad_steps = BadStepMonitor(config.train.max_bad_steps)
     last_checkpoint = start_step or None
     progress.start(start_step)
-    window_start, window_steps = time.perf_counter(), 0
+    throughput = Throughput(config.batch_size)
+    trace = StepTrace(workdir, config.log.profile_steps, config.log.profile_start_step, start_step)
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = parallel.host_batch_to_global(next(data_iterator), mesh)
             if step == start_step + 1:
                 progress.phase(f"compiling the train step (from step {step})")
-            with parallel.sharding_context(mesh, rules):
+            with parallel.sharding_context(mesh, rules), trace.step(step):
                 state, metrics = train_step(state, batch)
+            if trace.step_done(step, metrics):
+                progress.phase(f"profiled steps {trace.steps.start}-{step} into {trace.directory}")
             if step == start_step + 1:
                 host_allocator.release_free_memory()  # what compiling the step freed
+                jax.block_until_ready(metrics)
+                throughput.restart()  # from the end of the compiling step
+            else:
+                throughput.step_done()
             bad_steps.observe(step, metrics, last_checkpoint)
             checkpointer.check_saved()  # a failed asynchronous save stops the run here, not one save later
-            window_steps += 1
             progress.step_done(step)
             if step % config.log.every_steps == 0 or step == config.total_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["pairs_per_second"] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                rate = throughput.pairs_per_second()
+                if rate is not None:  # None at the compiling step, when it is logged
+                    metrics["pairs_per_second"] = rate
                 metrics["skipped_steps"] = bad_steps.skipped
                 writer.write(step, metrics)
                 progress.logged(step, metrics)
-                window_start, window_steps = time.perf_counter(), 0
             preempted = preemption.should_stop(step)
             every = config.checkpoint.every_steps
             if step == config.total_steps or preempted or (every and step % every == 0):
@@ -324,6 +337,7 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
                 writer.write(step, evaluation.scalars(results))
         bad_steps.flush(last_checkpoint)
     finally:
+        trace.close()
         progress.close()
         checkpointer.close()
         preemption.close()
@@ -334,7 +348,9 @@ def _train(experiment: Experiment, is_chief: bool) -> dict:
     results = evaluation(state.params, config.total_steps)
     best.offer(config.total_steps, state, results.get(evaluation.retrieval))
     best.close()
-    MetricWriter.tensorboard_only(workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief)
+    MetricWriter.final_evaluation(
+        workdir, config.total_steps, evaluation.scalars(results), enabled=is_chief, trackers=run_trackers
+    )
     if is_chief:
         evaluation.write(workdir, results)
         plots.training_curves(workdir, os.path.join(workdir, "plots", "training_curves.png"))

@@ -1,4 +1,5 @@
-"""Metric sinks: `metrics.jsonl` (one object per logged step) and TensorBoard events."""
+"""Metric sinks: `metrics.jsonl` (one object per logged step, with its `wall_time` in Unix seconds), TensorBoard
+events and the optional experiment trackers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ class MetricWriter:
     lines past the restored step and hides the events past it (TensorBoard's purge_step), so neither has duplicates
     of the steps trained again; `resume_step=None` only appends."""
 
-    def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True):
+    def __init__(self, workdir: str, resume_step: int | None, enabled: bool = True, trackers=()):
         self.enabled = enabled
+        self.trackers = trackers  # training.trackers: they get each record too
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not enabled:
             return
@@ -29,31 +31,49 @@ class MetricWriter:
         )
 
     @classmethod
-    def tensorboard_only(cls, workdir: str, step: int, metrics: dict[str, float], enabled: bool = True) -> None:
-        """Scalars for TensorBoard after the run's writer closed: the final evaluation, whose record is
-        eval/results.json (metrics.jsonl keeps one line per logged step)."""
-        writer = cls(workdir, None, enabled)
+    def final_evaluation(
+        cls, workdir: str, step: int, metrics: dict[str, float], enabled: bool = True, trackers=()
+    ) -> None:
+        """The final evaluation's scalars after the run's writer closed: merged into the record of `step` (the last
+        step, always logged) in metrics.jsonl, so a rerun of a finished run replaces them rather than adding a
+        second record; and added to TensorBoard and the trackers. Its full record is eval/results.json."""
+        writer = cls(workdir, None, enabled, trackers)
         if enabled:
+            records = read_metrics(workdir) if os.path.exists(writer.path) else []
+            same_step = [record for record in records if record["step"] == step]
+            if same_step:
+                same_step[-1].update({k: float(v) for k, v in metrics.items()})
+            else:
+                records.append(writer.record(step, metrics))
+            writer._rewrite(records)
             writer.add_scalars(step, metrics)
+            for tracker in trackers:
+                tracker.log(step, metrics)
         writer.close()
 
     def _truncate_after(self, step: int) -> None:
-        """Keeps the records up to `step`; a line cut short by a killed process is dropped. Rewritten atomically."""
-        kept = [
-            json.dumps(record) + "\n" for record in read_metrics(os.path.dirname(self.path)) if record["step"] <= step
-        ]
+        """Keeps the records up to `step`; a line cut short by a killed process is dropped."""
+        self._rewrite([record for record in read_metrics(os.path.dirname(self.path)) if record["step"] <= step])
+
+    def _rewrite(self, records: list[dict]) -> None:
+        """Replaces metrics.jsonl atomically: a kill mid-write leaves the old file."""
         temporary = self.path + ".tmp"
         with open(temporary, "w") as f:
-            f.writelines(kept)
+            f.writelines(json.dumps(record) + "\n" for record in records)
         os.replace(temporary, self.path)
+
+    @staticmethod
+    def record(step: int, metrics: dict[str, float]) -> dict:
+        return {"step": int(step), "wall_time": time.time(), **{k: float(v) for k, v in metrics.items()}}
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(self.record(step, metrics)) + "\n")
         self.add_scalars(step, metrics)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
 
     def add_scalars(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():

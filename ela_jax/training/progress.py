@@ -8,11 +8,37 @@ import time
 
 import tqdm
 
+from ela_jax import logs
+
 
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class Throughput:
+    """Pairs per second over the steps since the last logged one. The loop restarts the window once the first step
+    of a run has finished: compiling it and its first execution (buffers allocated, threads started) are not timed,
+    and that step is not counted."""
+
+    def __init__(self, batch_size: int, clock=time.perf_counter):
+        self.batch_size = batch_size
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = self.clock(), 0
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def pairs_per_second(self) -> float | None:
+        """The window's rate (None when it holds no timed step); the next window starts now."""
+        now = self.clock()
+        rate = self.steps * self.batch_size / max(now - self.start, 1e-9) if self.steps else None
+        self.start, self.steps = now, 0
+        return rate
 
 
 class Progress:
@@ -44,7 +70,7 @@ class Progress:
 
     def phase(self, message: str) -> None:
         if self.enabled:
-            self.bar.write(f"[ela_jax] {message}", file=self.stream)
+            self.bar.write(logs.line(message), file=self.stream)
             self.stream.flush()
 
     def step_done(self, step: int) -> None:
@@ -54,14 +80,15 @@ class Progress:
 
     def logged(self, step: int, metrics: dict[str, float]) -> None:
         """A logged step's line (plain) or the bar's postfix (terminal)."""
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s=f"{metrics['pairs_per_second']:.0f}")
+        rate = metrics.get("pairs_per_second")  # absent where the window held only the compiling step
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", pairs_s="-" if rate is None else f"{rate:.0f}")
         if not self.plain:
             return
         fields = [
             f"step {step}/{self.total_steps}",
             f"loss {metrics['loss']:.4f}",
             f"lr {metrics['learning_rate']:.3g}",
-            f"pairs/s {metrics['pairs_per_second']:.1f}",
+            f"pairs/s {'-' if rate is None else f'{rate:.1f}'}",
         ]
         eta = self.eta_seconds(step)
         if eta is not None:
