@@ -345,7 +345,6 @@ def run_grid(
     moved aside and retrained)."""
     require_local(root, "the grid's root")
     report = GridReport(trained=[], skipped=[], busy=[], failed={}, table={})
-    finished: set[str] = set()
     mine = [entry for entry in entries if only is None or entry.name in only]
     to_train = []
     for entry, seed in schedule(entries, seeds):  # the whole grid: the table covers every entry
@@ -357,15 +356,12 @@ def run_grid(
         else:
             mismatch = identity_mismatch(workdir, entry, seed, config)
         if entry not in mine:
-            if not mismatch and is_finished(workdir, config.total_steps):
-                finished.add(name)
             continue
         if mismatch and not (retrain_mismatched and not mismatch.startswith("grid entry")):
             print(f"   {name}: {mismatch}", flush=True)
             report.failed[name] = mismatch
         elif not mismatch and is_finished(workdir, config.total_steps):
             report.skipped.append(name)
-            finished.add(name)
         else:
             to_train.append((entry, seed, config, bool(mismatch)))
     for entry, seed, config, mismatched in to_train:
@@ -379,7 +375,6 @@ def run_grid(
                 claim_run(workdir)  # the lock file moved with the old workdir
             elif is_finished(workdir, config.total_steps):  # finished by another worker between the check and claim
                 report.skipped.append(name)
-                finished.add(name)
                 continue
             print(f"== {name}: {entry.overrides}", flush=True)
             outcome, detail = train_run(base, entry, seed, workdir)
@@ -394,12 +389,30 @@ def run_grid(
             report.failed[name] = detail
         elif is_finished(workdir, config.total_steps):
             report.trained.append(name)
-            finished.add(name)
         else:
             report.failed[name] = f"training ended without recording the evaluation of step {config.total_steps}"
-        report.table = write_outputs(entries, seeds, root, report.failed, reference, frozenset(finished))
-    report.table = write_outputs(entries, seeds, root, report.failed, reference, frozenset(finished))
+        report.table = write_outputs(
+            entries, seeds, root, report.failed, reference, finished_runs(base, entries, seeds, root)
+        )
+    report.table = write_outputs(
+        entries, seeds, root, report.failed, reference, finished_runs(base, entries, seeds, root)
+    )
     return report
+
+
+def finished_runs(base, entries: list[Entry], seeds: list[int], root: str) -> frozenset[str]:
+    """The grid's runs finished on disk under the config the grid asks for, read afresh for every table: other workers
+    finish runs while this one trains, and the table each writes must hold theirs too."""
+    names = set()
+    for entry, seed in schedule(entries, seeds):
+        workdir = os.path.join(root, entry.name, f"seed{seed}")
+        try:
+            config = entry_config(base, entry, seed)
+        except config_lib.ConfigError:
+            continue
+        if not identity_mismatch(workdir, entry, seed, config) and is_finished(workdir, config.total_steps):
+            names.add(run_name(entry, seed))
+    return frozenset(names)
 
 
 def read_results(entry: Entry, seeds: list[int], root: str, finished: frozenset[str] | None = None) -> dict[int, dict]:

@@ -394,3 +394,18 @@ def test_table_reports_mute_words_and_their_paired_difference(tmp_path):
     assert expand[ablate.MUTE_KEY]["lexicon_auc"]["values"] == pytest.approx([70.0, 64.0])
     assert expand["paired_vs_reference"]["metrics"]["mute AUC (lexicon)"]["values"] == pytest.approx([20.0, 14.0])
     assert "| expand | 2/2 | 67.0 ± 4.2 | 66.0 ± 4.2 |" in ablate.markdown_table(table)
+
+
+def test_the_table_holds_runs_another_worker_finished_while_this_one_trained(tmp_path, monkeypatch):
+    root, base = str(tmp_path), make_tiny_config()
+    theirs, mine = ablate.Entry("theirs", {}, seeds=1), ablate.Entry("mine", {}, seeds=1)
+
+    def train_run(base_config, trained_entry, seed, into):
+        fake_finished_run(root, theirs, 0, base_config, rsum=30.0)  # the other worker finishes meanwhile
+        fake_finished_run(root, trained_entry, seed, base_config, rsum=70.0)
+        return "trained", ""
+
+    monkeypatch.setattr(ablate, "train_run", train_run)
+    report = ablate.run_grid(base, [theirs, mine], [0], root, only=frozenset({"mine"}))
+    assert report.trained == ["mine/seed0"]
+    assert [row["seeds_finished"] for row in report.table["rows"]] == [[0], [0]]
