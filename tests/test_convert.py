@@ -354,7 +354,7 @@ def _bert_dir_with(tmp_path, **changes) -> str:
 def _vit_dir_for(tmp_path, image_size: int) -> str:
     directory = tmp_path / "vit"
     transformers.ViTConfig(image_size=image_size).save_pretrained(directory)
-    (directory / "model.safetensors").write_bytes(b"")  # never read: the architecture check comes first
+    (directory / "model.safetensors").write_bytes(b"")  # never read by the architecture step
     return str(directory)
 
 
@@ -372,7 +372,7 @@ def _vit_dir_for(tmp_path, image_size: int) -> str:
             r"tokenizer.max_length 600 exceeds the 512 positions",
         ),
         ({}, {"hidden_act": "relu"}, r"hidden_act='relu'"),
-        ({}, {"model_type": "roberta"}, r"model_type='roberta'; ela_jax can only load model_type='bert'"),
+        ({}, {"model_type": "roberta"}, r"model_type='roberta'; init.text_tower supports BertForMaskedLM"),
     ],
 )
 def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_changes, message):
@@ -388,10 +388,11 @@ def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_ch
         Experiment.build(config, str(tmp_path / "workdir"))
 
 
-def test_vit_for_another_resolution_is_a_config_error(tmp_path):
-    config = small_config(**{"init.image_tower": _vit_dir_for(tmp_path, 224)})
-    with pytest.raises(ConfigError, match=r"is for 224px images but data.image_size is 16; set data.image_size=224"):
-        Experiment.build(config, str(tmp_path / "workdir"))
+def test_vit_for_another_resolution_takes_data_image_size(tmp_path):
+    """The position embeddings are resized on load (tests/test_hf_towers.py checks the values)."""
+    config = small_config(**{"data.image_size": 32, "init.image_tower": _vit_dir_for(tmp_path, 224)})
+    from_pytorch.apply_hf_architecture(config)
+    assert (config.model.image.image_size, config.model.image.patch_size) == (32, 16)
 
 
 def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
