@@ -15,9 +15,11 @@ import transformers
 
 from ela_jax.config import ConfigError
 from ela_jax.convert import from_pytorch, hf_export, keymap
+from ela_jax.convert.position_resize import resize_positions
 from ela_jax.models.ela import ELAModel
 from ela_jax.models.vit import VisionTransformer
 from ela_jax.torch_model import image_tower_states, text_tower_states
+from ela_jax.validation import validate
 from tests.helpers import make_tiny_config
 
 TOLERANCE = 1e-4
@@ -211,3 +213,41 @@ def test_text_checkpoint_of_another_architecture_names_the_supported_ones(tmp_pa
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"model_type='roberta'; init.text_tower supports BertForMaskedLM .*Distil"):
         text_config(tmp_path)
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("old_grid, new_grid", [(4, 6), (6, 4), (37, 16)])
+def test_position_resize_matches_torch_bicubic_interpolate(old_grid, new_grid, antialias):
+    positions = np.random.default_rng(3).normal(size=(1, 1 + old_grid * old_grid, 8)).astype(np.float32)
+    grid = torch.from_numpy(positions[:, 1:].reshape(1, old_grid, old_grid, 8)).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(
+        grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=antialias
+    )
+    resized = resize_positions(positions, new_grid, prefix_tokens=1, antialias=antialias)
+    assert resized.dtype == np.float32
+    np.testing.assert_array_equal(resized[:, :1], positions[:, :1])  # the class token's embedding is kept
+    assert_close(resized[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, -1, 8).numpy(), "resized positions")
+
+
+@pytest.mark.parametrize(
+    "switches, message",
+    [
+        ({"class_token": False}, r"class_token=False needs model.image.attention_pool=True"),
+        ({"class_token": False, "attention_pool": True, "register_tokens": 2}, r"register_tokens=2 .* need"),
+        ({"final_norm": "patches"}, r"model.image.final_norm='patches' is not one of"),
+        ({"hf_class": "BeitModel"}, r"model.image.hf_class='BeitModel' is not one of"),
+    ],
+)
+def test_inconsistent_image_switches_are_config_errors(switches, message):
+    config = make_tiny_config(**{f"model.image.{key}": value for key, value in switches.items()})
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_devices=1)
+
+
+def test_export_refuses_switches_its_class_cannot_hold(tmp_path):
+    save_image_tower("CLIPVisionModel", tmp_path)
+    config = make_tiny_config(**{"data.image_size": 16, "init.image_tower": str(tmp_path)})
+    from_pytorch.apply_hf_architecture(config)
+    config.model.image.layer_scale = True
+    with pytest.raises(ValueError, match=r"but CLIPVisionModel is .*set model.image.hf_class"):
+        hf_export.image_config(config.model)
