@@ -418,3 +418,25 @@ def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
     with pytest.raises(Recorded):
         ELATorch.from_pretrained(str(tmp_path))
     assert calls == [("text", True), ("image", True)]
+
+
+@pytest.mark.integration  # compiles the image side of a whole model
+@pytest.mark.slow  # tests/test_hf_towers.py checks each class's tower states and its export at the tower level
+def test_elatorch_loads_a_siglip_image_tower_export(tmp_path):
+    checkpoint = tmp_path / "siglip"
+    siglip = transformers.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=16, patch_size=4
+    )
+    transformers.SiglipVisionModel(siglip).save_pretrained(checkpoint)
+    config = small_config(**{"data.image_size": 24, "init.image_tower": str(checkpoint)})
+    experiment = Experiment.build(config, str(tmp_path / "workdir"))
+    params = random_params(experiment)
+    output = str(tmp_path / "export")
+    to_pytorch.export(experiment.config, experiment.tokenizer, params, output)
+    torch_model = ELATorch.from_pretrained(output)
+    assert type(torch_model.image_model) is transformers.SiglipVisionModel
+    assert torch_model.image_model.config.image_size == 24
+    expected = ELAInference(experiment, params).encode_images(random_images(3, 24), return_tokens=True)
+    actual = torch_model.encode_images(random_images(3, 24), return_tokens=True)
+    for key in ("global", "lexicon", "tokens"):
+        assert_close(actual[key], expected[key], f"SigLIP export {key}")
