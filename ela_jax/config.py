@@ -71,6 +71,28 @@ def tower_config(*, width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_
     )
 
 
+# The Hugging Face classes an image tower is read from and written back as (`model.image.hf_class`).
+IMAGE_TOWER_CLASSES = ("ViTModel", "CLIPVisionModel", "SiglipVisionModel", "Dinov2Model", "Dinov2WithRegistersModel")
+TEXT_TOWER_CLASSES = ("BertForMaskedLM", "DistilBertForMaskedLM")
+FINAL_NORMS = ("all", "class_token")
+
+
+def image_tower_switches() -> dict:
+    """The ViT's architecture switches; these defaults are transformers' ViTModel. init.image_tower sets them from a
+    checkpoint's config.json (ela_jax/convert/README.md lists each class's values)."""
+    return {
+        "hf_class": "ViTModel",  # the Hugging Face class to_pytorch writes the tower as
+        "class_token": True,  # a learned token before the patches (SigLIP has none)
+        "register_tokens": 0,  # DINOv2's extra learned tokens, dropped from the output
+        "patch_bias": True,  # the patch projection has a bias (CLIP's has none)
+        "embedding_norm": False,  # LayerNorm on the embeddings before the first block (CLIP's pre_layrnorm)
+        "quick_gelu": False,  # x * sigmoid(1.702 x) in the MLPs instead of GELU (OpenAI CLIP)
+        "layer_scale": False,  # learned per-channel scales on each residual branch (DINOv2)
+        "final_norm": "all",  # the last LayerNorm on every token, or only on the class token (CLIP's post_layernorm)
+        "attention_pool": False,  # SigLIP's attention-pooling head; its output is the tower's first token
+    }
+
+
 def model_config(
     *, image_size: int, patch_size: int, image: dict, text: dict, max_length: int, embed_dim: int, token_dim: int
 ) -> ml_collections.ConfigDict:
@@ -79,9 +101,11 @@ def model_config(
     image_tower.patch_size = patch_size
     image_tower.pixel_mean = (0.5, 0.5, 0.5)  # ViTImageProcessor's defaults; uint8 images are normalised on device
     image_tower.pixel_std = (0.5, 0.5, 0.5)
+    image_tower.update(image_tower_switches())
     text_tower = tower_config(**text)
     text_tower.max_position_embeddings = max_length
-    text_tower.type_vocab_size = 2
+    text_tower.type_vocab_size = 2  # 0: no token type embeddings (DistilBERT)
+    text_tower.hf_class = "BertForMaskedLM"  # what to_pytorch writes: BertForMaskedLM or DistilBertForMaskedLM
     return ml_collections.ConfigDict(
         {
             "dtype": "float32",  # compute dtype; parameters, logits and losses stay float32

@@ -16,6 +16,37 @@ from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
 from ela_jax.data.images import model_images
 
+# transformers classes an export's towers may be (ela_config.json's text_class / image_class; older exports hold
+# neither and are BertForMaskedLM + ViTModel).
+TEXT_CLASSES = ("BertForMaskedLM", "DistilBertForMaskedLM")
+IMAGE_CLASSES = ("ViTModel", "CLIPVisionModel", "SiglipVisionModel", "Dinov2Model", "Dinov2WithRegistersModel")
+
+
+def image_tower_states(image_model, pixels: torch.Tensor) -> torch.Tensor:
+    """ela_jax's image tower output from a transformers image model: [b, 1 + patches, width], the summary first
+    (the class token's state, CLIP's post-normed one, or SigLIP's pooled one), register tokens left out."""
+    outputs = image_model(pixel_values=pixels)
+    hidden = outputs.last_hidden_state
+    name = type(image_model).__name__
+    if name == "CLIPVisionModel":
+        return torch.cat([outputs.pooler_output[:, None], hidden[:, 1:]], dim=1)
+    if name == "SiglipVisionModel":
+        return torch.cat([outputs.pooler_output[:, None], hidden], dim=1)
+    if name == "Dinov2WithRegistersModel":
+        return torch.cat([hidden[:, :1], hidden[:, 1 + image_model.config.num_register_tokens :]], dim=1)
+    return hidden
+
+
+def text_tower_states(text_model, token_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last_hidden_state [b, len, width], MLM logits [b, len, vocab]) of a BertForMaskedLM or DistilBertForMaskedLM:
+    the MLM head is the text lexicon head."""
+    if isinstance(text_model, transformers.DistilBertForMaskedLM):
+        hidden = text_model.distilbert(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
+        transformed = text_model.vocab_layer_norm(text_model.activation(text_model.vocab_transform(hidden)))
+        return hidden, text_model.vocab_projector(transformed)
+    hidden = text_model.bert(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
+    return hidden, text_model.cls(hidden)
+
 
 def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """As ela_jax.models.ela.l2_normalise: x / max(|x|, eps)."""
@@ -37,8 +68,8 @@ class ELATorch(torch.nn.Module):
 
     def __init__(
         self,
-        text_model: transformers.BertForMaskedLM,
-        image_model: transformers.ViTModel,
+        text_model: transformers.PreTrainedModel,
+        image_model: transformers.PreTrainedModel,
         tokenizer,
         ela_config: dict,
         batch_size: int = 64,
@@ -47,7 +78,8 @@ class ELATorch(torch.nn.Module):
         self.text_model, self.image_model, self.tokenizer = text_model, image_model, tokenizer
         self.ela_config, self.batch_size = ela_config, batch_size
         self.special_ids = list(ela_config.get("special_ids", ()))  # absent from exports made before it was masked
-        text_width, image_width = text_model.config.hidden_size, image_model.config.hidden_size
+        text_width = getattr(text_model.config, "dim", None) or text_model.config.hidden_size  # DistilBERT: dim
+        image_width = image_model.config.hidden_size
         # The image lexicon head is a BERT MLM head (untied) on the image tower's width.
         image_head_config = transformers.BertConfig(
             vocab_size=ela_config["vocab_size"], hidden_size=image_width, **ela_config["image_lexicon"]
@@ -71,11 +103,13 @@ class ELATorch(torch.nn.Module):
         with open(os.path.join(directory, "ela_config.json")) as f:
             ela_config = json.load(f)
         text_dir, image_dir = (os.path.join(directory, ela_config[name]) for name in ("text", "image"))
+        text_class = _class(ela_config.get("text_class", "BertForMaskedLM"), TEXT_CLASSES, directory)
+        image_class = _class(ela_config.get("image_class", "ViTModel"), IMAGE_CLASSES, directory)
+        # ELA's ViT has no pooler; the other classes' poolers are part of the tower (or, for Dinov2, a plain slice).
+        pooler = {"add_pooling_layer": False} if image_class is transformers.ViTModel else {}
         # safetensors only: a pickled .bin beside them would run code on load.
-        text_model = transformers.BertForMaskedLM.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True)
-        image_model = transformers.ViTModel.from_pretrained(
-            image_dir, add_pooling_layer=False, dtype=torch.float32, use_safetensors=True
-        )
+        text_model = text_class.from_pretrained(text_dir, dtype=torch.float32, use_safetensors=True)
+        image_model = image_class.from_pretrained(image_dir, dtype=torch.float32, use_safetensors=True, **pooler)
         tokenizer = transformers.BertTokenizerFast.from_pretrained(text_dir)
         model = cls(text_model, image_model, tokenizer, ela_config, batch_size)
         heads = load_file(os.path.join(directory, ela_config["heads"]))
@@ -117,7 +151,7 @@ class ELATorch(torch.nn.Module):
     def _encode_image_batch(self, images: torch.Tensor, return_tokens: bool) -> dict[str, torch.Tensor]:
         """images uint8 [b, H, W, 3] -> global [b, embed_dim], lexicon [b, vocab] (, tokens [b, 1+patches, width])."""
         pixels = (images.to(torch.float32) / 255.0 - self.pixel_mean) / self.pixel_std
-        hidden = self.image_model(pixel_values=pixels.permute(0, 3, 1, 2)).last_hidden_state
+        hidden = image_tower_states(self.image_model, pixels.permute(0, 3, 1, 2))
         patches = hidden[:, 1:]
         patch_logits = self.image_lexicon(patches)  # [b, patches, vocab]
         outputs = {
@@ -153,8 +187,7 @@ class ELATorch(torch.nn.Module):
         self, token_ids: torch.Tensor, mask: torch.Tensor, return_tokens: bool
     ) -> dict[str, torch.Tensor]:
         """token_ids, mask [b, len] -> global [b, embed_dim], lexicon [b, vocab] (, tokens [b, len, width])."""
-        hidden = self.text_model.bert(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
-        token_logits = self.text_model.cls(hidden)  # [b, len, vocab]: the MLM head is the text lexicon head
+        hidden, token_logits = text_tower_states(self.text_model, token_ids, mask)  # logits [b, len, vocab]
         token_mask = mask.clone()
         token_mask[:, 0] = False  # CLS is not a word
         outputs = {
@@ -164,6 +197,12 @@ class ELATorch(torch.nn.Module):
         if return_tokens:
             outputs["tokens"] = hidden
         return outputs
+
+
+def _class(name: str, supported: tuple[str, ...], directory: str):
+    if name not in supported:
+        raise ValueError(f"{directory}/ela_config.json names {name!r}; ELATorch loads {list(supported)}")
+    return getattr(transformers, name)
 
 
 def _concatenate(chunks: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:

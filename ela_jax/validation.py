@@ -102,6 +102,22 @@ def _validate_expansion_source(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _validate_image_switches(image) -> None:
+    """The ViT switches (config.image_tower_switches) must leave a summary token first in the tower's output."""
+    check_choice(image.hf_class, config_lib.IMAGE_TOWER_CLASSES, "model.image.hf_class")
+    check_choice(image.final_norm, config_lib.FINAL_NORMS, "model.image.final_norm")
+    if not (image.class_token or image.attention_pool):
+        raise ConfigError(
+            "model.image.class_token=False needs model.image.attention_pool=True: the heads read the tower's first "
+            "token as its summary, and without either it would be a patch"
+        )
+    if (image.register_tokens or image.final_norm == "class_token") and not image.class_token:
+        raise ConfigError(
+            f"model.image.register_tokens={image.register_tokens} / final_norm={image.final_norm!r} need "
+            "model.image.class_token=True (they are placed and normalised relative to it)"
+        )
+
+
 def _require(condition: bool, key: str, value, wanted: str) -> None:
     if not condition:
         raise ConfigError(f"{key} must be {wanted}, got {value!r}")
@@ -344,6 +360,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _validate_expansion_source(config)
     sources.validate_section(config.data)
     image = config.model.image
+    _validate_image_switches(image)
+    check_choice(config.model.text.hf_class, config_lib.TEXT_TOWER_CLASSES, "model.text.hf_class")
     if not config.init.image_tower and config.data.image_size != image.image_size:
         raise ConfigError(
             f"data.image_size {config.data.image_size} differs from model.image.image_size {image.image_size}; "

@@ -370,7 +370,7 @@ def _bert_dir_with(tmp_path, **changes) -> str:
 def _vit_dir_for(tmp_path, image_size: int) -> str:
     directory = tmp_path / "vit"
     transformers.ViTConfig(image_size=image_size).save_pretrained(directory)
-    (directory / "model.safetensors").write_bytes(b"")  # never read: the architecture check comes first
+    (directory / "model.safetensors").write_bytes(b"")  # never read by the architecture step
     return str(directory)
 
 
@@ -388,7 +388,7 @@ def _vit_dir_for(tmp_path, image_size: int) -> str:
             r"tokenizer.max_length 600 exceeds the 512 positions",
         ),
         ({}, {"hidden_act": "relu"}, r"hidden_act='relu'"),
-        ({}, {"model_type": "roberta"}, r"model_type='roberta'; ela_jax can only load model_type='bert'"),
+        ({}, {"model_type": "roberta"}, r"model_type='roberta'; init.text_tower supports BertForMaskedLM"),
     ],
 )
 def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_changes, message):
@@ -404,10 +404,11 @@ def test_mismatched_text_checkpoint_is_a_config_error(tmp_path, overrides, hf_ch
         Experiment.build(config, str(tmp_path / "workdir"))
 
 
-def test_vit_for_another_resolution_is_a_config_error(tmp_path):
-    config = small_config(**{"init.image_tower": _vit_dir_for(tmp_path, 224)})
-    with pytest.raises(ConfigError, match=r"is for 224px images but data.image_size is 16; set data.image_size=224"):
-        Experiment.build(config, str(tmp_path / "workdir"))
+def test_vit_for_another_resolution_takes_data_image_size(tmp_path):
+    """The position embeddings are resized on load (tests/test_hf_towers.py checks the values)."""
+    config = small_config(**{"data.image_size": 32, "init.image_tower": _vit_dir_for(tmp_path, 224)})
+    from_pytorch.apply_hf_architecture(config)
+    assert (config.model.image.image_size, config.model.image.patch_size) == (32, 16)
 
 
 def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
@@ -433,3 +434,25 @@ def test_elatorch_asks_transformers_for_safetensors_only(tmp_path, monkeypatch):
     with pytest.raises(Recorded):
         ELATorch.from_pretrained(str(tmp_path))
     assert calls == [("text", True), ("image", True)]
+
+
+@pytest.mark.integration  # compiles the image side of a whole model
+@pytest.mark.slow  # tests/test_hf_towers.py checks each class's tower states and its export at the tower level
+def test_elatorch_loads_a_siglip_image_tower_export(tmp_path):
+    checkpoint = tmp_path / "siglip"
+    siglip = transformers.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=16, patch_size=4
+    )
+    transformers.SiglipVisionModel(siglip).save_pretrained(checkpoint)
+    config = small_config(**{"data.image_size": 24, "init.image_tower": str(checkpoint)})
+    experiment = Experiment.build(config, str(tmp_path / "workdir"))
+    params = random_params(experiment)
+    output = str(tmp_path / "export")
+    to_pytorch.export(experiment.config, experiment.tokenizer, params, output)
+    torch_model = ELATorch.from_pretrained(output)
+    assert type(torch_model.image_model) is transformers.SiglipVisionModel
+    assert torch_model.image_model.config.image_size == 24
+    expected = ELAInference(experiment, params).encode_images(random_images(3, 24), return_tokens=True)
+    actual = torch_model.encode_images(random_images(3, 24), return_tokens=True)
+    for key in ("global", "lexicon", "tokens"):
+        assert_close(actual[key], expected[key], f"SigLIP export {key}")

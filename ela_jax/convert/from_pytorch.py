@@ -1,4 +1,4 @@
-"""Hugging Face BERT / ViT checkpoints into ela_jax: `config.init.text_tower` / `image_tower` give the towers their
+"""Hugging Face text (BERT, DistilBERT) and image (ViT, CLIP, SigLIP, DINOv2) checkpoints into ela_jax: `config.init.text_tower` / `image_tower` give the towers their
 architecture (apply_hf_architecture) and starting weights (load_pretrained_towers); `load_exported` reads a
 `to_pytorch` export back. Safetensors only: a pickled `.bin` checkpoint is refused, never unpickled.
 """
@@ -14,15 +14,14 @@ import numpy as np
 from safetensors import safe_open
 
 from ela_jax.config import ConfigError
-from ela_jax.convert import keymap
+from ela_jax.convert import image_towers, keymap
+from ela_jax.convert.position_resize import resize_positions
 from ela_jax.models import layers
 from ela_jax.models.ela import copy_text_lexicon_to_image
 from ela_jax.objectives import needs_teacher
 
 log = logging.getLogger(__name__)
 
-# transformers' hidden_act -> ela_jax's gelu_approximate (the tanh form); other activations have no counterpart.
-GELU_APPROXIMATE = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True}
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PICKLED_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -71,14 +70,6 @@ def read_json(path: str, described_as: str) -> dict:
         return json.load(f)
 
 
-def _gelu_approximate(hidden_act: str, described_as: str) -> bool:
-    if hidden_act not in GELU_APPROXIMATE:
-        raise ConfigError(
-            f"{described_as} uses hidden_act={hidden_act!r}; ela_jax's towers support {sorted(GELU_APPROXIMATE)}"
-        )
-    return GELU_APPROXIMATE[hidden_act]
-
-
 def _expect(hf_config: dict, key: str, expected, described_as: str, default=None) -> None:
     value = hf_config.get(key, default)
     if value != expected:
@@ -96,71 +87,89 @@ def apply_hf_architecture(config: ml_collections.ConfigDict) -> None:
         _apply_vit_architecture(config, config.init.image_tower)
 
 
+# Text tower checkpoints: model_type -> (model.text.hf_class, the prefix of the encoder in its MLM model).
+TEXT_TOWER_TYPES = {"bert": ("BertForMaskedLM", "bert."), "distilbert": ("DistilBertForMaskedLM", "distilbert.")}
+# DistilBertConfig's names for BertConfig's sizes.
+DISTILBERT_KEYS = {
+    "hidden_size": "dim",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "intermediate_size": "hidden_dim",
+    "hidden_act": "activation",
+}
+
+
+def _text_settings(hf_config: dict, described_as: str) -> dict:
+    """A BERT-architecture config.json (BERT, MiniLM, e5 / bge-style encoders, DistilBERT) in BertConfig's terms."""
+    model_type = hf_config.get("model_type")
+    if model_type not in TEXT_TOWER_TYPES:
+        supported = ", ".join(f"{name} (model_type {key!r})" for key, (name, _) in TEXT_TOWER_TYPES.items())
+        raise ConfigError(f"{described_as} has model_type={model_type!r}; init.text_tower supports {supported}")
+    if model_type == "bert":
+        return hf_config
+    settings = {key: hf_config.get(distil_key) for key, distil_key in DISTILBERT_KEYS.items()}
+    # DistilBERT's LayerNorms use 1e-12 and it has no token type embeddings.
+    return {**hf_config, **settings, "layer_norm_eps": 1e-12, "type_vocab_size": 0}
+
+
 def _apply_bert_architecture(config: ml_collections.ConfigDict, directory: str) -> None:
     described_as = f"init.text_tower={directory!r}"
     hf_config = read_json(os.path.join(directory, "config.json"), described_as)
     weight_files(directory, described_as)  # refuse a pickled-only checkpoint before anything compiles
-    _expect(hf_config, "model_type", "bert", described_as)
-    _expect(hf_config, "position_embedding_type", "absolute", described_as, default="absolute")
-    if hf_config["vocab_size"] != config.model.vocab_size:
+    settings = _text_settings(hf_config, described_as)
+    _expect(settings, "position_embedding_type", "absolute", described_as, default="absolute")
+    if settings["vocab_size"] != config.model.vocab_size:
         raise ConfigError(
-            f"{described_as} has vocab_size {hf_config['vocab_size']} but the tokenizer "
+            f"{described_as} has vocab_size {settings['vocab_size']} but the tokenizer "
             f"(tokenizer.vocab={config.tokenizer.vocab!r}) has {config.model.vocab_size} words; set "
             "tokenizer.vocab to the checkpoint's vocab.txt"
         )
-    if config.tokenizer.max_length > hf_config["max_position_embeddings"]:
+    if config.tokenizer.max_length > settings["max_position_embeddings"]:
         raise ConfigError(
             f"tokenizer.max_length {config.tokenizer.max_length} exceeds the "
-            f"{hf_config['max_position_embeddings']} positions of {described_as}; lower "
+            f"{settings['max_position_embeddings']} positions of {described_as}; lower "
             "tokenizer.max_length"
         )
-    if config.model.lexicon.tie_text_decoder and not hf_config.get("tie_word_embeddings", True):
+    if config.model.lexicon.tie_text_decoder and not settings.get("tie_word_embeddings", True):
         raise ConfigError(
             f"{described_as} has an MLM decoder of its own (tie_word_embeddings false) but "
             "model.lexicon.tie_text_decoder is True; set model.lexicon.tie_text_decoder=False"
         )
     text = config.model.text
-    copy_transformer_shape(text, hf_config, described_as)
-    text.max_position_embeddings = hf_config["max_position_embeddings"]
-    text.type_vocab_size = hf_config.get("type_vocab_size", 2)
+    copy_transformer_shape(text, settings, described_as)
+    text.max_position_embeddings = settings["max_position_embeddings"]
+    text.type_vocab_size = settings.get("type_vocab_size", 2)
+    text.hf_class = TEXT_TOWER_TYPES[hf_config["model_type"]][0]
 
 
 def copy_transformer_shape(tower: ml_collections.ConfigDict, hf_config: dict, described_as: str) -> None:
-    """The transformer sizes both towers share, from a Hugging Face BERT or ViT config.json."""
+    """The transformer sizes of a Hugging Face BERT config.json (in BertConfig's key names)."""
     tower.width = hf_config["hidden_size"]
     tower.depth = hf_config["num_hidden_layers"]
     tower.num_heads = hf_config["num_attention_heads"]
     tower.mlp_dim = hf_config["intermediate_size"]
     tower.layer_norm_eps = float(hf_config.get("layer_norm_eps", 1e-12))
-    tower.gelu_approximate = _gelu_approximate(hf_config.get("hidden_act", "gelu"), described_as)
-
-
-def _square(value, key: str, described_as: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ConfigError(f"{described_as} has a non-square {key} {value}; ela_jax's ViT is square")
-        value = value[0]
-    return int(value)
+    act = image_towers.activation(hf_config.get("hidden_act", "gelu"), described_as)
+    if act["quick_gelu"]:
+        raise ConfigError(f"{described_as} uses hidden_act='quick_gelu'; ela_jax's text tower has exact or tanh GELU")
+    tower.gelu_approximate = act["gelu_approximate"]
 
 
 def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -> None:
+    """model.image from the checkpoint's config.json; model.image.image_size becomes data.image_size (the position
+    embeddings are resized on load when the checkpoint was trained at another resolution)."""
     described_as = f"init.image_tower={directory!r}"
     hf_config = read_json(os.path.join(directory, "config.json"), described_as)
     weight_files(directory, described_as)
-    _expect(hf_config, "model_type", "vit", described_as)
-    _expect(hf_config, "qkv_bias", True, described_as, default=True)
-    _expect(hf_config, "num_channels", 3, described_as, default=3)
-    image_size = _square(hf_config.get("image_size", 224), "image_size", described_as)
-    if config.data.image_size != image_size:
-        raise ConfigError(
-            f"{described_as} is for {image_size}px images but data.image_size is "
-            f"{config.data.image_size}; set data.image_size={image_size} (the input pipeline does not "
-            "resize)"
-        )
+    tower, settings = image_towers.tower_config(hf_config, described_as)
     image = config.model.image
-    copy_transformer_shape(image, hf_config, described_as)
-    image.image_size = image_size
-    image.patch_size = _square(hf_config.get("patch_size", 16), "patch_size", described_as)
+    image.update(image_towers.architecture(tower, settings, described_as))
+    if config.data.image_size % image.patch_size:
+        raise ConfigError(
+            f"data.image_size {config.data.image_size} is not a multiple of the patch size {image.patch_size} of "
+            f"{described_as}; pick a multiple of {image.patch_size}"
+        )
+    image.image_size = config.data.image_size
     processor_path = os.path.join(directory, "preprocessor_config.json")
     if os.path.isfile(processor_path):
         processor = read_json(processor_path, described_as)
@@ -175,24 +184,36 @@ def _apply_vit_architecture(config: ml_collections.ConfigDict, directory: str) -
             image.pixel_std = tuple(float(v) for v in processor["image_std"])
 
 
+def tower_prefix(weights: dict, probe: str, prefixes: tuple[str, ...], described_as: str) -> str:
+    """Which of `prefixes` ('' for a bare tower, then the wrappers of task or dual-encoder models) the checkpoint's
+    keys carry, found by the key `probe`."""
+    for prefix in prefixes:
+        if prefix + probe in weights:
+            return prefix
+    raise ConfigError(
+        f"{described_as} has no {' nor '.join(prefix + probe for prefix in prefixes)}; is it the right kind of "
+        "checkpoint?"
+    )
+
+
 def wrapper_prefix(weights: dict, probe: str, wrapper: str, described_as: str) -> str:
     """'' for a bare BertModel / ViTModel checkpoint, `wrapper` ('bert.', 'vit.') for task models around one."""
-    if probe in weights:
-        return ""
-    if wrapper + probe in weights:
-        return wrapper
-    raise ConfigError(f"{described_as} has no {probe} (nor {wrapper}{probe}); is it the right kind of checkpoint?")
+    return tower_prefix(weights, probe, ("", wrapper), described_as)
 
 
-def _mlm_head(hf_config: dict, bert_prefix: str, tie_text_decoder: bool) -> keymap.KeyMap:
-    checkpoint_tied = hf_config.get("tie_word_embeddings", True)
-    if tie_text_decoder or not checkpoint_tied:
-        return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=tie_text_decoder)
+def _mlm_head(settings: dict, text_config, encoder_prefix: str, tie_text_decoder: bool) -> keymap.KeyMap:
+    def head(tied: bool) -> keymap.KeyMap:
+        if text_config.hf_class == "DistilBertForMaskedLM":
+            return keymap.distilbert_mlm_head(tied)
+        return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=tied)
+
+    if tie_text_decoder or not settings.get("tie_word_embeddings", True):
+        return head(tie_text_decoder)
     # An untied decoder starts from the checkpoint's tied one: the word embeddings.
     tied_decoder = keymap.Rule(
-        "text_lexicon/decoder_kernel", f"{bert_prefix}embeddings.word_embeddings.weight", keymap.LINEAR, vocab_axis=1
+        "text_lexicon/decoder_kernel", f"{encoder_prefix}embeddings.word_embeddings.weight", keymap.LINEAR, vocab_axis=1
     )
-    return keymap.lexicon_head("text_lexicon", keymap.MLM_HEAD_PREFIX, tied=True) + keymap.KeyMap([tied_decoder])
+    return head(True) + keymap.KeyMap([tied_decoder])
 
 
 def load_pretrained_towers(config: ml_collections.ConfigDict, params: dict) -> dict:
@@ -210,19 +231,24 @@ def load_pretrained_towers(config: ml_collections.ConfigDict, params: dict) -> d
 def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
     described_as = f"init.text_tower={directory!r}"
     hf_config = read_json(os.path.join(directory, "config.json"), described_as)
+    settings = _text_settings(hf_config, described_as)
     weights = read_weights(weight_files(directory, described_as))
-    prefix = wrapper_prefix(weights, "embeddings.word_embeddings.weight", "bert.", described_as)
-    text_map = keymap.bert_encoder(config.model.text.depth, prefix)
-    has_mlm_head = keymap.MLM_HEAD_PREFIX + "transform.dense.weight" in weights
+    wrapper = TEXT_TOWER_TYPES[hf_config["model_type"]][1]
+    prefix = wrapper_prefix(weights, "embeddings.word_embeddings.weight", wrapper, described_as)
+    text_config = config.model.text
+    text_map = keymap.text_encoder(text_config, prefix)
+    distil = text_config.hf_class == "DistilBertForMaskedLM"
+    mlm_probe = "vocab_transform.weight" if distil else keymap.MLM_HEAD_PREFIX + "transform.dense.weight"
+    has_mlm_head = mlm_probe in weights
     if not has_mlm_head and needs_teacher(config) and config.objective.ela.target_source == "frozen":
         # The frozen teacher copies the text lexicon head at step 0: without an MLM head in the checkpoint it is
         # random and stays random.
         raise ConfigError(
             f"objective.ela.target_source='frozen' copies the text lexicon head at step 0, but {described_as} has "
-            "no MLM head to initialise it; use a BertForMaskedLM checkpoint, or target_source 'ema' or 'pretrained'"
+            "no MLM head to initialise it; use a *ForMaskedLM checkpoint, or target_source 'ema' or 'pretrained'"
         )
     if has_mlm_head:
-        text_map += _mlm_head(hf_config, prefix, config.model.lexicon.tie_text_decoder)
+        text_map += _mlm_head(settings, text_config, prefix, config.model.lexicon.tie_text_decoder)
     params = text_map.to_flax(weights, params, source=directory)
     if config.model.lexicon.init_image_from_text:
         # The copy made at initialisation holds the random text head (or random word embeddings); copy again.
@@ -231,12 +257,33 @@ def _load_bert(config: ml_collections.ConfigDict, params: dict, directory: str) 
     return params
 
 
+POSITIONS = "image_tower/position_embeddings"
+
+
 def _load_vit(config: ml_collections.ConfigDict, params: dict, directory: str) -> dict:
     described_as = f"init.image_tower={directory!r}"
+    tower, _ = image_towers.tower_config(read_json(os.path.join(directory, "config.json"), described_as), described_as)
     weights = read_weights(weight_files(directory, described_as))
-    prefix = wrapper_prefix(weights, "embeddings.cls_token", "vit.", described_as)
-    params = keymap.vit_encoder(config.model.image.depth, prefix).to_flax(weights, params, source=directory)
-    log.info("image tower initialised from %s", directory)
+    prefix = tower_prefix(weights, tower.probe, tower.prefixes, described_as)
+    image = config.model.image
+    image_map = keymap.image_encoder(image, prefix)
+    (positions_key,) = [rule.torch_key for rule in image_map.rules if rule.flax_path == POSITIONS]
+    if positions_key in weights:
+        positions, wanted = weights[positions_key], params["image_tower"]["position_embeddings"].shape[1]
+        if positions.shape[-2] != wanted:
+            # As the tower's own interpolate_pos_encoding does at every call, once here.
+            prefix_tokens = 1 if image.class_token else 0
+            grid = int(round(np.sqrt(wanted - prefix_tokens)))
+            weights = {**weights, positions_key: resize_positions(positions, grid, prefix_tokens, tower.antialias)}
+            log.warning(
+                "position embeddings of %s resized from %d to %d patches for %dpx images",
+                directory,
+                positions.shape[-2] - prefix_tokens,
+                grid * grid,
+                image.image_size,
+            )
+    params = image_map.to_flax(weights, params, source=directory)
+    log.warning("image tower (%s) initialised from %s", tower.name, directory)
     return params
 
 

@@ -1,5 +1,6 @@
-"""Export a trained ELA model to PyTorch: `O/text` (BertForMaskedLM + tokenizer), `O/image` (ViTModel + image
-processor), `O/ela_heads.safetensors` and `O/ela_config.json` for `ela_jax.torch_model.ELATorch`.
+"""Export a trained ELA model to PyTorch: `O/text` (model.text.hf_class, e.g. BertForMaskedLM, + tokenizer),
+`O/image` (model.image.hf_class, e.g. ViTModel, + image processor), `O/ela_heads.safetensors` and
+`O/ela_config.json` for `ela_jax.torch_model.ELATorch`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import transformers
 from safetensors.numpy import save_file
 
-from ela_jax.convert import keymap
+from ela_jax.convert import image_towers, keymap
 from ela_jax.data.tokenizer import Tokenizer
 from ela_jax.models import layers
 
@@ -47,6 +48,102 @@ def bert_config(model_config: ml_collections.ConfigDict, tokenizer: Tokenizer) -
     )
 
 
+def distilbert_config(model_config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> transformers.DistilBertConfig:
+    text = model_config.text
+    return transformers.DistilBertConfig(
+        architectures=["DistilBertForMaskedLM"],
+        vocab_size=model_config.vocab_size,
+        dim=text.width,
+        n_layers=text.depth,
+        n_heads=text.num_heads,
+        hidden_dim=text.mlp_dim,
+        activation=hidden_act(text.gelu_approximate),
+        dropout=0.0,
+        attention_dropout=0.0,
+        max_position_embeddings=text.max_position_embeddings,
+        pad_token_id=tokenizer.pad_id,
+        tie_word_embeddings=model_config.lexicon.tie_text_decoder,
+    )
+
+
+def text_config(model_config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> transformers.PretrainedConfig:
+    """The transformers config of model.text.hf_class; refuses a tower whose switches that class cannot express."""
+    text = model_config.text
+    if text.hf_class == "DistilBertForMaskedLM":
+        if text.type_vocab_size or text.layer_norm_eps != 1e-12:
+            raise ValueError(
+                f"model.text (type_vocab_size {text.type_vocab_size}, layer_norm_eps {text.layer_norm_eps}) is not a "
+                "DistilBERT (0 and 1e-12); export it as model.text.hf_class='BertForMaskedLM'"
+            )
+        return distilbert_config(model_config, tokenizer)
+    if not text.type_vocab_size:
+        raise ValueError(
+            "model.text.type_vocab_size is 0, which BertForMaskedLM cannot hold; use DistilBertForMaskedLM"
+        )
+    return bert_config(model_config, tokenizer)
+
+
+def image_activation(image_config: ml_collections.ConfigDict) -> str:
+    return "quick_gelu" if image_config.quick_gelu else hidden_act(image_config.gelu_approximate)
+
+
+def image_config(model_config: ml_collections.ConfigDict) -> transformers.PretrainedConfig:
+    """The transformers config of model.image.hf_class, at the resolution ela_jax trained at; refuses a tower whose
+    switches differ from that class's architecture (it would load, and compute something else)."""
+    image = model_config.image
+    tower = image_towers.BY_CLASS[image.hf_class]
+    switches = {key: image[key] for key in tower.switches}
+    if switches != tower.switches:
+        raise ValueError(
+            f"model.image has switches {switches}, but {image.hf_class} is {tower.switches}; set model.image.hf_class "
+            "to the class the tower was built as"
+        )
+    if image.hf_class == "ViTModel":
+        return vit_config(model_config)
+    sizes = dict(
+        architectures=[image.hf_class],
+        hidden_size=image.width,
+        num_hidden_layers=image.depth,
+        num_attention_heads=image.num_heads,
+        hidden_act=image_activation(image),
+        layer_norm_eps=image.layer_norm_eps,
+        image_size=image.image_size,
+        patch_size=image.patch_size,
+        num_channels=3,
+    )
+    if image.hf_class == "CLIPVisionModel":
+        return transformers.CLIPVisionConfig(intermediate_size=image.mlp_dim, attention_dropout=0.0, **sizes)
+    if image.hf_class == "SiglipVisionModel":
+        return transformers.SiglipVisionConfig(
+            intermediate_size=image.mlp_dim, attention_dropout=0.0, vision_use_head=True, **sizes
+        )
+    if image.mlp_dim % image.width:
+        raise ValueError(
+            f"model.image.mlp_dim {image.mlp_dim} is not a multiple of width {image.width}, which {image.hf_class} "
+            "(an integer mlp_ratio) cannot hold"
+        )
+    dinov2 = dict(
+        mlp_ratio=image.mlp_dim // image.width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+        qkv_bias=True,
+        use_swiglu_ffn=False,
+        **sizes,
+    )
+    if image.hf_class == "Dinov2Model":
+        return transformers.Dinov2Config(**dinov2)
+    return transformers.Dinov2WithRegistersConfig(num_register_tokens=image.register_tokens, **dinov2)
+
+
+def image_state_dict(model_config: ml_collections.ConfigDict, key_map: keymap.KeyMap, params) -> dict:
+    state_dict = key_map.to_torch(params, model_config.vocab_size)
+    if model_config.image.hf_class.startswith("Dinov2"):
+        # Used only by masked pre-training; ela_jax has none to train. Zeros, as transformers initialises it.
+        state_dict["embeddings.mask_token"] = np.zeros((1, model_config.image.width), np.float32)
+    return state_dict
+
+
 def vit_config(model_config: ml_collections.ConfigDict) -> transformers.ViTConfig:
     image = model_config.image
     return transformers.ViTConfig(
@@ -55,7 +152,7 @@ def vit_config(model_config: ml_collections.ConfigDict) -> transformers.ViTConfi
         num_hidden_layers=image.depth,
         num_attention_heads=image.num_heads,
         intermediate_size=image.mlp_dim,
-        hidden_act=hidden_act(image.gelu_approximate),
+        hidden_act=image_activation(image),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         layer_norm_eps=image.layer_norm_eps,
@@ -124,12 +221,12 @@ def export(
     text_dir, image_dir = os.path.join(output_dir, TEXT_DIR), os.path.join(output_dir, IMAGE_DIR)
     os.makedirs(text_dir, exist_ok=True)
     os.makedirs(image_dir, exist_ok=True)
-    bert_config(model_config, tokenizer).save_pretrained(text_dir)
+    text_config(model_config, tokenizer).save_pretrained(text_dir)
     save_weights(layout["text"].to_torch(params, model_config.vocab_size), os.path.join(text_dir, WEIGHTS_FILE))
     write_tokenizer(tokenizer, config.tokenizer.lowercase, text_dir)
 
-    vit_config(model_config).save_pretrained(image_dir)
-    save_weights(layout["image"].to_torch(params, model_config.vocab_size), os.path.join(image_dir, WEIGHTS_FILE))
+    image_config(model_config).save_pretrained(image_dir)
+    save_weights(image_state_dict(model_config, layout["image"], params), os.path.join(image_dir, WEIGHTS_FILE))
     with open(os.path.join(image_dir, "preprocessor_config.json"), "w") as f:
         json.dump(image_processor_config(model_config.image), f, indent=2)
 
@@ -137,6 +234,8 @@ def export(
     ela_config = {
         "text": TEXT_DIR,
         "image": IMAGE_DIR,
+        "text_class": model_config.text.hf_class,
+        "image_class": model_config.image.hf_class,
         "heads": HEADS_FILE,
         "max_length": tokenizer.max_length,
         "image_size": model_config.image.image_size,

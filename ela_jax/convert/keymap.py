@@ -1,5 +1,6 @@
 """The declarative key map between ela_jax's Flax parameter paths and PyTorch state-dict keys (Hugging Face
-`BertForMaskedLM` / `ViTModel`, and ELATorch's heads), with the reshape hook each key needs; it serves both directions.
+`BertForMaskedLM` / `DistilBertForMaskedLM`, `ViTModel` / `CLIPVisionModel` / `SiglipVisionModel` / `Dinov2Model`,
+and ELATorch's heads), with the reshape hook each key needs; it serves both directions.
 
 Flax paths are '/'-joined from the params root (`text_tower/encoder/layer_0/attention/query/kernel`). This module
 imports numpy only, so export, import and tests share it without pulling in JAX or PyTorch.
@@ -151,23 +152,83 @@ def _layer_norm(flax: str, torch: str) -> list[Rule]:
     return [Rule(f"{flax}/scale", f"{torch}.weight"), Rule(f"{flax}/bias", f"{torch}.bias")]
 
 
-def _transformer_block(flax: str, torch: str, attention: str, attention_norm: str, mlp_norm: str) -> list[Rule]:
-    """The shared TransformerBlock; BERT (post-LN) and ViT (pre-LN) name its attention module and norms apart."""
+# One transformer block's modules: ela_jax's name -> the block's torch module, per Hugging Face class family.
+BERT_BLOCK = {
+    "attention/query": "attention.self.query",
+    "attention/key": "attention.self.key",
+    "attention/value": "attention.self.value",
+    "attention/output": "attention.output.dense",
+    "mlp/intermediate": "intermediate.dense",
+    "mlp/output": "output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "mlp_norm": "output.LayerNorm",
+}
+DISTILBERT_BLOCK = {
+    "attention/query": "attention.q_lin",
+    "attention/key": "attention.k_lin",
+    "attention/value": "attention.v_lin",
+    "attention/output": "attention.out_lin",
+    "mlp/intermediate": "ffn.lin1",
+    "mlp/output": "ffn.lin2",
+    "attention_norm": "sa_layer_norm",
+    "mlp_norm": "output_layer_norm",
+}
+VIT_BLOCK = {
+    **{f"attention/{name}": f"attention.attention.{name}" for name in ("query", "key", "value")},
+    "attention/output": "attention.output.dense",
+    "mlp/intermediate": "intermediate.dense",
+    "mlp/output": "output.dense",
+    "attention_norm": "layernorm_before",
+    "mlp_norm": "layernorm_after",
+}
+# CLIPVisionModel and SiglipVisionModel.
+CLIP_BLOCK = {
+    **{f"attention/{name}": f"self_attn.{name[0]}_proj" for name in ("query", "key", "value")},
+    "attention/output": "self_attn.out_proj",
+    "mlp/intermediate": "mlp.fc1",
+    "mlp/output": "mlp.fc2",
+    "attention_norm": "layer_norm1",
+    "mlp_norm": "layer_norm2",
+}
+# Dinov2Model (and with registers), in the on-disk layout transformers v4 and v5 both read and v5 writes.
+DINOV2_BLOCK = {
+    **{f"attention/{name}": f"attention.attention.{name}" for name in ("query", "key", "value")},
+    "attention/output": "attention.output.dense",
+    "mlp/intermediate": "mlp.fc1",
+    "mlp/output": "mlp.fc2",
+    "attention_norm": "norm1",
+    "mlp_norm": "norm2",
+    "attention_scale": "layer_scale1.lambda1",
+    "mlp_scale": "layer_scale2.lambda1",
+}
+
+
+def _transformer_block(flax: str, torch: str, names: Mapping[str, str]) -> list[Rule]:
+    """The shared TransformerBlock <-> one block of a Hugging Face model whose module names are `names`."""
     rules = []
-    for projection in ("query", "key", "value"):
-        rules += [
-            Rule(f"{flax}/attention/{projection}/kernel", f"{torch}.{attention}.{projection}.weight", HEADS_IN),
-            Rule(f"{flax}/attention/{projection}/bias", f"{torch}.{attention}.{projection}.bias", HEADS_BIAS),
-        ]
-    rules += [
-        Rule(f"{flax}/attention/output/kernel", f"{torch}.attention.output.dense.weight", HEADS_OUT),
-        Rule(f"{flax}/attention/output/bias", f"{torch}.attention.output.dense.bias"),
-    ]
-    rules += _linear(f"{flax}/mlp/intermediate", f"{torch}.intermediate.dense")
-    rules += _linear(f"{flax}/mlp/output", f"{torch}.output.dense")
-    rules += _layer_norm(f"{flax}/attention_norm", f"{torch}.{attention_norm}")
-    rules += _layer_norm(f"{flax}/mlp_norm", f"{torch}.{mlp_norm}")
+    for module, torch_module in names.items():
+        flax_path, torch_path = f"{flax}/{module}", f"{torch}.{torch_module}"
+        if module in ("attention/query", "attention/key", "attention/value"):
+            rules += [Rule(f"{flax_path}/kernel", f"{torch_path}.weight", HEADS_IN)]
+            rules += [Rule(f"{flax_path}/bias", f"{torch_path}.bias", HEADS_BIAS)]
+        elif module == "attention/output":
+            rules += [Rule(f"{flax_path}/kernel", f"{torch_path}.weight", HEADS_OUT)]
+            rules += [Rule(f"{flax_path}/bias", f"{torch_path}.bias")]
+        elif module.startswith("mlp/"):
+            rules += _linear(flax_path, torch_path)
+        elif module.endswith("_norm"):
+            rules += _layer_norm(flax_path, torch_path)
+        else:  # a layer scale vector
+            rules.append(Rule(flax_path, torch_path))
     return rules
+
+
+def _blocks(flax: str, torch: str, depth: int, names: Mapping[str, str]) -> list[Rule]:
+    return [
+        rule
+        for layer in range(depth)
+        for rule in _transformer_block(f"{flax}/layer_{layer}", f"{torch}.{layer}", names)
+    ]
 
 
 def bert_encoder(depth: int, prefix: str) -> KeyMap:
@@ -178,15 +239,24 @@ def bert_encoder(depth: int, prefix: str) -> KeyMap:
         for name in ("position_embeddings", "token_type_embeddings")
     ]
     rules += _layer_norm("text_tower/embeddings_norm", f"{prefix}embeddings.LayerNorm")
-    for layer in range(depth):
-        rules += _transformer_block(
-            f"text_tower/encoder/layer_{layer}",
-            f"{prefix}encoder.layer.{layer}",
-            attention="attention.self",
-            attention_norm="attention.output.LayerNorm",
-            mlp_norm="output.LayerNorm",
-        )
+    rules += _blocks("text_tower/encoder", f"{prefix}encoder.layer", depth, BERT_BLOCK)
     return KeyMap(rules)
+
+
+def distilbert_encoder(depth: int, prefix: str) -> KeyMap:
+    """text_tower (type_vocab_size 0) <-> DistilBertModel (prefix '') or DistilBertForMaskedLM's `distilbert.`."""
+    rules = [Rule("text_tower/word_embeddings/embedding", f"{prefix}embeddings.word_embeddings.weight", vocab_axis=0)]
+    rules += [Rule("text_tower/position_embeddings/embedding", f"{prefix}embeddings.position_embeddings.weight")]
+    rules += _layer_norm("text_tower/embeddings_norm", f"{prefix}embeddings.LayerNorm")
+    rules += _blocks("text_tower/encoder", f"{prefix}transformer.layer", depth, DISTILBERT_BLOCK)
+    return KeyMap(rules)
+
+
+def text_encoder(text_config, prefix: str) -> KeyMap:
+    """The text tower's key map for its `hf_class` (model.text)."""
+    if text_config.hf_class == "DistilBertForMaskedLM":
+        return distilbert_encoder(text_config.depth, prefix)
+    return bert_encoder(text_config.depth, prefix)
 
 
 def vit_encoder(depth: int, prefix: str) -> KeyMap:
@@ -199,16 +269,70 @@ def vit_encoder(depth: int, prefix: str) -> KeyMap:
         Rule("image_tower/cls_token", f"{prefix}embeddings.cls_token"),
         Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embeddings"),
     ]
-    for layer in range(depth):
-        rules += _transformer_block(
-            f"image_tower/encoder/layer_{layer}",
-            f"{prefix}encoder.layer.{layer}",
-            attention="attention.attention",
-            attention_norm="layernorm_before",
-            mlp_norm="layernorm_after",
-        )
+    rules += _blocks("image_tower/encoder", f"{prefix}encoder.layer", depth, VIT_BLOCK)
     rules += _layer_norm("image_tower/final_norm", f"{prefix}layernorm")
     return KeyMap(rules)
+
+
+def dinov2_encoder(depth: int, prefix: str, registers: bool) -> KeyMap:
+    """image_tower <-> Dinov2Model or Dinov2WithRegistersModel (`registers`); prefix 'dinov2.' in task models. The
+    mask token (used only by masked pre-training) is not read; export writes zeros, as transformers initialises it."""
+    rules = [
+        Rule("image_tower/patch_embedding/kernel", f"{prefix}embeddings.patch_embeddings.projection.weight", CONV),
+        Rule("image_tower/patch_embedding/bias", f"{prefix}embeddings.patch_embeddings.projection.bias"),
+        Rule("image_tower/cls_token", f"{prefix}embeddings.cls_token"),
+        Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embeddings"),
+    ]
+    if registers:
+        rules.append(Rule("image_tower/register_tokens", f"{prefix}embeddings.register_tokens"))
+    rules += _blocks("image_tower/encoder", f"{prefix}encoder.layer", depth, DINOV2_BLOCK)
+    rules += _layer_norm("image_tower/final_norm", f"{prefix}layernorm")
+    return KeyMap(rules)
+
+
+# [1, tokens, width] position embeddings <-> a torch Embedding weight [tokens, width].
+UNBATCHED = Hook(lambda a: a.reshape(a.shape[1:]), lambda t, shape: t.reshape(shape))
+# The [1, 1, width] class token <-> CLIP's class_embedding [width].
+VECTOR = Hook(lambda a: a.reshape(-1), lambda t, shape: t.reshape(shape))
+
+
+def clip_encoder(depth: int, prefix: str, siglip: bool) -> KeyMap:
+    """image_tower <-> CLIPVisionModel, or SiglipVisionModel (`siglip`: patch bias, no class token, no pre-encoder
+    norm, attention-pooling head); prefix 'vision_model.' in transformers v4 files and in CLIPModel / SiglipModel."""
+    rules = [
+        Rule("image_tower/patch_embedding/kernel", f"{prefix}embeddings.patch_embedding.weight", CONV),
+        Rule("image_tower/position_embeddings", f"{prefix}embeddings.position_embedding.weight", UNBATCHED),
+    ]
+    if siglip:
+        rules.append(Rule("image_tower/patch_embedding/bias", f"{prefix}embeddings.patch_embedding.bias"))
+    else:
+        rules.append(Rule("image_tower/cls_token", f"{prefix}embeddings.class_embedding", VECTOR))
+        rules += _layer_norm("image_tower/embedding_norm", f"{prefix}pre_layrnorm")
+    rules += _blocks("image_tower/encoder", f"{prefix}encoder.layers", depth, CLIP_BLOCK)
+    rules += _layer_norm("image_tower/final_norm", f"{prefix}post_layernorm")
+    if siglip:
+        head = f"{prefix}head."
+        rules += [
+            Rule("image_tower/attention_pool/probe", f"{head}probe"),
+            Rule("image_tower/attention_pool/qkv_kernel", f"{head}attention.in_proj_weight", HEADS_IN),
+            Rule("image_tower/attention_pool/qkv_bias", f"{head}attention.in_proj_bias", HEADS_BIAS),
+            Rule("image_tower/attention_pool/output/kernel", f"{head}attention.out_proj.weight", HEADS_OUT),
+            Rule("image_tower/attention_pool/output/bias", f"{head}attention.out_proj.bias"),
+        ]
+        rules += _layer_norm("image_tower/attention_pool/norm", f"{head}layernorm")
+        rules += _linear("image_tower/attention_pool/mlp/intermediate", f"{head}mlp.fc1")
+        rules += _linear("image_tower/attention_pool/mlp/output", f"{head}mlp.fc2")
+    return KeyMap(rules)
+
+
+def image_encoder(image_config, prefix: str) -> KeyMap:
+    """The image tower's key map for its `hf_class` (model.image)."""
+    name, depth = image_config.hf_class, image_config.depth
+    if name in ("CLIPVisionModel", "SiglipVisionModel"):
+        return clip_encoder(depth, prefix, siglip=name == "SiglipVisionModel")
+    if name in ("Dinov2Model", "Dinov2WithRegistersModel"):
+        return dinov2_encoder(depth, prefix, registers=name == "Dinov2WithRegistersModel")
+    return vit_encoder(depth, prefix)
 
 
 def lexicon_head(group: str, prefix: str, tied: bool) -> KeyMap:
@@ -227,8 +351,19 @@ def lexicon_head(group: str, prefix: str, tied: bool) -> KeyMap:
     return KeyMap(rules)
 
 
+def distilbert_mlm_head(tied: bool) -> KeyMap:
+    """The text LexiconHead <-> DistilBertForMaskedLM's head (vocab_transform, vocab_layer_norm, vocab_projector);
+    tied, vocab_projector.weight is the word embeddings."""
+    rules = _linear("text_lexicon/transform", "vocab_transform")
+    rules += _layer_norm("text_lexicon/transform_norm", "vocab_layer_norm")
+    rules.append(Rule("text_lexicon/decoder_bias", "vocab_projector.bias", vocab_axis=0))
+    if not tied:
+        rules.append(Rule("text_lexicon/decoder_kernel", "vocab_projector.weight", LINEAR, vocab_axis=1))
+    return KeyMap(rules)
+
+
 def ela_heads() -> KeyMap:
-    """What ELATorch holds besides BertForMaskedLM and ViTModel (the file ela_heads.safetensors)."""
+    """What ELATorch holds besides the text and image towers (the file ela_heads.safetensors)."""
     rules = list(lexicon_head("image_lexicon", "image_lexicon.", tied=False).rules)
     rules += [Rule(f"{name}/kernel", f"{name}.weight", LINEAR) for name in PROJECTIONS]
     rules += [Rule(name, name) for name in LOG_SCALES]
@@ -236,11 +371,15 @@ def ela_heads() -> KeyMap:
 
 
 def export_layout(model_config) -> dict[str, KeyMap]:
-    """The exported directory's three weight files -> the key map of each: 'text' (BertForMaskedLM), 'image'
-    (ViTModel) and 'heads' (ELATorch's own). `model_config` is config.model."""
+    """The exported directory's three weight files -> the key map of each: 'text' (model.text.hf_class), 'image'
+    (model.image.hf_class) and 'heads' (ELATorch's own). `model_config` is config.model."""
     tied = model_config.lexicon.tie_text_decoder
+    if model_config.text.hf_class == "DistilBertForMaskedLM":
+        text = distilbert_encoder(model_config.text.depth, "distilbert.") + distilbert_mlm_head(tied)
+    else:
+        text = bert_encoder(model_config.text.depth, "bert.") + lexicon_head("text_lexicon", MLM_HEAD_PREFIX, tied)
     return {
-        "text": bert_encoder(model_config.text.depth, "bert.") + lexicon_head("text_lexicon", MLM_HEAD_PREFIX, tied),
-        "image": vit_encoder(model_config.image.depth, ""),
+        "text": text,
+        "image": image_encoder(model_config.image, ""),
         "heads": ela_heads(),
     }

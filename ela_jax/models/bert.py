@@ -1,4 +1,5 @@
-"""BERT text tower, numerically the architecture of `transformers.BertModel` (without its pooler)."""
+"""BERT text tower, numerically the architecture of `transformers.BertModel` (without its pooler), and of
+DistilBertModel with `type_vocab_size` 0 (no token type embeddings)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class BertEncoder(nn.Module):
         )
         self.word_embeddings = embed(self.vocab_size, ("vocab", "embed"), "word_embeddings")
         self.position_embeddings = embed(config.max_position_embeddings, ("positions", "embed"), "position_embeddings")
-        self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")
+        if config.type_vocab_size:
+            self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"), "token_type_embeddings")
         self.embeddings_norm = layers.layer_norm(config.layer_norm_eps, self.dtype, "embeddings_norm")
         self.encoder = layers.TransformerStack(
             depth=config.depth,
@@ -46,11 +48,9 @@ class BertEncoder(nn.Module):
     def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
         """token_ids, mask [batch, len] -> hidden states [batch, len, width]; pads (mask False) are not attended."""
         positions = jnp.arange(token_ids.shape[1])[None, :]
-        hidden = (
-            self.word_embeddings(token_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(jnp.zeros_like(token_ids))
-        )
+        hidden = self.word_embeddings(token_ids) + self.position_embeddings(positions)
+        if self.config.type_vocab_size:
+            hidden = hidden + self.token_type_embeddings(jnp.zeros_like(token_ids))
         hidden = self.embeddings_norm(hidden.astype(self.dtype))
         hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_embed"))
         return self.encoder(hidden, mask.astype(bool))

@@ -39,6 +39,11 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP towers were trained with (transformers' quick_gelu)."""
+    return x * jax.nn.sigmoid(jnp.asarray(1.702, x.dtype) * x)
+
+
 def _flat_kernel_init(init, fan_in_axes: int = 1):
     """`init` drawn at [prod(fan_in), prod(rest)] and reshaped: the values nn.DenseGeneral gives the same key and
     shape. Boxed for partitioning after the reshape: DenseGeneral boxes before it, and under a mesh Flax then
@@ -185,6 +190,7 @@ class MLP(nn.Module):
     mlp_dim: int
     gelu_approximate: bool
     dtype: Dtype = jnp.float32
+    quick_gelu: bool = False  # CLIP's x * sigmoid(1.702 x) in place of GELU
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -195,7 +201,7 @@ class MLP(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, "mlp"),
             name="intermediate",
         )(x)
-        hidden = gelu(hidden, self.gelu_approximate)
+        hidden = quick_gelu(hidden) if self.quick_gelu else gelu(hidden, self.gelu_approximate)
         return TokenDense(
             x.shape[-1],
             dtype=self.dtype,
@@ -206,7 +212,8 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """One block for both towers: pre-LN as in ViT, post-LN as in BERT."""
+    """One block for both towers: pre-LN as in ViT, post-LN as in BERT. `layer_scale` multiplies each residual branch
+    by a learned per-channel vector before it is added (DINOv2's LayerScale; pre-LN only)."""
 
     num_heads: int
     mlp_dim: int
@@ -215,22 +222,30 @@ class TransformerBlock(nn.Module):
     gelu_approximate: bool
     dtype: Dtype = jnp.float32
     attention_batch_splits: int = 1
+    quick_gelu: bool = False
+    layer_scale: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         attention = MultiHeadAttention(
             self.num_heads, dtype=self.dtype, batch_splits=self.attention_batch_splits, name="attention"
         )
-        mlp = MLP(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, name="mlp")
+        mlp = MLP(self.mlp_dim, self.gelu_approximate, dtype=self.dtype, quick_gelu=self.quick_gelu, name="mlp")
         attention_norm = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")
         mlp_norm = layer_norm(self.layer_norm_eps, self.dtype, "mlp_norm")
         if self.pre_norm:
-            x = x + attention(attention_norm(x), key_mask)
-            x = x + mlp(mlp_norm(x))
+            x = x + self.scaled(attention(attention_norm(x), key_mask), "attention_scale")
+            x = x + self.scaled(mlp(mlp_norm(x)), "mlp_scale")
         else:
             x = attention_norm(x + attention(x, key_mask))
             x = mlp_norm(x + mlp(x))
         return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+
+    def scaled(self, branch: jax.Array, name: str) -> jax.Array:
+        if not self.layer_scale:
+            return branch
+        scale = self.param(name, partitioned(nn.initializers.ones, "norm"), (branch.shape[-1],))
+        return branch * scale.astype(self.dtype)
 
 
 # What a rematerialised block keeps from its forward pass for the backward pass: "full" keeps nothing (recompute
@@ -266,10 +281,14 @@ class TransformerStack(nn.Module):
     scan: bool = False
     dtype: Dtype = jnp.float32
     attention_batch_splits: int = 1
+    quick_gelu: bool = False
+    layer_scale: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         block_args = dict(
+            quick_gelu=self.quick_gelu,
+            layer_scale=self.layer_scale,
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
             pre_norm=self.pre_norm,
