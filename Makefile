@@ -10,6 +10,9 @@ TPU_STAMP := $(TPU_VENV)/.installed
 # The libtpu that jax[tpu] pins for the jax in requirements.txt.
 LIBTPU := libtpu==0.0.42.1
 
+# Tests run in worker processes, one per core up to four, each taking whole test files (module fixtures train once).
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 .PHONY: setup setup-tpu demo test test-unit test-all lint clean
 
 $(STAMP): requirements.txt requirements-runtime.txt pyproject.toml
@@ -34,16 +37,16 @@ demo: setup
 	$(PY) -m ela_jax.demo --workdir runs/demo
 
 test: setup setup-tpu
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # The fast inner loop: everything `make test` runs except the `integration` tests (they train, compile whole models or
 # train steps, spawn processes or convert checkpoints).
 test-unit: setup
-	$(PY) -m pytest -q -m "not slow and not integration" tests
+	$(PYTEST) -m "not slow and not integration" tests
 
 # Also the checks marked slow (each has a faster twin in the default run).
 test-all: setup setup-tpu
-	$(PY) -m pytest -q -m "slow or not slow" tests
+	$(PYTEST) -m "slow or not slow" tests
 
 lint: setup
 	$(PY) -m ruff format --check ela_jax configs tests benchmarks launch

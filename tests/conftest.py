@@ -19,24 +19,36 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One XLA compilation cache for the session (subprocesses too): many tests compile the same tiny train step, and
-    compiling it costs far more CPU than running it. Private to the session, so no run reads another's programs."""
+    """One XLA compilation cache for the session (subprocesses and pytest-xdist workers too): many tests compile the
+    same tiny train step, and compiling it costs far more CPU than running it. Private to the session, so no run
+    reads another's programs. A size limit turns on JAX's file lock around each entry, so a process never reads a
+    program another is still writing."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cache
 
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    path = session_root(tmp_path_factory) / "xla_cache"
+    path.mkdir(exist_ok=True)
+    settings = {
+        "jax_compilation_cache_dir": str(path),
+        "jax_persistent_cache_min_compile_time_secs": 0.2,
+        "jax_compilation_cache_max_size": 8 << 30,
+    }
+    previous = {name: getattr(jax.config, name) for name in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
     cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-    os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+    yield str(path)
+    for name, value in previous.items():
+        jax.config.update(name, value)
+        os.environ.pop(name.upper(), None)
     cache.reset_cache()
+
+
+def session_root(tmp_path_factory):
+    """The session's temporary root, which pytest-xdist workers share (each worker's own base is one level down)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session", autouse=True)
