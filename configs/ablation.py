@@ -7,6 +7,8 @@ the image lexicon a mute object's word.
 Run: python -m ela_jax.ablate --config configs/scenes.py --grid scenes --seeds 0,1,2 --workdir runs/ablation/scenes
      python -m ela_jax.ablate --config configs/demo.py --grid demo --seeds 0,1,2 --workdir runs/ablation/demo
      python -m ela_jax.ablate --config configs/cues.py --grid cues --seeds 0,1,2 --workdir runs/ablation/cues
+     python -m ela_jax.ablate --config configs/scenes.py --grid scenes_lexicon_term --seeds 0,1,2 \
+         --workdir runs/ablation/scenes_lexicon_term
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
          --workdir runs/ablation
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid minilm --seeds 0,1 \
@@ -62,6 +64,8 @@ SCENES_RAMP = {"objective.ela.beta": BETA, "objective.ela.beta_warmup_steps": 12
 SOURCES = {"online": {"objective.ela.target_source": "online"}, "ema": EMA, "pretrained": PRETRAINED}
 TARGET_FORMS = ("softmax", "sparse")
 SCHEDULES = {"fixed": FIXED, "ramp": SCENES_RAMP}
+# Its best expansive row (the largest lexicon gain, configs/README.md).
+SCENES_BEST = {**FIXED, "objective.ela.target_source": "online", "objective.ela.target_form": "sparse"}
 
 
 def expansion_rows(seeds: int) -> list[dict]:
@@ -116,6 +120,25 @@ GRIDS = {
         entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),
         *expansion_rows(seeds=3),
     ],
+    # The cue grid's lexicon retrieval term, checked on the scenes world before it becomes a default: with and
+    # without expansion (the scenes grid's best expansive row), each paired with its own row without the term.
+    "scenes_lexicon_term": [
+        entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),
+        entry(
+            "beta0_lexicon_term",
+            {"objective.ela.beta": 0.0, "objective.lexicon_weight": 0.3},
+            seeds=3,
+            description="+ LexLIP's lexicon retrieval term",
+        ),
+        entry("online_sparse_fixed", SCENES_BEST, seeds=3, description="the scenes grid's best expansive row"),
+        entry(
+            "online_sparse_fixed_lexicon_term",
+            {**SCENES_BEST, "objective.lexicon_weight": 0.3},
+            seeds=3,
+            description="+ LexLIP's lexicon retrieval term",
+        ),
+        entry("beta0_rerun", {"objective.ela.beta": 0.0}, seeds=1, description="noise floor: `beta0` at seed 0 again"),
+    ],
     # The demo world: CLIP-only, beta = 0 and the scenes grid's best expansive row (online MLM head, sparse targets,
     # fixed beta: the largest lexicon gain there, configs/README.md).
     "demo": [
@@ -123,7 +146,7 @@ GRIDS = {
         entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),
         entry(
             "expansive",
-            {**FIXED, "objective.ela.target_source": "online", "objective.ela.target_form": "sparse"},
+            SCENES_BEST,
             seeds=3,
             description="the scenes grid's best expansive row: online MLM head, sparse targets, fixed beta",
         ),
