@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 
 import jax
@@ -18,6 +17,7 @@ from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluators
 from ela_jax.experiment import Experiment
+from ela_jax import paths
 from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate, restore_newest_params
 from ela_jax.training import optimizer as optimizer_lib
@@ -146,7 +146,7 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
         )
     log.warning("continuing %s under a changed config (%s)", workdir, listed)
     if is_chief:
-        shutil.copyfile(
+        paths.copy(
             os.path.join(workdir, "config.json"), os.path.join(workdir, f"config.before_step_{resumed_step}.json")
         )
 
