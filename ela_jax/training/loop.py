@@ -26,7 +26,7 @@ from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.profiling import StepTrace
 from ela_jax.training.progress import Progress, Throughput
 from ela_jax.training.state import TrainState
-from ela_jax.training.workdir_lock import WorkdirLock
+from ela_jax.training.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     experiment = Experiment.build(config, workdir)
     is_chief = jax.process_index() == 0
     with (
-        WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext(),
+        workdir_lock(workdir, RUN_LOCK_FILE, 60 * config.train.stale_lock_minutes)
+        if is_chief
+        else contextlib.nullcontext(),
         contextlib.ExitStack() as closing,
     ):
         return _train(experiment, is_chief, closing)
