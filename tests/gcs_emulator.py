@@ -68,7 +68,8 @@ class Server:
             "TENSORSTORE_GCS_HTTP_URL": self.endpoint,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
             "STORAGE_EMULATOR_HOST": self.endpoint,
-            "FSSPEC_GCS_TOKEN": "anon",
+            "FSSPEC_GCS_TOKEN": "anon",  # fsspec's settings are per protocol name: gcs:// and gs://
+            "FSSPEC_GS_TOKEN": "anon",
             # Else gcsfs probes a gRPC endpoint for up to a minute on every call.
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
             "EPATH_USE_TF": "false",
