@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import fsspec
+import jax.numpy as jnp
 import pytest
 from etils import epath
 
-from ela_jax import paths
+from ela_jax import paths, train_errors
 from ela_jax.data import pipeline
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
+from ela_jax.training.checkpoint import Checkpointer, CheckpointError
 from ela_jax.training.metrics import read_metrics
 from tests.gcs_emulator import gcs_bucket, gcs_server, private_gcs_bucket  # noqa: F401 - fixtures
 from tests.helpers import RESUME_EVERY, RESUME_STEPS, resume_config
@@ -82,3 +85,41 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back_and_is_set_aside(loc
         str(step),
     ]
     assert epath.Path(run, "checkpoints_damaged", str(STEPS), "data").is_dir()  # kept for inspection
+
+
+@pytest.mark.slow  # about two minutes: every client retries a while; the twin below checks the save alone
+def test_an_outage_mid_run_ends_it_in_one_line_not_a_hang(private_gcs_bucket, monkeypatch):  # noqa: F811
+    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir (bounded
+    retries) instead of a TensorStore wait of many minutes."""
+    run = f"{private_gcs_bucket.url}/run"
+    save = loop.Checkpointer.save
+
+    def save_after_the_store_went_away(self, step, *args, **kwargs):
+        if step == RESUME_EVERY:
+            private_gcs_bucket.server.stop()
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Checkpointer, "save", save_after_the_store_went_away)
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as stopped:
+        train_errors.train_or_exit(bucket_config(), run)
+    elapsed = time.monotonic() - start
+    message = str(stopped.value)
+    assert "\n" not in message and run in message and message.split(":")[0] in ("checkpoint error", "storage error")
+    assert elapsed < 240
+
+
+def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(private_gcs_bucket):  # noqa: F811
+    checkpointer = Checkpointer(f"{private_gcs_bucket.url}/checkpoints", keep=2)
+    state = {"w": jnp.arange(8.0)}
+    checkpointer.save(1, state)
+    checkpointer.manager.wait_until_finished()
+    private_gcs_bucket.server.stop()
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as failed:
+        checkpointer.save(2, state)
+        checkpointer.close()
+    elapsed = time.monotonic() - start
+    assert "\n" not in str(failed.value) and f"under {private_gcs_bucket.url}/checkpoints failed:" in str(failed.value)
+    print(f"save failure reported in {elapsed:.1f} s")
+    assert elapsed < 60

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -18,6 +19,8 @@ import time
 from etils import epath
 
 from ela_jax import paths
+
+log = logging.getLogger(__name__)
 
 RECORDS_FOLDER = "metrics.jsonl.d"  # beside metrics.jsonl, in workdirs on object storage
 _RECORD_NAME = re.compile(r"^(\d+)-\d+\.json$")
@@ -123,8 +126,15 @@ class MetricWriter:
             self.summary.add_scalar(name, float(value), step)
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             self.summary.close()
+        except OSError as error:
+            if not self.remote:
+                raise
+            # An unreachable store: the run's own error (a failed save, a failed record) is the one to report.
+            log.warning("TensorBoard events in %s could not be flushed (%s)", os.path.dirname(self.path), error)
 
 
 def import_tensorboardx():

@@ -173,11 +173,19 @@ class ObjectLock:
         if self.thread is None:
             return
         self.stop.set()
-        self.thread.join()
+        self.thread.join(timeout=1)  # a beat waiting on an unreachable store ends with the process (a daemon)
         self.thread = None
-        held = self._read()
-        if held and held.get("token") == self.record["token"]:
-            self.filesystem.rm_file(self.key)
+        try:
+            held = self._read()
+            if held and held.get("token") == self.record["token"]:
+                self.filesystem.rm_file(self.key)
+        except Exception as error:  # noqa: BLE001 - the run's own error, if any, is the one to report
+            log.warning(
+                "could not remove the lock %s (%s); the next run takes it over once it is %.0f min old",
+                self.path,
+                error,
+                self.stale_after / 60,
+            )
 
     def __enter__(self) -> "ObjectLock":
         if not self.acquire():
