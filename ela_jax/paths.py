@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob as _glob
 import json
 import os
 import re
@@ -71,6 +72,35 @@ def copy(source: str, target: str) -> None:
 def _read_local_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def glob(folder: str, pattern: str) -> list[str]:
+    """The paths in `folder` (local or URL) whose names match `pattern` (no `**`), sorted."""
+    if is_remote(folder):
+        return sorted(str(path) for path in epath.Path(folder).glob(pattern))
+    return sorted(_glob.glob(os.path.join(folder, pattern)))
+
+
+def open_binary(path: str):
+    """`path` opened for reading bytes, seekable: a local file, or an object read in ranges on demand."""
+    return epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")
+
+
+def size(path: str) -> int:
+    return epath.Path(path).stat().length if is_remote(path) else os.path.getsize(path)
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """`length` bytes of `path` from `offset`: one ranged request on object storage, one pread on a disk."""
+    if is_remote(path):
+        with epath.Path(path).open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(descriptor, length, offset)
+    finally:
+        os.close(descriptor)
 
 
 def require_local(path: str, what: str) -> str:
