@@ -12,7 +12,7 @@ import numpy as np
 from ela_jax.data import pipeline, tokenizer, webdataset
 from tests.gcs_emulator import gcs_bucket, gcs_server  # noqa: F401 - fixtures
 from tests.helpers import make_tiny_config
-from tests.test_bad_input import damaged_shards
+from tests.data_fixtures import damaged_shards
 
 
 def stream(manual_dir: str, workdir: str, caplog) -> tuple[list[dict], str]:
