@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 
+import fsspec
 from etils import epath
 
 from ela_jax.config import ConfigError
@@ -91,11 +92,11 @@ def size(path: str) -> int:
 
 
 def read_range(path: str, offset: int, length: int) -> bytes:
-    """`length` bytes of `path` from `offset`: one ranged request on object storage, one pread on a disk."""
-    if is_remote(path):
-        with epath.Path(path).open("rb") as f:
-            f.seek(offset)
-            return f.read(length)
+    """`length` bytes of `path` from `offset` (before its end): one ranged request on object storage, one pread on a
+    disk."""
+    if is_remote(path):  # a direct ranged read: a file object would also start a read-ahead nobody waits for
+        filesystem, key = fsspec.core.url_to_fs(path)
+        return filesystem.cat_file(key, start=offset, end=offset + length)
     descriptor = os.open(path, os.O_RDONLY)
     try:
         return os.pread(descriptor, length, offset)

@@ -66,7 +66,7 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter, keys: dict | 
                     key, extension = split_key(member.name)
                     members.setdefault(key, {})[extension] = member
             stopped_at = archive.offset
-        unread = _unreadable_header(path, stopped_at)
+        unread = _unreadable_header(path, stopped_at) if stopped_at < file_size else ""
         if unread:
             raise tarfile.ReadError(f"{unread} at byte {stopped_at} of {file_size}")
     except (tarfile.TarError, OSError, EOFError) as error:
