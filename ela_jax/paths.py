@@ -51,7 +51,8 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Replaces `path` whole (one object on a store; a rename into place on a disk)."""
+    """Replaces `path` whole: one object on a store (which replaces it whole); on a disk, a file written aside and
+    renamed into place."""
     if is_remote(path):
         epath.Path(path).write_bytes(data)
         return
@@ -116,18 +117,7 @@ def require_local(path: str, what: str) -> str:
 
 def write_text(path: str, text: str) -> None:
     """Replaces `path` atomically: a process killed mid-write leaves the old file (or none), never a cut one."""
-    if is_remote(path):
-        epath.Path(path).write_text(text)  # one object: the store replaces it whole
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_bytes(path, text.encode())
 
 
 def check_writable(path: str, what: str) -> None:
