@@ -51,7 +51,7 @@ def main(argv) -> None:
     def write(report: dict) -> None:
         if path:
             try:
-                paths.write_json(os.path.abspath(path), report)
+                paths.write_json(paths.absolute(path), report)
             except OSError as error:
                 sys.exit(f"compile error: writing {path} failed: {error.strerror or error}")
 

@@ -335,7 +335,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(
         # allow_config_change: resume a workdir whose config.json differs in what the results depend on (see
         # training.restarts.EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
-        {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False}
+        # stale_lock_minutes: a workdir on object storage is locked by an object whose holder refreshes it; one not
+        # refreshed for this long belongs to a run that died, and the next run takes it over.
+        {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False, "stale_lock_minutes": 10.0}
     )
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
     # Experiment trackers beside metrics.jsonl and TensorBoard, off by default (see training/trackers.py).

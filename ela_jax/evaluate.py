@@ -59,8 +59,7 @@ def check_output_dir(output: str | None) -> None:
 
 def overrides(workdir: str, config) -> dict:
     """{dotted key: value} where `config` differs from the config training recorded in workdir/config.json."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        stored = json.load(f)
+    stored = json.loads(paths.read_text(os.path.join(workdir, "config.json")))
     wanted = json.loads(config.to_json_best_effort())
     differing = restarts.config_differences(stored, wanted, sections=list(wanted), free=())
     return {key: _lookup(wanted, key) for key in differing}
@@ -102,7 +101,7 @@ def run_evaluator(
     step = int(state.step)
     results = evaluator(experiment.encoder(state.params, experiment.config.eval.batch_size), step)
     changed = overrides(experiment.workdir, experiment.config)
-    results = {**results, "read_by": program, "workdir": os.path.abspath(experiment.workdir), "overrides": changed}
+    results = {**results, "read_by": program, "workdir": paths.absolute(experiment.workdir), "overrides": changed}
     folder = output_dir or os.path.join(experiment.workdir, "eval")
     path = os.path.join(folder, reader_file(output or evaluator.output, step, changed))
     if jax.process_index() == 0:

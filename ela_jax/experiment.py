@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from ela_jax import config as config_lib
 from ela_jax import validation
 from ela_jax import parallel
-from ela_jax.paths import require_local
+from ela_jax import paths
 from ela_jax.convert import from_pytorch
 from ela_jax.evaluation.encode import Encoder
 from ela_jax.data import tokenizer as tokenizer_lib
@@ -43,12 +43,11 @@ class Experiment:
         towers' architectures into a copy: the experiment's config is `experiment.config`, the caller's is untouched.
         `devices`: the mesh's (default: this job's), e.g. a TPU slice's compile-only devices for ahead-of-time
         compilation."""
-        require_local(workdir, "the workdir")
         devices = jax.devices() if devices is None else list(devices)
         processes = len({device.process_index for device in devices})
         validation.validate(config, len(devices), processes)
         config = copy.deepcopy(config)
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
         if vocab_size == config_lib.VOCAB_SIZE_FROM_TOKENIZER:
@@ -143,12 +142,11 @@ def check_vocab_sharding(config: ml_collections.ConfigDict, num_devices: int) ->
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a training run wrote to `workdir/config.json`, locked like a config file's."""
-    path = os.path.join(require_local(workdir, "the workdir"), "config.json")
-    if not os.path.isfile(path):
+    path = os.path.join(workdir, "config.json")
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} does not exist; is {workdir!r} a training workdir?")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(paths.read_text(path))
     except ValueError as error:
         raise config_lib.ConfigError(
             f"{path} is unreadable ({error}); copy back a config.before_step_<N>.json if there is one, or rerun "

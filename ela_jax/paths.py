@@ -1,16 +1,21 @@
-"""Output locations: every output goes through the local file system (open, os.makedirs, matplotlib, tensorboardX),
-so a remote URL such as gs://bucket/runs/x is refused up front instead of becoming a local folder named `gs:`;
-records are replaced atomically."""
+"""Output locations: a local path or a URL that etils.epath reads (gs://bucket/runs/x, s3://...). Local paths keep
+the file system's fast calls; a URL goes through epath (fsspec), where each record is written as one object, which
+object stores replace whole. Outputs that still need a local path (folders renamed into place) refuse a URL up front
+instead of becoming a local folder named `gs:`."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob as _glob
 import json
 import os
 import re
 import shutil
 import tempfile
+
+import fsspec
+from etils import epath
 
 from ela_jax.config import ConfigError
 
@@ -18,11 +23,93 @@ from ela_jax.config import ConfigError
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+def is_remote(path: str) -> bool:
+    """True for a URL (gs://, s3://, ...): written through epath rather than the local file system."""
+    return bool(_URL.match(str(path)))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is (os.path.abspath would turn gs://b into ./gs:/b)."""
+    return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def makedirs(path: str) -> None:
+    """Creates a local folder; object stores have no folders (a key's prefix needs no creating)."""
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str) -> bool:
+    return epath.Path(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def read_text(path: str) -> str:
+    if is_remote(path):
+        return epath.Path(path).read_text()
+    with open(path) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Replaces `path` whole: one object on a store (which replaces it whole); on a disk, a file written aside and
+    renamed into place."""
+    if is_remote(path):
+        epath.Path(path).write_bytes(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def copy(source: str, target: str) -> None:
+    write_bytes(target, epath.Path(source).read_bytes() if is_remote(source) else _read_local_bytes(source))
+
+
+def _read_local_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def glob(folder: str, pattern: str) -> list[str]:
+    """The paths in `folder` (local or URL) whose names match `pattern` (no `**`), sorted."""
+    if is_remote(folder):
+        return sorted(str(path) for path in epath.Path(folder).glob(pattern))
+    return sorted(_glob.glob(os.path.join(folder, pattern)))
+
+
+def open_binary(path: str):
+    """`path` opened for reading bytes, seekable: a local file, or an object read in ranges on demand."""
+    return epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")
+
+
+def size(path: str) -> int:
+    return epath.Path(path).stat().length if is_remote(path) else os.path.getsize(path)
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """`length` bytes of `path` from `offset` (before its end): one ranged request on object storage, one pread on a
+    disk."""
+    if is_remote(path):  # a direct ranged read: a file object would also start a read-ahead nobody waits for
+        filesystem, key = fsspec.core.url_to_fs(path)
+        return filesystem.cat_file(key, start=offset, end=offset + length)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(descriptor, length, offset)
+    finally:
+        os.close(descriptor)
+
+
 def require_local(path: str, what: str) -> str:
-    """`path` itself when it is a local path; ConfigError naming `what` (e.g. "--workdir") when it is a URL."""
-    if _URL.match(str(path)):
+    """`path` itself when it is a local path; ConfigError naming `what` (e.g. "--output") when it is a URL."""
+    if is_remote(path):
         raise ConfigError(
-            f"{what} {path} is a remote URL; outputs are written through the local file system, so mount the bucket "
+            f"{what} {path} is a remote URL; this output is written through the local file system, so mount the bucket "
             "(e.g. gcsfuse on /mnt/bucket) and pass the mounted path"
         )
     return path
@@ -30,21 +117,15 @@ def require_local(path: str, what: str) -> str:
 
 def write_text(path: str, text: str) -> None:
     """Replaces `path` atomically: a process killed mid-write leaves the old file (or none), never a cut one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_bytes(path, text.encode())
 
 
 def check_writable(path: str, what: str) -> None:
     """ConfigError, in one line, unless a file can be written at `path` (its folder is created): checked before long
     work whose result goes there."""
-    require_local(path, what)
+    if is_remote(path):
+        _check_writable_object(path, what)
+        return
     if os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a folder; give the path of a file")
     folder = os.path.dirname(os.path.abspath(path))
@@ -56,6 +137,15 @@ def check_writable(path: str, what: str) -> None:
         raise ConfigError(
             f"{what} {path} cannot be written ({error.strerror or error}); give a writable path"
         ) from None
+
+
+def _check_writable_object(path: str, what: str) -> None:
+    probe = epath.Path(f"{path}.probe{os.getpid()}")
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except Exception as error:  # noqa: BLE001 - each store client raises its own kinds
+        raise ConfigError(f"{what} {path} cannot be written ({type(error).__name__}: {error}); give a writable path")
 
 
 def write_json(path: str, payload: dict) -> None:

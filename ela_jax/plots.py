@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import matplotlib
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from ela_jax import paths  # noqa: E402
 from ela_jax.training.metrics import read_metrics  # noqa: E402
 
 
@@ -87,11 +89,9 @@ def training_curves(workdir: str, output: str, columns: int = 4) -> str:
             ax.legend(fontsize=7)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    figure.suptitle(os.path.basename(os.path.abspath(workdir)))
+    figure.suptitle(os.path.basename(paths.absolute(workdir).rstrip("/")))
     figure.tight_layout()
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    figure.savefig(output, dpi=90)
-    plt.close(figure)
+    save(figure, output, dpi=90)
     return output
 
 
@@ -110,7 +110,13 @@ def compare_runs(results: dict[str, dict], output: str, score: str = "global") -
     axes.set_title(f"held-out retrieval, {score} score")
     axes.legend()
     figure.tight_layout()
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
+    save(figure, output, dpi=110)
     return output
+
+
+def save(figure, output: str, dpi: int) -> None:
+    """Saves and closes `figure`; rendered in memory and written as one object, so `output` may be a URL."""
+    image = io.BytesIO()
+    figure.savefig(image, dpi=dpi, format=os.path.splitext(output)[1][1:] or "png")
+    plt.close(figure)
+    paths.write_bytes(output, image.getvalue())

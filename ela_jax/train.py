@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -33,6 +35,11 @@ def main(argv) -> None:
     results = train_or_exit(_CONFIG.value, _WORKDIR.value)
     if "preempted_at_step" in results:
         print(f"preempted at step {results['preempted_at_step']}; checkpoint saved, rerun the same command to resume")
+        # A launcher that restarts the job (launch/slurm.sbatch, launch/tpu_queued.sh) tells this exit from a finished
+        # run by its status; process 0 alone gives it, once the checkpoint it waited for is committed.
+        code = os.environ.get("ELA_JAX_EXIT_CODE_WHEN_PREEMPTED")
+        if code and jax.process_index() == 0:
+            sys.exit(int(code))
         return
     for score, metrics in results["scores"].items():
         print(

@@ -7,6 +7,7 @@ import errno
 import sys
 
 from ela_jax import config as config_lib
+from ela_jax import paths
 from ela_jax.data.records import TooManySkipsError
 from ela_jax.training import checkpoint, loop
 from ela_jax.training.workdir_lock import WorkdirBusy
@@ -31,6 +32,11 @@ def train_or_exit(config, workdir: str) -> dict:
     except TooManySkipsError as error:
         sys.exit(f"data error: {error}")
     except OSError as error:
+        if paths.is_remote(workdir) and error.errno not in OUTPUT_ERRNOS:
+            sys.exit(
+                f"storage error: {workdir} could not be reached ({checkpoint.one_line(error)}); rerun the same "
+                "command once it can to resume from the last checkpoint"
+            )
         if error.errno not in OUTPUT_ERRNOS:
             raise
         sys.exit(

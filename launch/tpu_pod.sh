@@ -4,12 +4,13 @@
 #   export TPU_NAME=ela-v4-32 ZONE=us-central2-b ELA_JAX_DATA_DIR=/mnt/shared/tfds
 #   launch/tpu_pod.sh setup                    # copy the committed tree (replacing the last copy), install
 #   launch/tpu_pod.sh train --config configs/demo.py --workdir /mnt/shared/runs/ela   # detached; returns at once
+#   launch/tpu_pod.sh run --config ... --workdir gs://bucket/runs/ela   # in the foreground: returns the run's status
 #   launch/tpu_pod.sh logs                     # the last lines of every worker's log
 #   launch/tpu_pod.sh stop                     # SIGTERM: the run saves a checkpoint; `train` again resumes it
 #
 # `ela_jax.parallel.initialize_distributed` sees the TPU chips and calls jax.distributed.initialize(), which reads
 # the slice's workers from the TPU VM metadata. The workdir and $ELA_JAX_DATA_DIR must be a directory every worker
-# sees (NFS / Filestore, or a bucket mounted with gcsfuse): orbax writes one checkpoint from all processes.
+# sees: a gs:// bucket (written directly), or NFS / Filestore: orbax writes one checkpoint from all processes.
 # Stock TPU VM images ship Python 3.10 while the pins need 3.11: setup installs uv, which fetches a standalone
 # Python 3.11 for the worker's .venv (no system packages change).
 # Runs are started with setsid + nohup, so they outlive the SSH connection; each worker writes REPO_DIR/logs/<host>.log.
@@ -20,7 +21,8 @@ set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
 : "${ZONE:?set ZONE to the TPU zone}"
 REPO_DIR="${REPO_DIR:-ela_jax}"
-FORWARDED_VARS=(ELA_JAX_DATA_DIR ELA_JAX_HOST_MALLOC JAX_COORDINATOR_PORT XLA_FLAGS LIBTPU_INIT_ARGS TFDS_DATA_DIR)
+FORWARDED_VARS=(ELA_JAX_DATA_DIR ELA_JAX_HOST_MALLOC JAX_COORDINATOR_PORT XLA_FLAGS LIBTPU_INIT_ARGS TFDS_DATA_DIR
+  ELA_JAX_EXIT_CODE_WHEN_PREEMPTED)
 GCLOUD_FLAGS=(--zone "${ZONE}" --worker=all ${PROJECT:+--project "${PROJECT}"})
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -65,6 +67,11 @@ case "${1:-}" in
       .venv/bin/python -m ela_jax.train$(printf ' %q' "$@") > logs/\$(hostname).log 2>&1 < /dev/null & \
       echo \$! > logs/\$(hostname).pid; echo \"\$(hostname): started, log in ${REPO_DIR}/logs/\$(hostname).log\""
     ;;
+  run)
+    shift
+    on_all_workers "cd ${REPO_DIR} && mkdir -p logs && env$(forwarded_env) \
+      .venv/bin/python -m ela_jax.train$(printf ' %q' "$@") 2>&1 | tee logs/\$(hostname).log; exit \${PIPESTATUS[0]}"
+    ;;
   logs)
     on_all_workers "tail -n ${LINES:-20} ${REPO_DIR}/logs/\$(hostname).log"
     ;;
@@ -72,7 +79,7 @@ case "${1:-}" in
     on_all_workers "kill -TERM -- -\$(cat ${REPO_DIR}/logs/\$(hostname).pid) && echo \"\$(hostname): SIGTERM sent\""
     ;;
   *)
-    echo "usage: TPU_NAME=... ZONE=... $0 setup | train --config CONFIG --workdir DIR [--config.KEY=VALUE ...] | logs | stop" >&2
+    echo "usage: TPU_NAME=... ZONE=... $0 setup | train|run --config CONFIG --workdir DIR [--config.KEY=VALUE ...] | logs | stop" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -130,3 +131,26 @@ def write_shards(
             tags.append(tag)
         tar_shard(os.path.join(root, f"{shard:05d}.tar"), samples)
     return tags
+
+
+def damaged_shards(root: str) -> None:
+    """One shard with every per-sample damage, and a tar truncated in the middle."""
+    good = [(f"good{t}", {"jpg": jpeg_bytes(t), "txt": f"photo {t}".encode()}) for t in range(6)]
+    bad = [
+        ("corrupt", {"jpg": b"not a jpeg at all", "txt": b"photo 9"}),
+        ("zero", {"jpg": b"", "txt": b"photo 9"}),
+        ("nocaption", {"jpg": jpeg_bytes(9)}),
+        ("noimage", {"txt": b"photo 9"}),
+        ("emptytext", {"jpg": jpeg_bytes(9), "txt": b"  "}),
+        ("badjson", {"jpg": jpeg_bytes(9), "json": b"{oops"}),
+        ("latin1", {"jpg": jpeg_bytes(7), "txt": b"photo 7 caf\xe9"}),  # repaired, kept
+        ("longtext", {"jpg": jpeg_bytes(8), "txt": b"photo 8 " + b"y" * 100_000}),  # cut, kept
+    ]
+    tar_shard(os.path.join(root, "00000.tar"), good + bad)
+    for shard, cut_member in (("00001", ".jpg"), ("00002", ".txt")):  # cut inside the last image / caption
+        path = os.path.join(root, f"{shard}.tar")
+        tar_shard(path, good)
+        with tarfile.open(path) as archive:
+            last = [member for member in archive if member.name.endswith(cut_member)][-1]
+        with open(path, "r+b") as f:
+            f.truncate(last.offset_data + last.size // 2)  # the samples before the cut still count

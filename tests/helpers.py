@@ -40,6 +40,16 @@ def make_tiny_config(**overrides):
     return set_keys(config, overrides)
 
 
+RESUME_STEPS, RESUME_EVERY = 12, 4
+
+
+def resume_config(**overrides):
+    """A run short enough to interrupt and resume at any step: a checkpoint every 4 steps, every step logged."""
+    return make_tiny_config(
+        **{"total_steps": RESUME_STEPS, "checkpoint.every_steps": RESUME_EVERY, "log.every_steps": 1, **overrides}
+    )
+
+
 def set_keys(config, overrides: dict):
     """Sets dotted keys ("objective.ela.beta") of a config in place and returns it."""
     for key, value in overrides.items():

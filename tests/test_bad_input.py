@@ -184,31 +184,8 @@ def test_a_source_past_max_skip_fraction_stops_with_a_clear_error(tmp_path, good
         captions_tfds.captions_builder("folder", config.data, str(tmp_path))
 
 
-def damaged_shards(root: str) -> None:
-    """One shard with every per-sample damage, and a tar truncated in the middle."""
-    good = [(f"good{t}", {"jpg": fixtures.jpeg_bytes(t), "txt": f"photo {t}".encode()}) for t in range(6)]
-    bad = [
-        ("corrupt", {"jpg": b"not a jpeg at all", "txt": b"photo 9"}),
-        ("zero", {"jpg": b"", "txt": b"photo 9"}),
-        ("nocaption", {"jpg": fixtures.jpeg_bytes(9)}),
-        ("noimage", {"txt": b"photo 9"}),
-        ("emptytext", {"jpg": fixtures.jpeg_bytes(9), "txt": b"  "}),
-        ("badjson", {"jpg": fixtures.jpeg_bytes(9), "json": b"{oops"}),
-        ("latin1", {"jpg": fixtures.jpeg_bytes(7), "txt": b"photo 7 caf\xe9"}),  # repaired, kept
-        ("longtext", {"jpg": fixtures.jpeg_bytes(8), "txt": b"photo 8 " + b"y" * 100_000}),  # cut, kept
-    ]
-    fixtures.tar_shard(os.path.join(root, "00000.tar"), good + bad)
-    for shard, cut_member in (("00001", ".jpg"), ("00002", ".txt")):  # cut inside the last image / caption
-        path = os.path.join(root, f"{shard}.tar")
-        fixtures.tar_shard(path, good)
-        with tarfile.open(path) as archive:
-            last = [member for member in archive if member.name.endswith(cut_member)][-1]
-        with open(path, "r+b") as f:
-            f.truncate(last.offset_data + last.size // 2)  # the samples before the cut still count
-
-
 def test_damaged_shards_stream_good_batches_and_count_skips(tmp_path, caplog):
-    damaged_shards(str(tmp_path))
+    fixtures.damaged_shards(str(tmp_path))
     config = make_tiny_config(
         **{"data.name": "webdataset", "data.manual_dir": str(tmp_path), "data.max_skip_fraction": 0.6, "batch_size": 4}
     )

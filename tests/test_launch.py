@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from ela_jax.parallel import distributed_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("launch/slurm.sbatch", "launch/tpu_pod.sh")
+SCRIPTS = ("launch/slurm.sbatch", "launch/tpu_pod.sh", "launch/tpu_queued.sh")
 
 
 def shellcheck() -> str:
@@ -73,6 +73,72 @@ def test_the_slurm_script_runs_in_its_repository_from_any_submit_directory(tmp_p
     args = [line[4:] for line in lines[2:]]
     assert args[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=8", ".venv/bin/python"]
     assert args[3:] == ["-m", "ela_jax.train", "--config", "configs/demo.py", "--workdir", "/shared/r x"]
+
+
+@pytest.mark.parametrize("srun_status, requeued, status", [(75, True, 0), (0, False, 0), (3, False, 3)])
+def test_the_slurm_job_requeues_itself_after_a_preemption_checkpoint_only(tmp_path, srun_status, requeued, status):
+    """The trainer's preemption status (75, from process 0 once the checkpoint is committed) requeues the job, whose
+    next start resumes; a finished run ends the job, and a failure is passed on without a requeue."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    script = os.path.join(REPO, "launch", "slurm.sbatch")
+    calls = tmp_path / "calls"
+    write_tool(
+        tools,
+        "scontrol",
+        f'if [[ "$1" == requeue ]]; then echo "requeue $2" >> {calls}; else echo "   Command={script}"; fi\n',
+    )
+    write_tool(tools, "srun", f'echo "preempted=$ELA_JAX_EXIT_CODE_WHEN_PREEMPTED" >> {calls}; exit {srun_status}\n')
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "SLURM_JOB_ID": "42", "SLURM_SUBMIT_DIR": REPO}
+    done = subprocess.run(["bash", script, "--workdir", "gs://b/run"], env=env, capture_output=True, text=True)
+    assert done.returncode == status, done.stderr
+    assert calls.read_text().splitlines() == ["preempted=75"] + (["requeue 42"] if requeued else [])
+
+
+FAKE_QUEUED_GCLOUD = """echo "$*" >> "$GCLOUD_LOG"
+state="$HOME/slice_state"
+case "$3 $4" in
+  "queued-resources describe") [[ -f "$state" ]] && cat "$state" || exit 1 ;;
+  "queued-resources create") echo ACTIVE > "$state" ;;
+  "queued-resources delete") rm -f "$state" ;;
+  "tpu-vm ssh")
+    while [[ "$1" != --command ]]; do shift; done
+    if [[ "$2" == *ela_jax.train* ]]; then
+      runs=$(( $(cat "$HOME/runs" 2>/dev/null || echo 0) + 1 )); echo "$runs" > "$HOME/runs"
+      [[ "$2" == *ELA_JAX_EXIT_CODE_WHEN_PREEMPTED=75* ]] || exit 9
+      [[ "$runs" -ge 2 ]] || exit 75  # the first run is preempted after its checkpoint
+    fi ;;
+esac
+exit 0
+"""
+
+
+def test_the_queued_tpu_recipe_reruns_the_same_command_until_the_run_completes(tmp_path):
+    tools, home = tmp_path / "bin", tmp_path / "home"
+    tools.mkdir()
+    home.mkdir()
+    write_tool(tools, "gcloud", FAKE_QUEUED_GCLOUD)
+    log = tmp_path / "gcloud.log"
+    env = {
+        **os.environ,
+        "PATH": f"{tools}:{os.environ['PATH']}",
+        "HOME": str(home),
+        "GCLOUD_LOG": str(log),
+        "TPU_NAME": "ela",
+        "ZONE": "z",
+        "ACCELERATOR_TYPE": "v5litepod-8",
+        "RUNTIME_VERSION": "v2",
+        "POLL_SECONDS": "0",
+    }
+    command = [os.path.join(REPO, "launch", "tpu_queued.sh"), "--config", "configs/demo.py", "--workdir", "gs://b/r"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    verbs = [call.split()[3] for call in calls if call.startswith("compute tpus queued-resources")]
+    assert verbs.count("create") == 2 and verbs.count("delete") == 1  # requested again after the preemption
+    runs = [call for call in calls if "ela_jax.train" in call]
+    assert len(runs) == 2 and all("--workdir gs://b/r" in run for run in runs)  # the same command, resumed
+    assert "attempt 2: the run completed" in done.stdout
 
 
 FAKE_GCLOUD = """echo "$*" >> "$GCLOUD_LOG"

@@ -23,7 +23,7 @@ from ela_jax.training import loop
 from ela_jax.training.checkpoint import Checkpointer, CheckpointError
 from ela_jax.training.loop import BadStepMonitor, TrainingDiverged
 from ela_jax.training.metrics import read_metrics
-from tests.helpers import make_tiny_config, train_command
+from tests.helpers import RESUME_EVERY, RESUME_STEPS, resume_config, train_command
 
 pytestmark = pytest.mark.integration  # every test trains or spawns processes
 
@@ -164,14 +164,6 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted
 
 
 # ------------------------------------------------------------------------------ resume at any step, from anywhere
-
-RESUME_STEPS, RESUME_EVERY = 12, 4
-
-
-def resume_config(**overrides):
-    return make_tiny_config(
-        **{"total_steps": RESUME_STEPS, "checkpoint.every_steps": RESUME_EVERY, "log.every_steps": 1, **overrides}
-    )
 
 
 @pytest.fixture(scope="module")

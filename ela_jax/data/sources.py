@@ -4,9 +4,9 @@ anything is prepared or compiled). Imports nothing heavy."""
 from __future__ import annotations
 
 import csv
-import glob
 import os
 
+from ela_jax import paths
 from ela_jax.errors import ConfigError, check_choice
 
 WORLDS = ("shapes", "scenes", "cues")  # data.world: the embedded world data.name="world" generates
@@ -39,7 +39,7 @@ def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
         present = any(os.path.isfile(os.path.join(manual_dir, f)) for f in files)
         return [] if present else [" or ".join(files)]
     if name == "webdataset":
-        return [] if glob.glob(os.path.join(manual_dir, "*.tar")) else ["*.tar shards"]
+        return [] if paths.glob(manual_dir, "*.tar") else ["*.tar shards"]
     return [entry for entry in REQUIRED_ENTRIES[name] if not os.path.exists(os.path.join(manual_dir, entry))]
 
 
@@ -59,6 +59,10 @@ def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
     """Raises ConfigError (one line) when `manual_dir` cannot serve `split` of source `name`."""
     if not manual_dir:
         raise ConfigError(f"data source {name!r} needs {key}: the folder holding {CONTENTS[name]}")
+    if name == "webdataset" and paths.is_remote(manual_dir):  # shards stream from object storage, which has no folders
+        if not paths.glob(manual_dir, "*.tar"):
+            raise ConfigError(f"{key}={manual_dir!r} holds no *.tar shards; it should hold {CONTENTS[name]}")
+        return
     if not os.path.isdir(manual_dir):
         raise ConfigError(f"{key}={manual_dir!r} is not a directory; it should hold {CONTENTS[name]}")
     missing = missing_entries(name, manual_dir, split)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import numpy as np
 import tokenizers
 
+from ela_jax import paths
 from ela_jax.data import cues, scenes, world
 
 # data.world -> the module whose vocabulary_words() tokenizer.vocab='world' writes.
@@ -52,6 +54,13 @@ def write_world_vocab(path: str, world_kind: str = "shapes") -> str:
 
 def resolve_vocab(vocab: str, workdir: str, world_kind: str = "shapes") -> str:
     """The vocab.txt a config's tokenizer.vocab names ('world': the words of data.world, written into the workdir)."""
+    if vocab == "world" and paths.is_remote(workdir):
+        # The tokenizer library reads a local file; the workdir keeps a copy for whoever reads the run.
+        local = write_world_vocab(os.path.join(tempfile.gettempdir(), f"ela_jax_{world_kind}_vocab.txt"), world_kind)
+        recorded = os.path.join(workdir, "world_vocab.txt")
+        if not paths.exists(recorded):
+            paths.copy(local, recorded)
+        return local
     if vocab == "world":
         return write_world_vocab(os.path.join(workdir, "world_vocab.txt"), world_kind)
     if vocab == "bert-base-uncased":

@@ -14,7 +14,6 @@ shards differ in size never wait on each other at an epoch end.
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import io
 import json
 import logging
@@ -23,6 +22,7 @@ import tarfile
 
 import numpy as np
 
+from ela_jax import paths as storage
 from ela_jax.data import records
 from ela_jax.errors import ConfigError
 
@@ -42,7 +42,7 @@ SAMPLE_FIELDS = [
 
 
 def shard_paths(shard_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(shard_dir, "*.tar")))
+    return storage.glob(shard_dir, "*.tar")
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -58,15 +58,15 @@ def index_shard(path: str, shard: int, skips: records.SkipCounter, keys: dict | 
     one record; given `keys` (shard -> (keys read, why the tar is damaged or '')), `count_lost_samples` counts it in
     the samples it lost instead."""
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
-    file_size = os.path.getsize(path)
     try:
-        with tarfile.open(path, "r:") as archive:
+        file_size = storage.size(path)
+        with storage.open_binary(path) as tar_file, tarfile.open(fileobj=tar_file, mode="r:") as archive:
             for member in archive:
                 if member.isfile():
                     key, extension = split_key(member.name)
                     members.setdefault(key, {})[extension] = member
             stopped_at = archive.offset
-        unread = _unreadable_header(path, stopped_at)
+        unread = _unreadable_header(path, stopped_at) if stopped_at < file_size else ""
         if unread:
             raise tarfile.ReadError(f"{unread} at byte {stopped_at} of {file_size}")
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -116,9 +116,7 @@ def _unreadable_header(path: str, offset: int) -> str:
     """Why tarfile stopped early at `offset` ('' at a proper end). Past the first member it ends quietly at a header it
     cannot read (cut short or garbled), as at the zero blocks that end an archive; only the bytes there tell them
     apart. A tar cut exactly between members has no end blocks and cannot be told from a whole one."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        block = f.read(tarfile.BLOCKSIZE)
+    block = storage.read_range(path, offset, tarfile.BLOCKSIZE)
     if not block.strip(b"\0"):
         return ""
     return "tar header cut short" if len(block) < tarfile.BLOCKSIZE else "unreadable tar header"
@@ -170,17 +168,21 @@ class ShardSource:
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         path = self.paths[int(sample["shard"])]
-        # One open per record, not a cache of descriptors: a host may hold more shards than its open-file limit,
-        # and the open costs microseconds next to a JPEG decode.
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            header = os.pread(fd, tarfile.BLOCKSIZE, int(sample["header"]))
-            image = os.pread(fd, int(sample["image_size"]), int(sample["image_offset"]))
-            caption = os.pread(fd, int(sample["caption_size"]), int(sample["caption_offset"]))
-        finally:
-            os.close(fd)
+        # One read from the member header to the end of the later member (the key's members sit together in the tar):
+        # one ranged request to object storage, not three. No cache of descriptors: a host may hold more shards than
+        # its open-file limit, and the open costs microseconds next to a JPEG decode.
+        header = int(sample["header"])
+        image_at, caption_at = int(sample["image_offset"]), int(sample["caption_offset"])
+        image_size, caption_size = int(sample["image_size"]), int(sample["caption_size"])
+        start = min(header, image_at, caption_at)
+        span = storage.read_range(
+            path, start, max(header + tarfile.BLOCKSIZE, image_at + image_size, caption_at + caption_size) - start
+        )
+        header_block = span[header - start : header - start + tarfile.BLOCKSIZE]
+        image = span[image_at - start : image_at - start + image_size]
+        caption = span[caption_at - start : caption_at - start + caption_size]
         captions = self._captions(caption, bool(sample["caption_is_json"]))
-        return {"image": image, "captions": captions, "key": f"{os.path.basename(path)}:{_member_key(header)}"}
+        return {"image": image, "captions": captions, "key": f"{os.path.basename(path)}:{_member_key(header_block)}"}
 
     def _captions(self, raw: bytes, is_json: bool) -> list[str]:
         if not is_json:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import glob
 import logging
 import os
 import re
@@ -13,9 +12,20 @@ import sys
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.serialization import tensorstore_utils
+
+from ela_jax import paths
 
 log = logging.getLogger(__name__)
+
+# TensorStore retries a failing GCS request up to 32 times, up to 32 s apart: a bucket that stays unreachable would
+# hang a save for many minutes. A few short retries ride out a blip, and an outage ends the run in one line. orbax
+# builds every TensorStore context from these defaults (there is no public setting for them).
+GCS_REQUEST_RETRIES = {"max_retries": 4, "initial_delay": "0.1s", "max_delay": "1s"}
+for _defaults in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+    _defaults["gcs_request_retries"] = GCS_REQUEST_RETRIES
 
 
 class CheckpointError(RuntimeError):
@@ -46,7 +56,8 @@ def one_line(error: BaseException, limit: int = 300) -> str:
 
 class Checkpointer:
     """Saves and restores {state, data iterator} under `directory` (one sub-directory per step, written atomically:
-    orbax finalises a step by renaming its temporary directory, so a killed save leaves no step that looks whole).
+    orbax finalises a step by renaming its temporary directory on a disk, and on object storage, where it renames
+    nothing, by a `commit_success.txt` written last; either way a killed save leaves no step that looks whole).
 
     With `best_metric`, orbax keeps the `keep` steps with the best value of that metric instead of the latest ones.
     """
@@ -62,7 +73,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=create, enable_async_checkpointing=True, **ranking
         )
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)
         self.failed = False  # a save failed and was reported
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -149,13 +160,13 @@ class Checkpointer:
             return
         aside = self.directory + "_damaged"
         if jax.process_index() == 0:
-            os.makedirs(aside, exist_ok=True)
+            paths.makedirs(aside)
             for step in steps:
                 target = os.path.join(aside, str(step))
                 suffix = 1
-                while os.path.exists(target):
+                while paths.exists(target):
                     target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
-                os.replace(os.path.join(self.directory, str(step)), target)
+                move(os.path.join(self.directory, str(step)), target)
                 log.warning("moved the unreadable checkpoint step %d to %s", step, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("damaged checkpoints set aside")
@@ -187,9 +198,20 @@ class Checkpointer:
         )
 
 
+def move(source: str, target: str) -> None:
+    """A step directory to another place: a rename on a disk; a copy, then a delete, on object storage."""
+    if paths.is_remote(source):
+        # epath's own client: the one orbax lists steps with, whose cached listings must see the move.
+        filesystem = epath.backend.fsspec_backend.fs(source)
+        filesystem.mv(source, target, recursive=True)
+        filesystem.invalidate_cache()
+    else:
+        os.replace(source, target)
+
+
 def saved_process_count(step_directory: str) -> int | None:
     """How many processes saved a checkpoint step: grain writes one `process_<i>-of-<n>.json` per process."""
-    names = glob.glob(os.path.join(step_directory, "data", "process_*-of-*.json"))
+    names = [path.name for path in epath.Path(step_directory, "data").glob("process_*-of-*.json")]
     counts = {int(match[1]) for name in names if (match := re.search(r"-of-(\d+)\.json$", name))}
     return counts.pop() if len(counts) == 1 else None
 
@@ -283,13 +305,13 @@ def params_misfit(state_metadata, abstract_params) -> str:
 def locate(path: str) -> tuple[str, int | None]:
     """A training workdir, its `checkpoints/` directory, or one step directory in it -> (checkpoints directory,
     step; None meaning the latest). Raises FileNotFoundError naming what was looked for."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = paths.absolute(path).rstrip("/")
+    if epath.Path(path, "checkpoints").is_dir():
         return os.path.join(path, "checkpoints"), None
     name = os.path.basename(path)
-    if name.isdigit() and os.path.isdir(path):
+    if name.isdigit() and epath.Path(path).is_dir():
         return os.path.dirname(path), int(name)
-    if os.path.isdir(path) and any(entry.isdigit() for entry in os.listdir(path)):
+    if epath.Path(path).is_dir() and any(entry.name.isdigit() for entry in epath.Path(path).iterdir()):
         return path, None
     raise FileNotFoundError(
         f"{path!r} holds no checkpoints; give a training workdir, its checkpoints/ directory or a step directory"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 
 import jax
@@ -18,6 +17,7 @@ from ela_jax.convert import from_pytorch
 from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluators
 from ela_jax.experiment import Experiment
+from ela_jax import paths
 from ela_jax.paths import write_json, write_text
 from ela_jax.training.checkpoint import Checkpointer, locate, restore_newest_params
 from ela_jax.training import optimizer as optimizer_lib
@@ -26,7 +26,7 @@ from ela_jax.training.metrics import MetricWriter
 from ela_jax.training.profiling import StepTrace
 from ela_jax.training.progress import Progress, Throughput
 from ela_jax.training.state import TrainState
-from ela_jax.training.workdir_lock import WorkdirLock
+from ela_jax.training.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def check_resumed_config(config, workdir: str, resumed_step: int | None, is_chie
         )
     log.warning("continuing %s under a changed config (%s)", workdir, listed)
     if is_chief:
-        shutil.copyfile(
+        paths.copy(
             os.path.join(workdir, "config.json"), os.path.join(workdir, f"config.before_step_{resumed_step}.json")
         )
 
@@ -238,7 +238,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     experiment = Experiment.build(config, workdir)
     is_chief = jax.process_index() == 0
     with (
-        WorkdirLock(workdir, RUN_LOCK_FILE) if is_chief else contextlib.nullcontext(),
+        workdir_lock(workdir, RUN_LOCK_FILE, 60 * config.train.stale_lock_minutes)
+        if is_chief
+        else contextlib.nullcontext(),
         contextlib.ExitStack() as closing,
     ):
         return _train(experiment, is_chief, closing)

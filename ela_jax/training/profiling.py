@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import tempfile
 
 import jax
+
+from ela_jax import paths
+
+log = logging.getLogger(__name__)
 
 
 class StepTrace:
@@ -17,6 +23,9 @@ class StepTrace:
         first = first or start_step + 2
         self.steps = range(first, first + count)
         self.directory = os.path.join(workdir, "profile")
+        if count and paths.is_remote(workdir):  # the profiler writes through the local file system only
+            self.directory = tempfile.mkdtemp(prefix="ela_jax_profile_")
+            log.warning("the workdir is a URL: the profile goes to %s on this host", self.directory)
         self.tracing = False
 
     @contextlib.contextmanager

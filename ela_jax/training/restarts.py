@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from ela_jax import config as config_lib
+from ela_jax import paths
 from ela_jax.training.optimizer import learning_rate_schedule
 
 # What a run's results depend on. A workdir whose config.json differs here holds another experiment: resuming it
@@ -37,10 +38,9 @@ def workdir_config_differences(
 ):
     """`config_differences` between the config.json a run wrote in `workdir` and `config` ([] when there is none)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not paths.exists(path):
         return []
-    with open(path) as f:
-        stored = json.load(f)
+    stored = json.loads(paths.read_text(path))
     return config_differences(stored, json.loads(config.to_json_best_effort()), sections, free)
 
 
@@ -89,8 +89,7 @@ def schedule_changes(config: ml_collections.ConfigDict, workdir: str, resumed_st
 def _stored_total_steps(workdir: str) -> int | None:
     """total_steps of the workdir's config.json; None without a readable one."""
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            stored = json.load(f)
+        stored = json.loads(paths.read_text(os.path.join(workdir, "config.json")))
     except (OSError, ValueError):
         return None
     value = stored.get("total_steps") if isinstance(stored, dict) else None

@@ -11,6 +11,7 @@ import os
 import secrets
 from typing import Protocol
 
+from ela_jax import paths
 from ela_jax.errors import ConfigError
 
 WANDB_RUN_ID_FILE = "wandb_run_id"
@@ -29,21 +30,19 @@ class WandbTracker:
     def __init__(self, config, workdir: str, client):
         settings = config.log.wandb
         id_path = os.path.join(workdir, WANDB_RUN_ID_FILE)
-        if os.path.exists(id_path):
-            with open(id_path) as f:
-                run_id = f.read().strip()
+        if paths.exists(id_path):
+            run_id = paths.read_text(id_path).strip()
         else:
             run_id = secrets.token_hex(4)
-            with open(id_path, "w") as f:
-                f.write(run_id + "\n")
+            paths.write_text(id_path, run_id + "\n")
         self.run = client.init(
             project=settings.project,
             entity=settings.entity or None,
-            name=settings.name or os.path.basename(os.path.abspath(workdir)),
+            name=settings.name or os.path.basename(paths.absolute(workdir).rstrip("/")),
             mode=settings.mode,
             id=run_id,
             resume="allow",
-            dir=workdir,
+            dir=None if paths.is_remote(workdir) else workdir,  # wandb keeps its files on a local disk
             config=json.loads(config.to_json_best_effort()),
         )
 

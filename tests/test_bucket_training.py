@@ -1,0 +1,125 @@
+"""Training with its workdir in a bucket (gs://, against a local GCS emulator): the run writes every promised output
+there, resumes bit-identically from its checkpoints, falls back past a damaged one, and an outage ends it in one line
+rather than a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import fsspec
+import jax.numpy as jnp
+import pytest
+from etils import epath
+
+from ela_jax import paths, train_errors
+from ela_jax.data import pipeline
+from ela_jax.experiment import Experiment, load_config
+from ela_jax.training import loop
+from ela_jax.training.checkpoint import Checkpointer, CheckpointError
+from ela_jax.training.metrics import read_metrics
+from tests.gcs_emulator import gcs_bucket, gcs_server, private_gcs_bucket  # noqa: F401 - fixtures
+from tests.helpers import RESUME_EVERY, RESUME_STEPS, resume_config
+
+pytestmark = pytest.mark.integration  # trains
+
+STEPS = RESUME_STEPS
+
+
+def bucket_config(**overrides):
+    return resume_config(**overrides)  # test_preemption's: a session compiles its train step once for both
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("local_run"))
+    return workdir, loop.train(bucket_config(), workdir)
+
+
+def assert_same_run(workdir: str, reference: str) -> None:
+    expected, actual = read_metrics(reference), read_metrics(workdir)
+    assert [r["step"] for r in actual] == list(range(1, STEPS + 1))
+    for before, after in zip(expected, actual):
+        assert (before["loss"], before["grad_norm"]) == (after["loss"], after["grad_norm"]), before["step"]
+    assert json.loads(paths.read_text(f"{workdir}/eval/results.json")) == json.loads(
+        paths.read_text(f"{reference}/eval/results.json")
+    )
+
+
+def test_a_preempted_run_in_a_bucket_resumes_as_a_local_run_goes(local_run, gcs_bucket):  # noqa: F811
+    run = f"{gcs_bucket.url}/run"
+    with pytest.MonkeyPatch.context() as patch:  # not `monkeypatch`: undoing it would unroute the clients
+        patch.setattr(loop.PreemptionWatch, "should_stop", lambda self, step: step == 6)
+        assert loop.train(bucket_config(), run) == {"preempted_at_step": 6}
+    loop.train(bucket_config(), run)
+    assert_same_run(run, local_run[0])
+    for name in (
+        "config.json",
+        "sharding.json",
+        "world_vocab.txt",
+        "plots/training_curves.png",
+        f"checkpoints/{STEPS}",
+    ):
+        assert epath.Path(run, name).exists(), name
+    assert any(path.name.startswith("events.out.tfevents") for path in epath.Path(run, "tensorboard").iterdir())
+    assert not paths.exists(f"{run}/train.lock")  # released at the end of each run
+    assert not os.path.exists("gs:")
+
+
+def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back_and_is_set_aside(local_run, gcs_bucket, caplog):  # noqa: F811
+    run = f"{gcs_bucket.url}/run"
+    filesystem, root = fsspec.core.url_to_fs(run)
+    filesystem.put(local_run[0] + "/", root, recursive=True)
+    epath.Path(run, "checkpoints", str(STEPS), "state", "_METADATA").unlink()
+    experiment = Experiment.build(load_config(run), run)
+    data_iterator = iter(pipeline.train_dataset(experiment.config, experiment.tokenizer, 0, 1))
+    checkpointer = experiment.checkpointer()
+    state, step = checkpointer.restore_newest(experiment.state_factory().abstract_with_shardings(), data_iterator)
+    checkpointer.close()
+    assert step == int(state.step) == STEPS - RESUME_EVERY
+    skipped = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert len(skipped) == 1 and f"checkpoint step {STEPS} in {run}/checkpoints does not restore (" in skipped[0]
+    assert sorted(p.name for p in epath.Path(run, "checkpoints").iterdir()) == [
+        str(STEPS - 2 * RESUME_EVERY),
+        str(step),
+    ]
+    assert epath.Path(run, "checkpoints_damaged", str(STEPS), "data").is_dir()  # kept for inspection
+
+
+@pytest.mark.slow  # about two minutes: every client retries a while; the twin below checks the save alone
+def test_an_outage_mid_run_ends_it_in_one_line_not_a_hang(private_gcs_bucket, monkeypatch):  # noqa: F811
+    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir (bounded
+    retries) instead of a TensorStore wait of many minutes."""
+    run = f"{private_gcs_bucket.url}/run"
+    save = loop.Checkpointer.save
+
+    def save_after_the_store_went_away(self, step, *args, **kwargs):
+        if step == RESUME_EVERY:
+            private_gcs_bucket.server.stop()
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Checkpointer, "save", save_after_the_store_went_away)
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as stopped:
+        train_errors.train_or_exit(bucket_config(), run)
+    elapsed = time.monotonic() - start
+    message = str(stopped.value)
+    assert "\n" not in message and run in message and message.split(":")[0] in ("checkpoint error", "storage error")
+    assert elapsed < 240
+
+
+def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(private_gcs_bucket):  # noqa: F811
+    checkpointer = Checkpointer(f"{private_gcs_bucket.url}/checkpoints", keep=2)
+    state = {"w": jnp.arange(8.0)}
+    checkpointer.save(1, state)
+    checkpointer.manager.wait_until_finished()
+    private_gcs_bucket.server.stop()
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as failed:
+        checkpointer.save(2, state)
+        checkpointer.close()
+    elapsed = time.monotonic() - start
+    assert "\n" not in str(failed.value) and f"under {private_gcs_bucket.url}/checkpoints failed:" in str(failed.value)
+    print(f"save failure reported in {elapsed:.1f} s")
+    assert elapsed < 60
