@@ -164,18 +164,23 @@ class ObjectiveBuilder:
         if needs.expansion:
             reps["expansion"] = self.expansion_lexicon(params, teacher, text, batch)
         if "corrupted" in mlm:
-            logits = self.model.apply(variables, mlm["corrupted"], batch["mask"], method=ELAModel.mlm_logits)
-            reps["mlm_sums"] = objectives.mlm_token_losses(logits, batch["token_ids"], mlm["selected"]).sum(-1)
+            reps["mlm_sums"] = self.mlm_sums(
+                params, mlm["corrupted"], batch["mask"], batch["token_ids"], mlm["selected"]
+            )
         if "stream_corrupted" in mlm:
             reps["stream_mlm_sums"] = self.stream_mlm_sums(params, batch, mlm)
         return reps
 
+    def mlm_sums(self, params, corrupted: jax.Array, mask: jax.Array, token_ids: jax.Array, selected: jax.Array):
+        """[rows]: MLM's cross-entropy of the original ids summed over each sentence's selected positions."""
+        losses = self.model.apply({"params": params}, corrupted, mask, token_ids, method=ELAModel.mlm_token_losses)
+        return jnp.sum(losses * selected.astype(jnp.float32), axis=-1)
+
     def stream_mlm_sums(self, params, batch: dict, mlm: dict) -> jax.Array:
         """[stream rows]: MLM's summed token losses on the unpaired sentences, through the captions' MLM head."""
-        logits = self.model.apply(
-            {"params": params}, mlm["stream_corrupted"], batch["stream_mask"], method=ELAModel.mlm_logits
+        return self.mlm_sums(
+            params, mlm["stream_corrupted"], batch["stream_mask"], batch["stream_tokens"], mlm["stream_selected"]
         )
-        return objectives.mlm_token_losses(logits, batch["stream_tokens"], mlm["stream_selected"]).sum(-1)
 
     def loss_from_reps(self, params, reps: dict, batch: dict, mlm: dict, step: jax.Array):
         objective = self.config.objective
