@@ -204,9 +204,10 @@ def unrolled_step_flops(config: ml_collections.ConfigDict, global_batch: int, wo
 class DoesNotFit(RuntimeError):
     """The compiler ran out of a chip's HBM."""
 
-    def __init__(self, message: str, used: int | None, limit: int | None):
+    def __init__(self, message: str, used: int | None, limit: int | None, detail: list[str] | None = None):
         super().__init__(message)
         self.used, self.limit = used, limit
+        self.detail = detail or []  # the compiler's account of the peak: its largest allocations, with their sources
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}
@@ -227,7 +228,13 @@ def compile_or_explain(lowered):
             raise
         found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
         used, limit = (_bytes(found.group(1)), _bytes(found.group(2))) if found else (None, None)
-        raise DoesNotFit(message.strip().splitlines()[0], used, limit) from None
+        lines = message.strip().splitlines()
+        raise DoesNotFit(
+            lines[0], used, limit, [line for line in lines[1:COMPILER_DETAIL_LINES] if line.strip()]
+        ) from None
+
+
+COMPILER_DETAIL_LINES = 120  # of an out-of-memory message: XLA lists the peak's largest allocations first
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -453,7 +460,8 @@ class SliceTarget:
         except DoesNotFit as error:
             hbm = error.limit or self.tpu.chip.hbm_bytes
             memory = {"peak_bytes": error.used, "hbm_bytes": hbm}
-            return {**summary, "fits": False, "memory_per_chip": memory, "compiler": str(error)}
+            report = {**summary, "fits": False, "memory_per_chip": memory, "compiler": str(error)}
+            return {**report, "compiler_detail": error.detail}
         report = program_report(compiled, self.tpu.chip, self.unrolled_flops(global_batch))
         text = compiled.as_text()
         microbatch = global_batch // experiment.config.train.microbatches

@@ -235,6 +235,7 @@ def test_running_out_of_hbm_is_read_from_the_compiler_message():
         aot.compile_or_explain(Lowered(message))
     assert (caught.value.used, caught.value.limit) == (int(21.95 * aot.GIB), int(15.48 * aot.GIB))
     assert "\n" not in str(caught.value)
+    assert caught.value.detail == ["Total hbm usage >= 22.47G:"]  # the peak's account, kept for the report
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):  # other errors are not taken for OOM
         aot.compile_or_explain(Lowered("INVALID_ARGUMENT: a sharding XLA cannot partition"))
 
