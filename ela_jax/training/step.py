@@ -268,12 +268,20 @@ class ObjectiveBuilder:
         if ela.loss == "soft_ce":
             alignment = objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
         else:
-            lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
-            alignment = self.contrastive(lex, image_vocab_logits, targets, ela.tau_contrastive)
+            alignment = self.lex_contrastive(image_vocab_logits, targets)
         if ela.presence_weight > 0:
             presence = objectives.target_presence(image_vocab_logits, targets, ela.presence_margin)
             alignment = alignment + ela.presence_weight * presence
         return alignment
+
+    def lex_contrastive(self, image_vocab_logits: jax.Array, targets: jax.Array) -> jax.Array:
+        """ELA's in-batch lex_contrastive term. A top-k target goes to the other devices as its k entries and word ids
+        (all its non-zeros): the dense [global batch, V] targets would be the largest array on a pod's chip."""
+        ela = self.config.objective.ela
+        if 0 < ela.top_k < targets.shape[-1]:
+            columns = jax.lax.top_k(targets, ela.top_k)
+            return self.contrastive(sparse_lex_logits, image_vocab_logits, columns, ela.tau_contrastive)
+        return self.contrastive(dense_lex_logits, image_vocab_logits, targets, ela.tau_contrastive)
 
     def accumulated_gradients(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array, microbatches: int):
         """GradCache: the full-batch loss and its exact gradient, with activations of one micro-batch at a time.
@@ -319,6 +327,16 @@ def merge_microbatches(tree):
 
 def global_logits(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = scale * image @ text.T
+    return logits, logits
+
+
+def dense_lex_logits(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> tuple[jax.Array, jax.Array]:
+    logits = objectives.lex_contrastive_logits(image_vocab_logits, targets, tau)
+    return logits, logits
+
+
+def sparse_lex_logits(image_vocab_logits: jax.Array, targets: tuple, tau: float) -> tuple[jax.Array, jax.Array]:
+    logits = objectives.sparse_lex_contrastive_logits(image_vocab_logits, *targets, tau)
     return logits, logits
 
 
