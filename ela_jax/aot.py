@@ -393,11 +393,14 @@ def program_report(compiled, chip: Chip, unrolled_flops: float | None = None) ->
 
 def compiler_estimate(optimal_seconds: float, roofline_report: dict, chip: Chip) -> dict:
     """libtpu's own step-time estimate (`optimal_seconds`: the TPU compiler's model, not a measurement) and the
-    model FLOP utilisation it would mean, beside the roofline's."""
+    model FLOP utilisation it would mean, beside the roofline's. The compiler gives a negative estimate for some
+    programs (the scanned train step among them); that is reported as no estimate."""
+    if optimal_seconds <= 0:
+        return {"optimal_seconds": None, "reported": optimal_seconds}
     flops = roofline_report["compute_s"] * chip.peak_bf16_flops
     return {
         "optimal_seconds": optimal_seconds,
-        "implied_mfu": flops / (optimal_seconds * chip.peak_bf16_flops) if optimal_seconds > 0 else None,
+        "implied_mfu": flops / (optimal_seconds * chip.peak_bf16_flops),
         "over_roofline": optimal_seconds / roofline_report["step_s"] if roofline_report["step_s"] > 0 else None,
     }
 

@@ -178,7 +178,7 @@ def test_each_mesh_preset_compiles_for_a_tpu_slice_holding_the_promised_shards()
         assert buffers and [b["bytes"] for b in buffers] == sorted((b["bytes"] for b in buffers), reverse=True)
         assert all(b["bytes"] == array_bytes(b["shape"]) for b in buffers), buffers
         assert any(b["source"].startswith("jit(train_step)/") for b in buffers), buffers
-        assert report["compiler_estimate"]["optimal_seconds"] > 0
+        assert "optimal_seconds" in report["compiler_estimate"]  # a number, or None where libtpu's is negative
 
 
 @pytest.mark.integration  # spawns the libtpu environment
@@ -202,6 +202,12 @@ def test_the_compilers_estimate_of_a_large_matmul_is_its_compute_roofline():
     estimate = report["compiler_estimate"]
     assert estimate["optimal_seconds"] == pytest.approx(report["roofline"]["compute_s"], rel=0.02)
     assert estimate["implied_mfu"] == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_negative_compiler_estimate_is_reported_as_none():
+    roofline = aot.roofline(1e12, 1e9, aot.CHIPS["v5e"])
+    assert aot.compiler_estimate(-131.9, roofline, aot.CHIPS["v5e"]) == {"optimal_seconds": None, "reported": -131.9}
+    assert aot.compiler_estimate(0.01, roofline, aot.CHIPS["v5e"])["implied_mfu"] == pytest.approx(1e12 / 197e12 / 0.01)
 
 
 @pytest.mark.integration
