@@ -226,7 +226,9 @@ def compile_or_explain(lowered):
         message = str(error)
         if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
             raise
-        found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
+        found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message) or re.search(
+            r"HLO temporaries \(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", message
+        )
         used, limit = (_bytes(found.group(1)), _bytes(found.group(2))) if found else (None, None)
         lines = message.strip().splitlines()
         raise DoesNotFit(

@@ -242,6 +242,14 @@ def test_running_out_of_hbm_is_read_from_the_compiler_message():
     assert (caught.value.used, caught.value.limit) == (int(21.95 * aot.GIB), int(15.48 * aot.GIB))
     assert "\n" not in str(caught.value)
     assert caught.value.detail == ["Total hbm usage >= 22.47G:"]  # the peak's account, kept for the report
+    # The compiler's early check, before it plans the buffers, names the temporaries alone (a lower bound).
+    early = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (21.41G) "
+        "exceeds available HBM (15.75G)."
+    )
+    with pytest.raises(aot.DoesNotFit) as caught:
+        aot.compile_or_explain(Lowered(early))
+    assert (caught.value.used, caught.value.limit) == (int(21.41 * aot.GIB), int(15.75 * aot.GIB))
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):  # other errors are not taken for OOM
         aot.compile_or_explain(Lowered("INVALID_ARGUMENT: a sharding XLA cannot partition"))
 
