@@ -252,16 +252,13 @@ class ObjectiveBuilder:
         ela = self.config.objective.ela
         if ela.loss == "lexlip_cosine":
             return self.contrastive(lexlip_logits, reps["image_lexicon"], reps["text_lexicon"], ela.tau_contrastive)
-        content = jnp.asarray(self.vocabulary.content)
-        bag_of_words = objectives.caption_bag_of_words(batch["token_ids"], text_token_mask(batch), content)
+        rows = (batch["token_ids"], text_token_mask(batch))
         if self.needs.expansion:
-            text_lexicon = reps["expansion"]
+            rows += (reps["expansion"],)
             beta = objectives.linear_warmup(ela.beta, step, ela.beta_warmup_steps)
         else:
-            text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
-        targets = objectives.expanded_targets(
-            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form, ela.source_top_k
-        )
+            beta = jnp.float32(0.0)
+        targets = self.contrastive.rowwise(self.targets, rows, (beta,))
         image_vocab_logits = reps["image_pooled"]
         if ela.loss == "bce":  # multi-label: trains which words clear zero by itself
             return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p)
@@ -274,12 +271,23 @@ class ObjectiveBuilder:
             alignment = alignment + ela.presence_weight * presence
         return alignment
 
+    def targets(self, token_ids: jax.Array, token_mask: jax.Array, *expansion_and_beta) -> jax.Array:
+        """ELA's targets q [B, V] from the captions' words and, with expansion, the source lexicon a_T [B, V]."""
+        ela = self.config.objective.ela
+        content = jnp.asarray(self.vocabulary.content)
+        bag_of_words = objectives.caption_bag_of_words(token_ids, token_mask, content)
+        *expansion, beta = expansion_and_beta
+        text_lexicon = expansion[0] if expansion else jnp.zeros_like(bag_of_words)
+        return objectives.expanded_targets(
+            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form, ela.source_top_k
+        )
+
     def lex_contrastive(self, image_vocab_logits: jax.Array, targets: jax.Array) -> jax.Array:
         """ELA's in-batch lex_contrastive term. A top-k target goes to the other devices as its k entries and word ids
         (all its non-zeros): the dense [global batch, V] targets would be the largest array on a pod's chip."""
         ela = self.config.objective.ela
         if 0 < ela.top_k < targets.shape[-1]:
-            columns = jax.lax.top_k(targets, ela.top_k)
+            columns = self.contrastive.rowwise(lambda q: jax.lax.top_k(q, ela.top_k), (targets,))
             return self.contrastive(sparse_lex_logits, image_vocab_logits, columns, ela.tau_contrastive)
         return self.contrastive(dense_lex_logits, image_vocab_logits, targets, ela.tau_contrastive)
 
