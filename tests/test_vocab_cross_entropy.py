@@ -40,7 +40,10 @@ def dense_cross_entropy(features, kernel, bias, labels) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-@pytest.mark.parametrize("chunk", [0, 8, 13, PADDED])  # 13 leaves the last strided chunk short: padded words
+# 13 leaves the last strided chunk short: padded words.
+@pytest.mark.parametrize(
+    "chunk", [0, 13, pytest.param(8, marks=pytest.mark.slow), pytest.param(PADDED, marks=pytest.mark.slow)]
+)
 def test_chunked_vocab_cross_entropy_equals_numpy_and_the_dense_gradient(chunk):
     features, kernel, bias, labels = cross_entropy_inputs()
     weights = jnp.asarray(np.random.default_rng(1).normal(size=labels.shape), jnp.float32)
@@ -60,13 +63,11 @@ def test_chunked_vocab_cross_entropy_equals_numpy_and_the_dense_gradient(chunk):
     assert np.all(np.asarray(grads[1])[:, VOCAB:] == 0) and np.all(np.asarray(grads[2])[VOCAB:] == 0)
 
 
-SLOW = (pytest.mark.slow, pytest.mark.integration)
-
-
-@pytest.mark.integration  # the tiny model's gradient, both ways
-@pytest.mark.parametrize(
-    "chunk, tied", [(7, True), pytest.param(0, True, marks=SLOW), pytest.param(7, False, marks=SLOW)]
-)
+# The tiny model's gradient both ways compiles for tens of seconds: the default run has the arrays' test above and
+# tests/test_text_stream.py (the step's MLM value against the dense logits).
+@pytest.mark.parametrize("chunk, tied", [(7, True), (0, True), (7, False)])
+@pytest.mark.slow
+@pytest.mark.integration
 def test_model_mlm_losses_equal_the_dense_logit_path_in_values_and_gradients(chunk, tied):
     model = tiny_model(vocab_multiple=16, chunk=chunk, tied=tied).clone(special_ids=(0, 2))
     images, tokens, mask = model_inputs()
