@@ -42,7 +42,9 @@ def get_config(arg: str | None = None):
     config.model.vocab_multiple = 128  # 30522 -> 30592: divisible by any tensor-parallel size up to 128
     config.model.lexicon.chunk = 2048  # never hold [batch, 196 patches, 30592] logits (launch/README.md)
     config.model.remat = True
-    config.model.remat_policy = "dots_no_batch"
+    # Keep nothing but each block's input: per-chip batch is what a contrastive step needs, and saved matmul outputs
+    # cost more HBM per example than their recomputation costs time (TPU compiler's numbers: launch/README.md).
+    config.model.remat_policy = "full"
     config.model.scan_layers = True
 
     config.objective.ela_weight = 1.0

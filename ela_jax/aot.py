@@ -204,9 +204,10 @@ def unrolled_step_flops(config: ml_collections.ConfigDict, global_batch: int, wo
 class DoesNotFit(RuntimeError):
     """The compiler ran out of a chip's HBM."""
 
-    def __init__(self, message: str, used: int | None, limit: int | None):
+    def __init__(self, message: str, used: int | None, limit: int | None, detail: list[str] | None = None):
         super().__init__(message)
         self.used, self.limit = used, limit
+        self.detail = detail or []  # the compiler's account of the peak: its largest allocations, with their sources
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GIB, "T": 1024**4}
@@ -225,9 +226,17 @@ def compile_or_explain(lowered):
         message = str(error)
         if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
             raise
-        found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message)
+        found = re.search(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm", message) or re.search(
+            r"HLO temporaries \(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)", message
+        )
         used, limit = (_bytes(found.group(1)), _bytes(found.group(2))) if found else (None, None)
-        raise DoesNotFit(message.strip().splitlines()[0], used, limit) from None
+        lines = message.strip().splitlines()
+        raise DoesNotFit(
+            lines[0], used, limit, [line for line in lines[1:COMPILER_DETAIL_LINES] if line.strip()]
+        ) from None
+
+
+COMPILER_DETAIL_LINES = 120  # of an out-of-memory message: XLA lists the peak's largest allocations first
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -270,6 +279,80 @@ def collectives(hlo_text: str, contrastive_batch: int) -> dict:
     return {"by_kind": kinds, "batch_by_batch": square, "batch_by_batch_values": square_values}
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(?P<name>[\w.-]+) \(")
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%(?P<name>[\w.-]+) = (?P<shape>.+?) (?P<op>[a-z][\w-]*)\(")
+_FUSION_CALLEE = re.compile(r"\bfusion\(.*?calls=%(?P<callee>[\w.-]+)")
+_OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
+_LAID_OUT_ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\](?:\{(?P<layout>[^}]*)\})?")
+# Results that own no new buffer: they alias an operand (a loop's state, a tuple's elements) or are the arguments.
+ALIASING_OPS = {
+    "parameter",
+    "get-tuple-element",
+    "tuple",
+    "bitcast",
+    "while",
+    "conditional",
+    "call",
+    "opt-barrier",
+    "copy-start",
+}
+
+
+def largest_buffers(hlo_text: str, batch_shard: int, count: int = 12) -> list[dict]:
+    """The largest arrays the compiled program allocates in HBM, from its optimised text: each instruction outside a
+    fusion's body owns its result buffer (fused instructions live in registers and on-chip memory). Arrays the layout
+    places in another memory space (`S(n)`: the chip's on-core memories) are left out, and so are the arguments.
+    Identical ones (same shape, op and source) are counted together; `batch_dim` says whether a dimension equals the
+    per-chip batch, a hint (by size alone) that the buffer grows with it. Bytes are the logical shape's, without the
+    tiling's padding. These are candidates for the peak: which of them are live at once is XLA's buffer assignment."""
+    lines = hlo_text.splitlines()
+    fused = {m["callee"] for line in lines for m in _FUSION_CALLEE.finditer(line)}
+    found: dict[tuple, dict] = {}
+    computation = ""
+    for line in lines:
+        if (start := _COMPUTATION.match(line)) is not None:
+            computation = start["name"]
+            continue
+        instruction = _INSTRUCTION.match(line)
+        if instruction is None or computation in fused or instruction["op"] in ALIASING_OPS:
+            continue
+        arrays = [
+            (m["dtype"], tuple(int(d) for d in m["dims"].split(",") if d))
+            for m in _LAID_OUT_ARRAY.finditer(instruction["shape"])
+            if "S(" not in (m["layout"] or "")
+        ]
+        if not arrays:
+            continue
+        dtype, dims = max(arrays, key=lambda array: _nbytes(*array))
+        op_name = _OP_NAME.search(line)
+        source = op_name["op_name"] if op_name else ""
+        key = (dtype, dims, instruction["op"], source)
+        entry = found.setdefault(
+            key,
+            {
+                "shape": f"{dtype}[{','.join(map(str, dims))}]",
+                "bytes": _nbytes(dtype, dims),
+                "op": instruction["op"],
+                "instruction": instruction["name"],
+                "source": source,
+                "count": 0,
+                "batch_dim": batch_shard in dims,
+            },
+        )
+        entry["count"] += 1
+    return sorted(found.values(), key=lambda entry: (-entry["bytes"], entry["instruction"]))[:count]
+
+
+def buffer_table(buffers: list[dict]) -> str:
+    """`largest_buffers` as a markdown table."""
+    rows = ["| MiB | shape | op | count | grows with batch | source |", "|---|---|---|---|---|---|"]
+    for buffer in buffers:
+        cells = [f"{buffer['bytes'] / 2**20:.1f}", f"`{buffer['shape']}`", buffer["op"], str(buffer["count"])]
+        cells += ["yes" if buffer["batch_dim"] else "", f"`{buffer['source']}`"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def entry_parameters(hlo_text: str) -> list[tuple[str, tuple[int, ...]]]:
     """(dtype, per-chip shape) of each argument of the compiled program's entry computation, in argument order."""
     entry = hlo_text[hlo_text.index("\nENTRY ") :]
@@ -304,7 +387,24 @@ def program_report(compiled, chip: Chip, unrolled_flops: float | None = None) ->
     }
     if unrolled_flops is not None:
         report["unrolled_flops_per_chip"] = unrolled_flops
-    return {**report, "roofline": roofline(max(flops, unrolled_flops or 0.0), accessed, chip)}
+    report["roofline"] = roofline(max(flops, unrolled_flops or 0.0), accessed, chip)
+    if "optimal_seconds" in cost:
+        report["compiler_estimate"] = compiler_estimate(float(cost["optimal_seconds"]), report["roofline"], chip)
+    return report
+
+
+def compiler_estimate(optimal_seconds: float, roofline_report: dict, chip: Chip) -> dict:
+    """libtpu's own step-time estimate (`optimal_seconds`: the TPU compiler's model, not a measurement) and the
+    model FLOP utilisation it would mean, beside the roofline's. The compiler gives a negative estimate for some
+    programs (the scanned train step among them); that is reported as no estimate."""
+    if optimal_seconds <= 0:
+        return {"optimal_seconds": None, "reported": optimal_seconds}
+    flops = roofline_report["compute_s"] * chip.peak_bf16_flops
+    return {
+        "optimal_seconds": optimal_seconds,
+        "implied_mfu": flops / (optimal_seconds * chip.peak_bf16_flops),
+        "over_roofline": optimal_seconds / roofline_report["step_s"] if roofline_report["step_s"] > 0 else None,
+    }
 
 
 def roofline(flops: float, accessed: float, chip: Chip) -> dict:
@@ -365,14 +465,19 @@ class SliceTarget:
         except DoesNotFit as error:
             hbm = error.limit or self.tpu.chip.hbm_bytes
             memory = {"peak_bytes": error.used, "hbm_bytes": hbm}
-            return {**summary, "fits": False, "memory_per_chip": memory, "compiler": str(error)}
+            report = {**summary, "fits": False, "memory_per_chip": memory, "compiler": str(error)}
+            return {**report, "compiler_detail": error.detail}
         report = program_report(compiled, self.tpu.chip, self.unrolled_flops(global_batch))
         text = compiled.as_text()
         microbatch = global_batch // experiment.config.train.microbatches
+        temporary = report["memory_per_chip"]["temporary_bytes"]
         return {
             **summary,
             **report,
             "compile_s": round(time.perf_counter() - started, 1),
+            # An upper bound on what one more example costs: the temporaries include batch-independent buffers.
+            "temporary_bytes_per_example": temporary / summary["per_chip_batch"],
+            "largest_buffers": largest_buffers(text, microbatch // self.batch_devices()),
             "collectives": collectives(text, microbatch),
             "parameters": parameter_report(text, experiment, factory),
         }

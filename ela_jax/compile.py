@@ -2,7 +2,8 @@
 [--output PATH | --workdir W] [--config.KEY=VALUE ...]
 
 Compiles the real train step and evaluation encoder for a TPU slice ahead of time, on a machine without one, and
-reports per chip: memory against HBM, FLOPs and bytes, a roofline step time and the collectives (JSON). Needs libtpu:
+reports per chip: memory against HBM and its largest buffers (also as a table on stderr), FLOPs and bytes, a roofline
+step time beside the TPU compiler's own estimate, and the collectives (JSON). Needs libtpu:
 run it with .venv-tpu/bin/python (`make setup-tpu`). With --search_batch it finds the largest per-chip batch that
 fits, along the line its memory follows as the batch grows."""
 
@@ -84,6 +85,9 @@ def main(argv) -> None:
         sys.exit(f"compile error: {error}")
     print(json.dumps(report, indent=1))
     step = report.get("train_step") or report.get("largest_fitting")
+    if step is not None and "largest_buffers" in step:
+        print(f"largest buffers per chip at global batch {step['global_batch']}:", file=sys.stderr)
+        print(aot.buffer_table(step["largest_buffers"]), file=sys.stderr)
     if step is None:
         sys.exit(f"compile error: not even a per-chip batch of 1 fits; {aot.advice(report['tries'][-1], config)}")
     if not step["fits"]:

@@ -200,6 +200,29 @@ def lex_contrastive_logits(image_vocab_logits: jax.Array, targets: jax.Array, ta
     return image_weights @ targets.T / tau
 
 
+def sparse_lex_contrastive_logits(
+    image_vocab_logits: jax.Array, target_values: jax.Array, target_ids: jax.Array, tau: float, chunk: int = 1024
+) -> jax.Array:
+    """`lex_contrastive_logits` with each caption's target as its entries target_values [Bt, k] at words target_ids
+    [Bt, k] (every non-zero of a top-k target): [Bi, V] -> [Bi, Bt] without the [Bt, V] targets, which on a pod are
+    gathered for the whole global batch. Columns go `chunk` at a time, each rematerialised, so at most a [Bi, chunk, k]
+    block of gathered image weights exists."""
+    image_weights = jnp.log1p(jax.nn.relu(image_vocab_logits.astype(jnp.float32)))
+    columns, k = target_values.shape
+    chunk = min(chunk, columns)
+    num_chunks = -(-columns // chunk)
+    padding = ((0, num_chunks * chunk - columns), (0, 0))  # zero-valued padded columns, cut off below
+
+    @jax.checkpoint
+    def block(values: jax.Array, ids: jax.Array) -> jax.Array:  # [chunk, k] -> [Bi, chunk]
+        return jnp.einsum("ick,ck->ic", image_weights[:, ids], values)
+
+    chunks = (jnp.pad(target_values, padding).reshape(num_chunks, chunk, k),)
+    chunks += (jnp.pad(target_ids, padding).reshape(num_chunks, chunk, k),)
+    blocks = jax.lax.map(lambda args: block(*args), chunks)  # [num_chunks, Bi, chunk]
+    return jnp.moveaxis(blocks, 0, 1).reshape(image_weights.shape[0], -1)[:, :columns] / tau
+
+
 def ela_lex_contrastive(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> jax.Array:
     """In-batch InfoNCE on s(i, j) = sum_v q_j[v] log(1 + ReLU(z_hat_i[v])); inputs [B, V]."""
     return symmetric_info_nce(lex_contrastive_logits(image_vocab_logits, targets, tau))

@@ -1,7 +1,7 @@
 """Subprocess helper for test_sharding (the device count is fixed per process): trains the tiny ELA step (with the
-in-batch lex_contrastive ELA loss) for a few steps on fixed batches under a mesh preset and prints, as JSON, the
-metrics of every step, the gradient of the loss with respect to the log logit scales at the first batch, the
-sharding report and, with several devices, how far the row-sharded contrastive terms are from the dense ones (values
+in-batch lex_contrastive ELA loss on top-k targets) for a few steps on fixed batches under a mesh preset and prints,
+as JSON, the metrics of every step, the gradient of the loss with respect to the log logit scales at the first batch,
+the sharding report and, with several devices, how far the row-sharded contrastive terms are from the dense ones (values
 and gradients). Besides the presets, `data_fsdp_tp` is fsdp_tp with mesh.data = 2: on 8 devices a 2 x 2 x 2 mesh
 that splits the batch over `data` and `fsdp` together.
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from configs import mesh_presets
 from ela_jax import config as config_lib
-from ela_jax import objectives, parallel
+from ela_jax import parallel
 from ela_jax.experiment import Experiment
 from ela_jax.training import step as step_lib
 from ela_jax.training.contrastive import Contrastive
@@ -45,6 +45,7 @@ def train_losses(preset: str, workdir: str, steps: int) -> dict:
             "batch_size": BATCH,
             "objective.fine_weight": 0.5,
             "objective.ela.loss": "lex_contrastive",
+            "objective.ela.top_k": 8,  # as configs/ela_b16.py: the targets travel as their top-k entries
             "model.lexicon.chunk": 16,
         }
     )
@@ -82,12 +83,13 @@ def contrastive_gaps(mesh) -> dict[str, float]:
     image_tokens, text_tokens = unit(rng.normal(size=(BATCH, 5, 8))), unit(rng.normal(size=(BATCH, 6, 8)))
     text_mask = np.arange(6)[None, :] < rng.integers(1, 7, (BATCH, 1))
     vocab_logits, targets = rng.normal(size=(BATCH, 12)), rng.dirichlet(np.ones(12), BATCH)
-    as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32 if x.dtype != bool else bool), tree)  # noqa: E731
-    lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
+    as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32 if x.dtype.kind == "f" else x.dtype), tree)  # noqa: E731
+    top_k_targets = tuple(np.asarray(x) for x in jax.lax.top_k(jnp.asarray(targets), 4))  # (entries, word ids)
     cases = {
         "global": (step_lib.global_logits, image, text, 10.0),
         "fine": (step_lib.filip_logits, (image_tokens, np.ones((BATCH, 5), bool)), (text_tokens, text_mask), 10.0),
-        "lex_contrastive": (lex, vocab_logits, targets, 0.5),
+        "lex_contrastive": (step_lib.dense_lex_logits, vocab_logits, targets, 0.5),
+        "sparse_lex_contrastive": (step_lib.sparse_lex_logits, vocab_logits, top_k_targets, 0.5),
     }
     gaps = {}
     for name, (similarity, rows, columns, shared) in cases.items():

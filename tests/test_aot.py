@@ -94,6 +94,43 @@ def test_collectives_are_counted_by_kind_and_batch_squares_found():
     assert found["batch_by_batch_values"] == 3  # the all-reduce's start and done, and the dot
 
 
+def test_largest_buffers_are_hbm_results_outside_fusions_with_their_source():
+    hlo = "\n".join(
+        [
+            "%fused_computation.1 (param_0: f32[16,64,4096]) -> f32[16,64,4096] {",
+            "  %inside = f32[16,64,4096]{2,1,0} exponential(f32[16,64,4096]{2,1,0} %param_0)",
+            "}",
+            "ENTRY %main (p0: f32[16,64,768], p1: bf16[768,4096]) -> f32[16,64] {",
+            "  %p1 = bf16[768,4096]{1,0} parameter(1)",
+            "  %logits = f32[16,64,4096]{2,1,0:T(8,128)} fusion(%p0, %p1), kind=kOutput, calls=%fused_computation.1, "
+            'metadata={op_name="jit(train_step)/text_lexicon/dot_general" stack_frame_id=3}',
+            "  %vmem = f32[16,64,8192]{2,1,0:T(8,128)S(1)} fusion(%p0), kind=kLoop, calls=%fused_computation.1",
+            '  %copy = bf16[16,64,768]{2,1,0} copy(%p0), metadata={op_name="jit(train_step)/image_tower/copy"}',
+            '  %copy.2 = bf16[16,64,768]{2,1,0} copy(%p0), metadata={op_name="jit(train_step)/image_tower/copy"}',
+            "  ROOT %t = (f32[16,64]{1,0}) tuple(%logits)",
+            "}",
+        ]
+    )
+    buffers = aot.largest_buffers(hlo, batch_shard=16)
+    assert [b["shape"] for b in buffers] == ["f32[16,64,4096]", "bf16[16,64,768]"]  # no fused, VMEM or argument
+    assert buffers[0] == {
+        "shape": "f32[16,64,4096]",
+        "bytes": 16 * 64 * 4096 * 4,
+        "op": "fusion",
+        "instruction": "logits",
+        "source": "jit(train_step)/text_lexicon/dot_general",
+        "count": 1,
+        "batch_dim": True,
+    }
+    assert buffers[1]["count"] == 2 and buffers[1]["bytes"] == 16 * 64 * 768 * 2
+    assert "| 16.0 | `f32[16,64,4096]` | fusion | 1 | yes |" in aot.buffer_table(buffers)
+
+
+def array_bytes(shape: str) -> int:
+    dtype, dims = shape.rstrip("]").split("[")
+    return aot.DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+
+
 def expected_per_chip_shape(parameter: dict, mesh: dict) -> list[int]:
     """A dimension split over mesh axes holds 1 / (product of their sizes) of it on each chip."""
     shape = []
@@ -136,6 +173,41 @@ def test_each_mesh_preset_compiles_for_a_tpu_slice_holding_the_promised_shards()
         assert report["collectives"]["batch_by_batch"] == [], (preset, report["collectives"]["batch_by_batch"])
         assert report["collectives"]["batch_by_batch_values"] == 0, preset
         assert "all-gather" in report["collectives"]["by_kind"] or preset == "dp"
+        # The breakdown: the largest buffers first, each one's bytes its shape's, some traced to the model's code.
+        buffers = report["largest_buffers"]
+        assert buffers and [b["bytes"] for b in buffers] == sorted((b["bytes"] for b in buffers), reverse=True)
+        assert all(b["bytes"] == array_bytes(b["shape"]) for b in buffers), buffers
+        assert any(b["source"].startswith("jit(train_step)/") for b in buffers), buffers
+        assert "optimal_seconds" in report["compiler_estimate"]  # a number, or None where libtpu's is negative
+
+
+@pytest.mark.integration  # spawns the libtpu environment
+def test_the_compilers_estimate_of_a_large_matmul_is_its_compute_roofline():
+    """What `compiler_estimate` reports can be read against the roofline: on a matmul large enough to reach peak
+    rate, libtpu's optimal_seconds is the FLOPs at the chip's datasheet bf16 rate."""
+    assert os.path.exists(TPU_PYTHON), "ahead-of-time compilation needs .venv-tpu; run `make setup-tpu`"
+    size = 8192
+    result = subprocess.run(
+        [TPU_PYTHON, "-m", "tests.aot_matmul", str(size)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["flops_per_chip"] == 2 * size**3
+    assert report["roofline"]["bound"] == "compute"
+    estimate = report["compiler_estimate"]
+    assert estimate["optimal_seconds"] == pytest.approx(report["roofline"]["compute_s"], rel=0.02)
+    assert estimate["implied_mfu"] == pytest.approx(1.0, rel=0.02)
+
+
+def test_a_negative_compiler_estimate_is_reported_as_none():
+    roofline = aot.roofline(1e12, 1e9, aot.CHIPS["v5e"])
+    assert aot.compiler_estimate(-131.9, roofline, aot.CHIPS["v5e"]) == {"optimal_seconds": None, "reported": -131.9}
+    assert aot.compiler_estimate(0.01, roofline, aot.CHIPS["v5e"])["implied_mfu"] == pytest.approx(1e12 / 197e12 / 0.01)
 
 
 @pytest.mark.integration
@@ -169,6 +241,15 @@ def test_running_out_of_hbm_is_read_from_the_compiler_message():
         aot.compile_or_explain(Lowered(message))
     assert (caught.value.used, caught.value.limit) == (int(21.95 * aot.GIB), int(15.48 * aot.GIB))
     assert "\n" not in str(caught.value)
+    assert caught.value.detail == ["Total hbm usage >= 22.47G:"]  # the peak's account, kept for the report
+    # The compiler's early check, before it plans the buffers, names the temporaries alone (a lower bound).
+    early = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (21.41G) "
+        "exceeds available HBM (15.75G)."
+    )
+    with pytest.raises(aot.DoesNotFit) as caught:
+        aot.compile_or_explain(Lowered(early))
+    assert (caught.value.used, caught.value.limit) == (int(21.41 * aot.GIB), int(15.75 * aot.GIB))
     with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):  # other errors are not taken for OOM
         aot.compile_or_explain(Lowered("INVALID_ARGUMENT: a sharding XLA cannot partition"))
 

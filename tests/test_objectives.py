@@ -602,3 +602,23 @@ def test_saturate_is_log1p_of_relu():
     logits = np.array([[-5.0, -1e-3, 0.0, 1e-3, 0.5, 3.0, 1e4]], np.float32)
     expected = [[np.log1p(max(float(z), 0.0)) for z in logits[0]]]
     assert_close(saturate(jnp.asarray(logits)), expected)
+
+
+@pytest.mark.parametrize("chunk", [3, 1024])  # 3 leaves a padded last chunk of columns
+def test_sparse_lex_contrastive_logits_equal_the_dense_ones_on_top_k_targets(chunk):
+    rng = np.random.default_rng(31)
+    vocab_logits = jnp.asarray(rng.normal(size=(5, 20)), jnp.float32)
+    targets = objectives.keep_top_k(jnp.asarray(rng.dirichlet(np.ones(20), 7), jnp.float32), 4)
+    targets = targets / targets.sum(-1, keepdims=True)
+    values, ids = jax.lax.top_k(targets, 4)
+
+    def sparse(z):
+        return objectives.sparse_lex_contrastive_logits(z, values, ids, 0.5, chunk)
+
+    def dense(z):
+        return objectives.lex_contrastive_logits(z, targets, 0.5)
+
+    np.testing.assert_allclose(jax.jit(sparse)(vocab_logits), dense(vocab_logits), rtol=1e-6, atol=1e-7)
+    weights = jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)
+    grad = lambda f: jax.grad(lambda z: jnp.sum(weights * f(z)))(vocab_logits)  # noqa: E731
+    np.testing.assert_allclose(grad(sparse), grad(dense), rtol=1e-6, atol=1e-7)

@@ -172,6 +172,12 @@ class ELAModel(nn.Module):
         """Vocabulary logits of every position of a (corrupted) caption: [b, len] -> [b, len, vocab]."""
         return self.text_vocab_logits(self.text_tower(token_ids, mask))
 
+    def mlm_token_losses(self, token_ids: jax.Array, mask: jax.Array, labels: jax.Array) -> jax.Array:
+        """MLM's cross-entropy of `labels` at every position of a (corrupted) caption, [b, len], without the
+        [b, len, vocab] logits (`LexiconHead.token_cross_entropy`)."""
+        head = self.text_lexicon
+        return head.token_cross_entropy(self.text_tower(token_ids, mask), labels, self.tied_embedding(head))
+
     def __call__(self, images: jax.Array, token_ids: jax.Array, mask: jax.Array):
         """Runs every head once (this is what `init` traces)."""
         return (

@@ -111,6 +111,17 @@ class LexiconHead(nn.Module):
         )
         return {name: mask_words(value[:, : self.vocab_size], self.masked_ids) for name, value in pooled.items()}
 
+    def token_cross_entropy(
+        self, hidden: jax.Array, labels: jax.Array, tied_embedding: jax.Array | None = None
+    ) -> jax.Array:
+        """hidden [batch, len, width], labels [batch, len] -> float32 [batch, len]: the cross-entropy of each label
+        under the head's vocabulary logits (as `__call__` gives them), in vocabulary chunks when `chunk` is set."""
+        chunk = 0 if self.impl == "dense" else self.chunk
+        kernel = self._kernel(tied_embedding).astype(self.dtype)
+        return vocab_cross_entropy(
+            self._features(hidden), kernel, self.decoder_bias, labels, self.vocab_size, self.masked_ids, chunk
+        )
+
 
 def mask_words(logits: jax.Array, word_ids: tuple[int, ...]) -> jax.Array:
     """logits [..., vocab] with the columns of word_ids set to MASKED_LOGIT (no gradient reaches them)."""
@@ -187,6 +198,43 @@ def _logits(features: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Arra
     """[b, len, w] x [w, V] + [V] -> float32 [b, len, V], accumulated in float32."""
     logits = layers.token_matmul(features, kernel, preferred_element_type=jnp.float32) + bias
     return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
+
+
+def vocab_cross_entropy(
+    features: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    labels: jax.Array,
+    vocab_size: int,
+    masked_ids: tuple[int, ...] = (),
+    chunk: int = 0,
+) -> jax.Array:
+    """-log softmax(mask_words((features @ kernel + bias)[..., :vocab_size], masked_ids))[labels]: [b, len].
+
+    features [b, len, w], kernel [w, V'], bias [V'] (V' >= vocab_size, the padded vocabulary). With 0 < chunk < V'
+    the logsumexp runs over strided vocabulary chunks (see `to_strided_chunks`), each under `jax.checkpoint`, so
+    neither pass holds the [b, len, V'] logits: MLM scores every caption position, and those logits would be the
+    text step's largest array.
+    """
+    padded = kernel.shape[1]
+    num_chunks = -(-padded // chunk) if 0 < chunk < padded else 1
+    words = -(-padded // num_chunks)
+    word_ids = np.arange(words * num_chunks).reshape(words, num_chunks).T  # chunk i: words i, i + n, ...
+    real, masked = word_ids < vocab_size, np.isin(word_ids, list(masked_ids))
+
+    def chunk_terms(chunk_kernel, chunk_bias, chunk_ids, chunk_real, chunk_masked):
+        logits = jnp.where(chunk_masked, MASKED_LOGIT, _logits(features, chunk_kernel, chunk_bias))
+        # The shift keeps exp() finite; logsumexp's value does not depend on it, so it carries no gradient.
+        shift = jax.lax.stop_gradient(jnp.max(jnp.where(chunk_real, logits, jnp.finfo(jnp.float32).min), axis=-1))
+        total = jnp.sum(jnp.where(chunk_real, jnp.exp(logits - shift[..., None]), 0.0), axis=-1)
+        label_logit = jnp.sum(jnp.where(labels[..., None] == chunk_ids, logits, 0.0), axis=-1)
+        return shift, total, label_logit
+
+    chunks = (to_strided_chunks(kernel, num_chunks), to_strided_chunks(bias, num_chunks), word_ids, real, masked)
+    shifts, totals, label_logits = jax.lax.map(lambda args: jax.checkpoint(chunk_terms)(*args), chunks)
+    shift = jnp.max(shifts, axis=0)
+    log_normaliser = shift + jnp.log(jnp.sum(totals * jnp.exp(shifts - shift), axis=0))
+    return log_normaliser - jnp.sum(label_logits, axis=0)
 
 
 def to_strided_chunks(x: jax.Array, num_chunks: int) -> jax.Array:

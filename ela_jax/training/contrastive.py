@@ -49,6 +49,17 @@ class Contrastive:
             out_specs=PartitionSpec(),
         )(rows, columns, shared)
 
+    def rowwise(self, function: Callable, rows: tuple, shared: tuple = ()) -> Any:
+        """function(*rows, *shared) for a function of each batch row alone (targets from captions, top-k); rows:
+        global-batch arrays, shared: small replicated values. On a mesh each device computes its own rows: XLA
+        partitions neither a scatter with explicit row indices nor top-k along the batch, and would gather the whole
+        [global batch, vocab] arrays onto every chip."""
+        if self.mesh is None:
+            return function(*rows, *shared)
+        batch = PartitionSpec(parallel.BATCH_AXES)
+        specs = (batch,) * len(rows) + (PartitionSpec(),) * len(shared)
+        return jax.shard_map(function, mesh=self.mesh, in_specs=specs, out_specs=batch)(*rows, *shared)
+
     def sigmoid(self, similarity: Similarity, rows: Any, columns: Any, shared: Any = ()) -> jax.Array:
         """SigLIP's loss (`objectives.sigmoid_loss`) of similarity(rows, columns, shared)[0], the logits with their
         scale and bias; on a mesh a ring over the batch shards, which never holds more than a [B/n, B/n] block."""

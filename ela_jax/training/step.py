@@ -164,18 +164,23 @@ class ObjectiveBuilder:
         if needs.expansion:
             reps["expansion"] = self.expansion_lexicon(params, teacher, text, batch)
         if "corrupted" in mlm:
-            logits = self.model.apply(variables, mlm["corrupted"], batch["mask"], method=ELAModel.mlm_logits)
-            reps["mlm_sums"] = objectives.mlm_token_losses(logits, batch["token_ids"], mlm["selected"]).sum(-1)
+            reps["mlm_sums"] = self.mlm_sums(
+                params, mlm["corrupted"], batch["mask"], batch["token_ids"], mlm["selected"]
+            )
         if "stream_corrupted" in mlm:
             reps["stream_mlm_sums"] = self.stream_mlm_sums(params, batch, mlm)
         return reps
 
+    def mlm_sums(self, params, corrupted: jax.Array, mask: jax.Array, token_ids: jax.Array, selected: jax.Array):
+        """[rows]: MLM's cross-entropy of the original ids summed over each sentence's selected positions."""
+        losses = self.model.apply({"params": params}, corrupted, mask, token_ids, method=ELAModel.mlm_token_losses)
+        return jnp.sum(losses * selected.astype(jnp.float32), axis=-1)
+
     def stream_mlm_sums(self, params, batch: dict, mlm: dict) -> jax.Array:
         """[stream rows]: MLM's summed token losses on the unpaired sentences, through the captions' MLM head."""
-        logits = self.model.apply(
-            {"params": params}, mlm["stream_corrupted"], batch["stream_mask"], method=ELAModel.mlm_logits
+        return self.mlm_sums(
+            params, mlm["stream_corrupted"], batch["stream_mask"], batch["stream_tokens"], mlm["stream_selected"]
         )
-        return objectives.mlm_token_losses(logits, batch["stream_tokens"], mlm["stream_selected"]).sum(-1)
 
     def loss_from_reps(self, params, reps: dict, batch: dict, mlm: dict, step: jax.Array):
         objective = self.config.objective
@@ -247,28 +252,44 @@ class ObjectiveBuilder:
         ela = self.config.objective.ela
         if ela.loss == "lexlip_cosine":
             return self.contrastive(lexlip_logits, reps["image_lexicon"], reps["text_lexicon"], ela.tau_contrastive)
-        content = jnp.asarray(self.vocabulary.content)
-        bag_of_words = objectives.caption_bag_of_words(batch["token_ids"], text_token_mask(batch), content)
+        rows = (batch["token_ids"], text_token_mask(batch))
         if self.needs.expansion:
-            text_lexicon = reps["expansion"]
+            rows += (reps["expansion"],)
             beta = objectives.linear_warmup(ela.beta, step, ela.beta_warmup_steps)
         else:
-            text_lexicon, beta = jnp.zeros_like(bag_of_words), 0.0
-        targets = objectives.expanded_targets(
-            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form, ela.source_top_k
-        )
+            beta = jnp.float32(0.0)
+        targets = self.contrastive.rowwise(self.targets, rows, (beta,))
         image_vocab_logits = reps["image_pooled"]
         if ela.loss == "bce":  # multi-label: trains which words clear zero by itself
             return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p)
         if ela.loss == "soft_ce":
             alignment = objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
         else:
-            lex = lambda z, q, tau: (objectives.lex_contrastive_logits(z, q, tau),) * 2  # noqa: E731
-            alignment = self.contrastive(lex, image_vocab_logits, targets, ela.tau_contrastive)
+            alignment = self.lex_contrastive(image_vocab_logits, targets)
         if ela.presence_weight > 0:
             presence = objectives.target_presence(image_vocab_logits, targets, ela.presence_margin)
             alignment = alignment + ela.presence_weight * presence
         return alignment
+
+    def targets(self, token_ids: jax.Array, token_mask: jax.Array, *expansion_and_beta) -> jax.Array:
+        """ELA's targets q [B, V] from the captions' words and, with expansion, the source lexicon a_T [B, V]."""
+        ela = self.config.objective.ela
+        content = jnp.asarray(self.vocabulary.content)
+        bag_of_words = objectives.caption_bag_of_words(token_ids, token_mask, content)
+        *expansion, beta = expansion_and_beta
+        text_lexicon = expansion[0] if expansion else jnp.zeros_like(bag_of_words)
+        return objectives.expanded_targets(
+            bag_of_words, text_lexicon, content, beta, ela.tau_q, ela.top_k, ela.target_form, ela.source_top_k
+        )
+
+    def lex_contrastive(self, image_vocab_logits: jax.Array, targets: jax.Array) -> jax.Array:
+        """ELA's in-batch lex_contrastive term. A top-k target goes to the other devices as its k entries and word ids
+        (all its non-zeros): the dense [global batch, V] targets would be the largest array on a pod's chip."""
+        ela = self.config.objective.ela
+        if 0 < ela.top_k < targets.shape[-1]:
+            columns = self.contrastive.rowwise(lambda q: jax.lax.top_k(q, ela.top_k), (targets,))
+            return self.contrastive(sparse_lex_logits, image_vocab_logits, columns, ela.tau_contrastive)
+        return self.contrastive(dense_lex_logits, image_vocab_logits, targets, ela.tau_contrastive)
 
     def accumulated_gradients(self, params, teacher, batch: dict, step: jax.Array, rng: jax.Array, microbatches: int):
         """GradCache: the full-batch loss and its exact gradient, with activations of one micro-batch at a time.
@@ -314,6 +335,16 @@ def merge_microbatches(tree):
 
 def global_logits(image: jax.Array, text: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     logits = scale * image @ text.T
+    return logits, logits
+
+
+def dense_lex_logits(image_vocab_logits: jax.Array, targets: jax.Array, tau: float) -> tuple[jax.Array, jax.Array]:
+    logits = objectives.lex_contrastive_logits(image_vocab_logits, targets, tau)
+    return logits, logits
+
+
+def sparse_lex_logits(image_vocab_logits: jax.Array, targets: tuple, tau: float) -> tuple[jax.Array, jax.Array]:
+    logits = objectives.sparse_lex_contrastive_logits(image_vocab_logits, *targets, tau)
     return logits, logits
 
 
