@@ -194,7 +194,9 @@ def test_damaged_shards_stream_good_batches_and_count_skips(tmp_path, caplog):
         stream = iter(pipeline.train_dataset(config, tok, 0, 1))
         batches = [next(stream) for _ in range(6)]
     assert all(b["images"].shape == (4, 32, 32, 3) and b["token_ids"].shape == (4, 16) for b in batches)
-    index_summary = next(r.message for r in caplog.records if r.message.startswith("webdataset index: skipped 20"))
+    index_summary = next(
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("webdataset index: skipped 20")
+    )
     # Two tars cut after 6 keys beside a whole one of 14: each lost the 8 keys a whole shard holds beyond those read.
     assert "skipped 20 of 42 records (bad_tar: 16, no_caption: 2, no_image: 1, truncated: 1)" in index_summary
     for named in ("badjson (no_caption)", "zero (empty)", "corrupt (corrupt)", "emptytext (no_caption)"):

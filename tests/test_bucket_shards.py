@@ -24,7 +24,7 @@ def stream(manual_dir: str, workdir: str, caplog) -> tuple[list[dict], str]:
     with caplog.at_level(logging.WARNING):
         batches = iter(pipeline.train_dataset(config, tok, 0, 1))
         taken = [next(batches) for _ in range(6)]
-    summary = next(r.message for r in caplog.records if " records (" in r.message)
+    summary = next(r.getMessage() for r in caplog.records if " records (" in r.getMessage())
     return taken, summary.split("; first:")[0]  # the first skips are listed in the order the shards were indexed
 
 

@@ -6,25 +6,44 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import fsspec
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from etils import epath
 
 from ela_jax import paths, train_errors
-from ela_jax.data import pipeline
+from ela_jax.data import pipeline, world_tfds
 from ela_jax.experiment import Experiment, load_config
 from ela_jax.training import loop
 from ela_jax.training.checkpoint import Checkpointer, CheckpointError
 from ela_jax.training.metrics import read_metrics
 from tests.gcs_emulator import gcs_bucket, gcs_server, private_gcs_bucket  # noqa: F401 - fixtures
-from tests.helpers import RESUME_EVERY, RESUME_STEPS, resume_config
+from tests.helpers import RESUME_EVERY, RESUME_STEPS, make_tiny_config, resume_config
 
 pytestmark = pytest.mark.integration  # trains
 
 STEPS = RESUME_STEPS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The training CLI's config for the two-process job: the shared tiny model, a checkpoint every step (so a kill lands
+# in a save) and a lock that goes stale after 12 s (so the restarted job may take over the killed job's lock).
+JOB_OVERRIDES = {"log.every_steps": 1, "checkpoint.every_steps": 1, "train.stale_lock_minutes": 0.2}
+JOB_CONFIG = textwrap.dedent(
+    f"""
+    from tests.helpers import make_tiny_config
+
+
+    def get_config(arg=None):
+        del arg
+        return make_tiny_config(**{JOB_OVERRIDES!r})
+    """
+)
 
 
 def bucket_config(**overrides):
@@ -123,3 +142,63 @@ def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(pri
     assert "\n" not in str(failed.value) and f"under {private_gcs_bucket.url}/checkpoints failed:" in str(failed.value)
     print(f"save failure reported in {elapsed:.1f} s")
     assert elapsed < 60
+
+
+@pytest.mark.slow  # three two-process jobs: about three minutes of CPU
+def test_a_two_process_job_killed_mid_save_in_a_bucket_resumes_as_the_uninterrupted_job_goes(gcs_bucket, tmp_path):  # noqa: F811
+    """Both processes write one checkpoint per step into the bucket; the whole job is SIGKILLed while saves are in
+    flight. Restarted with the same command, it takes over the dead job's lock once stale, resumes from the newest
+    committed step and ends with the uninterrupted job's losses and evaluation, bit for bit."""
+    config_path = tmp_path / "job.py"
+    config_path.write_text(JOB_CONFIG)
+    world_tfds.world_builder(make_tiny_config(**JOB_OVERRIDES).data)  # written once, before two processes read it
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    uninterrupted, killed = f"{gcs_bucket.url}/uninterrupted", f"{gcs_bucket.url}/killed"
+
+    def job(workdir: str) -> list[str]:
+        train = [sys.executable, "-m", "ela_jax.train", "--config", str(config_path), "--workdir", workdir]
+        return [sys.executable, "-m", "launch.local", "--processes", "2", "--", *train]
+
+    finished = subprocess.run(job(uninterrupted), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stdout[-4000:] + finished.stderr[-2000:]
+
+    process = subprocess.Popen(job(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not committed_steps(f"{killed}/checkpoints") and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(float(np.random.default_rng(0).uniform(0.0, 1.0)))
+    for pid in [*child_pids(process.pid), process.pid]:  # the workers, then the launcher: as a lost VM would
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+    newest = max(committed_steps(f"{killed}/checkpoints"))
+    assert 0 < newest < 20 and paths.exists(f"{killed}/train.lock")  # killed mid-run, its lock left behind
+    time.sleep(JOB_OVERRIDES["train.stale_lock_minutes"] * 60 + 1)  # the dead job's heartbeat is now stale
+
+    resumed = subprocess.run(job(killed), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    assert "taking over the stale lock" in resumed.stdout + resumed.stderr, resumed.stdout[:3000]
+    expected, actual = read_metrics(uninterrupted), read_metrics(killed)
+    assert [r["step"] for r in actual] == list(range(1, 21))
+    assert [(r["loss"], r["grad_norm"]) for r in actual] == [(r["loss"], r["grad_norm"]) for r in expected]
+    assert (
+        json.loads(paths.read_text(f"{killed}/eval/results.json"))["scores"]
+        == json.loads(paths.read_text(f"{uninterrupted}/eval/results.json"))["scores"]
+    )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (launch.local puts each worker in its own session, so no process group holds them
+    all)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def committed_steps(checkpoints: str) -> list[int]:
+    """Steps orbax has committed in a bucket (a step still being written has no commit_success.txt yet)."""
+    if not paths.exists(checkpoints):
+        return []
+    return sorted(
+        int(path.name)
+        for path in epath.Path(checkpoints).iterdir()
+        if path.name.isdigit() and (path / "commit_success.txt").exists()
+    )
