@@ -144,7 +144,7 @@ def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(pri
     assert elapsed < 60
 
 
-@pytest.mark.slow  # three two-process jobs: about three minutes of CPU
+# Three two-process jobs (about two minutes): the only test of a multi-host job preempted with its workdir in a bucket.
 def test_a_two_process_job_killed_mid_save_in_a_bucket_resumes_as_the_uninterrupted_job_goes(gcs_bucket, tmp_path):  # noqa: F811
     """Both processes write one checkpoint per step into the bucket; the whole job is SIGKILLed while saves are in
     flight. Restarted with the same command, it takes over the dead job's lock once stale, resumes from the newest
