@@ -4,8 +4,10 @@ references. Fixtures stay in conftest.py, which pytest loads and no module impor
 from __future__ import annotations
 
 import glob
+import json
 import os
 import struct
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -179,3 +181,18 @@ def save_workdir(experiment: Experiment, params_by_step: dict[int, dict]) -> Non
     for step, params in params_by_step.items():
         checkpointer.save(step, factory.from_params(params), None)
     checkpointer.close()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def module_report(module: str, *args, devices: int = 0, python: str = sys.executable, timeout: int = 600) -> dict:
+    """Runs `python -m module args` from the repository, on `devices` fake CPU devices when given (the device count is
+    fixed per process, so multi-device checks run in a helper process), and returns the JSON its last line prints."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    if devices:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    command = [python, "-m", module, *map(str, args)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -5,7 +5,6 @@ PartitionSpecs promise."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from ela_jax import aot, paths
 from ela_jax import config as config_lib
 from ela_jax.errors import ConfigError
+from tests.helpers import module_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_PYTHON = os.path.join(REPO, ".venv-tpu", "bin", "python")
@@ -143,16 +143,7 @@ def expected_per_chip_shape(parameter: dict, mesh: dict) -> list[int]:
 @pytest.mark.integration
 def test_each_mesh_preset_compiles_for_a_tpu_slice_holding_the_promised_shards():
     assert os.path.exists(TPU_PYTHON), "ahead-of-time compilation needs .venv-tpu; run `make setup-tpu`"
-    result = subprocess.run(
-        [TPU_PYTHON, "-m", "tests.aot_presets", "v5e-4"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = module_report("tests.aot_presets", "v5e-4", python=TPU_PYTHON)
     chips = 4
     for preset, report in reports.items():
         parameters = report["parameters"]
@@ -187,16 +178,7 @@ def test_the_compilers_estimate_of_a_large_matmul_is_its_compute_roofline():
     rate, libtpu's optimal_seconds is the FLOPs at the chip's datasheet bf16 rate."""
     assert os.path.exists(TPU_PYTHON), "ahead-of-time compilation needs .venv-tpu; run `make setup-tpu`"
     size = 8192
-    result = subprocess.run(
-        [TPU_PYTHON, "-m", "tests.aot_matmul", str(size)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = module_report("tests.aot_matmul", size, python=TPU_PYTHON, timeout=300)
     assert report["flops_per_chip"] == 2 * size**3
     assert report["roofline"]["bound"] == "compute"
     estimate = report["compiler_estimate"]

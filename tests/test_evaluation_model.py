@@ -3,10 +3,6 @@ apply; the sparse index path reproduces the matrix path's recall; zero-shot resu
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -16,9 +12,7 @@ from ela_jax.data import pipeline
 from ela_jax.evaluation import evaluator, retrieval, zeroshot
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
-from tests.helpers import make_tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import make_tiny_config, module_report
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +40,7 @@ def test_chunked_padded_encoding_equals_one_apply_of_the_model(tiny):
 @pytest.mark.slow  # ~25 s of CPU in a subprocess; test_chunked_padded_encoding_equals_one_apply_of_the_model covers
 # chunking and padding on one device
 def test_sharded_padded_encoding_equals_one_unsharded_apply(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_encoding", "2", "2", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = module_report("tests.sharded_encoding", 2, 2, tmp_path, devices=4, timeout=300)
     assert report["devices"] == 4 and report["batch_size"] == 4  # 11 rows: chunks of 4, 4 and a padded 3
     for key, difference in report["differences"].items():
         if key.endswith("mask_equal"):

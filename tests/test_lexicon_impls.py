@@ -4,10 +4,6 @@ over the `tensor` mesh axis."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -18,9 +14,8 @@ import pytest
 from ela_jax.errors import ConfigError
 from ela_jax.models import lexicon
 from ela_jax.models.ela import ELAModel
-from tests.helpers import model_inputs, tiny_model
+from tests.helpers import model_inputs, module_report, tiny_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = [("argmax", 0), ("argmax", 8), ("pallas", 0)]  # chunk 8 does not divide 37 words: padded chunks
 
 
@@ -129,12 +124,7 @@ def test_pallas_refuses_a_backend_it_cannot_compile_for():
 def test_impls_on_a_mesh_that_splits_the_vocabulary():
     """fsdp_tp on 8 fake CPU devices (batch over fsdp, vocabulary over tensor): every impl equals the single-device
     dense pool, and the kernel gradient comes back split over `tensor` like the kernel."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_lexicon"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = module_report("tests.sharded_lexicon", devices=8)
     assert set(report) == {"dense", "chunked", "argmax", "pallas"}
     for impl, entry in report.items():
         assert entry["max_error"] < 1e-5, (impl, entry)

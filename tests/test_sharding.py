@@ -3,17 +3,13 @@ split parameters, and the row-sharded contrastive terms equal the dense ones."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from tests.helpers import module_report
 
 pytestmark = pytest.mark.integration  # spawns an 8-device process
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Enough Adam steps to show the optimizer state is sharded right; past a few steps the trajectory is chaotic, and
 # float32 summation order alone (which differs by CPU model) moves it by percent.
 STEPS = 4
@@ -21,17 +17,7 @@ COMPARED = ("loss", "loss_global", "loss_fine", "loss_ela", "loss_mlm", "loss_fl
 
 
 def run_preset(preset: str, devices: int, workdir: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_losses", preset, workdir, str(STEPS)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return module_report("tests.sharded_losses", preset, workdir, STEPS, devices=devices)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,6 @@ logit bias it brings."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +13,7 @@ from ela_jax import objectives, validation
 from ela_jax.errors import ConfigError
 from ela_jax.experiment import Experiment
 from ela_jax.models.ela import ELAModel
-from tests.helpers import make_tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import make_tiny_config, module_report
 
 
 def test_the_dense_loss_is_the_mean_over_images_of_every_pairs_log_sigmoid():
@@ -37,12 +31,7 @@ def test_the_dense_loss_is_the_mean_over_images_of_every_pairs_log_sigmoid():
 
 @pytest.mark.integration  # spawns an 8-device process
 def test_the_ring_sharded_loss_matches_a_dense_reference_and_holds_no_batch_square():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_sigmoid"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = module_report("tests.sharded_sigmoid", devices=8)
     assert report.pop("dense_holds_batch_square")  # the check finds a [B, B] array where there is one
     assert set(report) == {"data", "data_x_fsdp"}
     for mesh, entry in report.items():
