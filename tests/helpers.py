@@ -196,3 +196,11 @@ def module_report(module: str, *args, devices: int = 0, python: str = sys.execut
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_tiny_config_file(path, overrides: dict) -> str:
+    """A config file for the training CLI (`--config path`): the shared tiny model with `overrides`."""
+    with open(path, "w") as f:
+        f.write("from tests.helpers import make_tiny_config\n\n\ndef get_config(arg=None):\n")
+        f.write(f"    del arg\n    return make_tiny_config(**{overrides!r})\n")
+    return str(path)

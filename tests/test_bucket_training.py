@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import fsspec
@@ -25,7 +24,7 @@ from ela_jax.training import loop
 from ela_jax.training.checkpoint import Checkpointer, CheckpointError
 from ela_jax.training.metrics import read_metrics
 from tests.gcs_emulator import gcs_bucket, gcs_server, private_gcs_bucket  # noqa: F401 - fixtures
-from tests.helpers import RESUME_EVERY, RESUME_STEPS, make_tiny_config, resume_config
+from tests.helpers import RESUME_EVERY, RESUME_STEPS, make_tiny_config, resume_config, write_tiny_config_file
 
 pytestmark = pytest.mark.integration  # trains
 
@@ -34,16 +33,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The training CLI's config for the two-process job: the shared tiny model, a checkpoint every step (so a kill lands
 # in a save) and a lock that goes stale after 12 s (so the restarted job may take over the killed job's lock).
 JOB_OVERRIDES = {"log.every_steps": 1, "checkpoint.every_steps": 1, "train.stale_lock_minutes": 0.2}
-JOB_CONFIG = textwrap.dedent(
-    f"""
-    from tests.helpers import make_tiny_config
-
-
-    def get_config(arg=None):
-        del arg
-        return make_tiny_config(**{JOB_OVERRIDES!r})
-    """
-)
 
 
 def bucket_config(**overrides):
@@ -150,7 +139,7 @@ def test_a_two_process_job_killed_mid_save_in_a_bucket_resumes_as_the_uninterrup
     flight. Restarted with the same command, it takes over the dead job's lock once stale, resumes from the newest
     committed step and ends with the uninterrupted job's losses and evaluation, bit for bit."""
     config_path = tmp_path / "job.py"
-    config_path.write_text(JOB_CONFIG)
+    write_tiny_config_file(config_path, JOB_OVERRIDES)
     world_tfds.world_builder(make_tiny_config(**JOB_OVERRIDES).data)  # written once, before two processes read it
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     uninterrupted, killed = f"{gcs_bucket.url}/uninterrupted", f"{gcs_bucket.url}/killed"

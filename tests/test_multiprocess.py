@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -16,24 +15,14 @@ import pytest
 from ela_jax.data import world_tfds
 from ela_jax.training.metrics import read_metrics
 from launch import local
-from tests.helpers import make_tiny_config
+from tests.helpers import make_tiny_config, write_tiny_config_file
 
 pytestmark = pytest.mark.integration  # every test spawns processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The shared tiny model (tests/helpers.py), logging every step and saving once; a config file for the training CLI.
+# The shared tiny model (tests/helpers.py), logging every step and saving once.
 TINY_OVERRIDES = {"log.every_steps": 1, "checkpoint.every_steps": 0, "data.num_test": 32}
-TINY_CONFIG = textwrap.dedent(
-    f"""
-    from tests.helpers import make_tiny_config
-
-
-    def get_config(arg=None):
-        del arg
-        return make_tiny_config(**{TINY_OVERRIDES!r})
-    """
-)
 
 
 def train_args(config_path: str, workdir: str) -> list[str]:
@@ -45,7 +34,7 @@ def train_args(config_path: str, workdir: str) -> list[str]:
 @pytest.mark.slow
 def test_two_processes_of_two_devices_train_like_one_process_of_four(tmp_path):
     config_path = tmp_path / "tiny.py"
-    config_path.write_text(TINY_CONFIG)
+    write_tiny_config_file(config_path, TINY_OVERRIDES)
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
     # The dataset is written once, before the runs that read it start.
     world_tfds.world_builder(make_tiny_config(**TINY_OVERRIDES).data)
