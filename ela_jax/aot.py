@@ -22,6 +22,7 @@ from ela_jax import parallel
 from ela_jax.errors import ConfigError
 from ela_jax.evaluation.encode import RETURNED, Encoder
 from ela_jax.experiment import Experiment
+from ela_jax.models import lexicon_kernel
 from ela_jax.training.state import StateFactory
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,9 @@ def unrolled_step_flops(config: ml_collections.ConfigDict, global_batch: int, wo
     config = config.copy_and_resolve_references()
     config.batch_size, config.train.microbatches, config.model.scan_layers = global_batch, 1, False
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
+    # The Pallas kernel cannot lower for CPU: count its plain-JAX twin, which computes the same max and argmax.
+    if config.model.lexicon.impl == "pallas":
+        config.model.lexicon.impl = "argmax"
     experiment = Experiment.build(config, workdir, devices=jax.devices("cpu")[:1])
     return float(lower_train_step(experiment, experiment.state_factory()).cost_analysis()["flops"])
 
@@ -455,6 +459,10 @@ class SliceTarget:
     def train_step(self, batch_size: int | None = None) -> dict:
         """The step's report at this global batch (the config's when None); when it runs out of memory, what the
         compiler said."""
+        with lexicon_kernel.lowering_for("tpu"):  # the Pallas kernel is traced for the slice, not for this host
+            return self._train_step(batch_size)
+
+    def _train_step(self, batch_size: int | None) -> dict:
         experiment = self.experiment(batch_size)
         factory = experiment.state_factory()
         started = time.perf_counter()
@@ -488,7 +496,8 @@ class SliceTarget:
 
     def encoders(self) -> dict:
         experiment = self.experiment()
-        lowered = lower_encoders(experiment, experiment.state_factory())
+        with lexicon_kernel.lowering_for("tpu"):
+            lowered = lower_encoders(experiment, experiment.state_factory())
         reports = {}
         for name, program in lowered.items():
             try:

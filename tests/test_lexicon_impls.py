@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ela_jax.errors import ConfigError
-from ela_jax.models import lexicon
+from ela_jax.models import lexicon, lexicon_kernel
 from ela_jax.models.ela import ELAModel
 from tests.helpers import model_inputs, module_report, tiny_model
 
@@ -118,6 +118,8 @@ def test_pallas_refuses_a_backend_it_cannot_compile_for():
         pytest.skip("the refusal is for CPU")
     with pytest.raises(ConfigError, match="impl='pallas' needs a GPU or TPU backend"):
         lexicon.pool_vocab_logits(features, kernel, bias, mask, ("max",), 0, "pallas", interpret=False)
+    with lexicon_kernel.lowering_for("tpu"):  # compiling ahead of time for a TPU slice from this host
+        lexicon_kernel.check_backend(interpret=False)
 
 
 @pytest.mark.integration
@@ -132,12 +134,10 @@ def test_impls_on_a_mesh_that_splits_the_vocabulary():
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_pallas_kernel_lowers_for_accelerators(monkeypatch, platform):
+def test_pallas_kernel_lowers_for_accelerators(platform):
     """The compiled kernel's lowering (Triton on GPU, Mosaic on TPU) at the B/16 head's width, from this CPU."""
-    from ela_jax.models import lexicon_kernel
-
-    monkeypatch.setattr(lexicon_kernel.jax, "default_backend", lambda: "gpu" if platform == "cuda" else platform)
     shapes = [((2, 196, 768), jnp.bfloat16), ((768, 300), jnp.bfloat16), ((300,), jnp.float32), ((2, 196), bool)]
     args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
     fused = jax.jit(lambda *a: lexicon_kernel.pallas_max_argmax(*a, interpret=False))
-    assert fused.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with lexicon_kernel.lowering_for("gpu" if platform == "cuda" else platform):
+        assert fused.trace(*args).lower(lowering_platforms=(platform,)).as_text()

@@ -7,6 +7,9 @@ Compiled on GPU (Triton) and TPU (Mosaic); on CPU it runs only in Pallas's inter
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -16,11 +19,28 @@ from ela_jax.errors import ConfigError
 
 COMPILED_BACKENDS = ("gpu", "tpu")
 LOWEST = float(jnp.finfo(jnp.float32).min)
+# The backend a program is lowered for when it is not this process's own (a TPU slice compiled ahead of time here).
+_TARGET_BACKEND = contextvars.ContextVar("pallas_target_backend", default=None)
+
+
+@contextlib.contextmanager
+def lowering_for(backend: str):
+    """Within it, the kernel is traced for `backend` (e.g. "tpu" from a CPU host compiling for a TPU topology)."""
+    token = _TARGET_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _TARGET_BACKEND.reset(token)
+
+
+def lowering_backend() -> str:
+    return _TARGET_BACKEND.get() or jax.default_backend()
 
 
 def check_backend(interpret: bool) -> None:
-    """Raises ConfigError when the kernel cannot run compiled here and interpret mode was not asked for."""
-    backend = jax.default_backend()
+    """Raises ConfigError when the kernel cannot run compiled where it is lowered and interpret mode was not asked
+    for."""
+    backend = lowering_backend()
     if not interpret and backend not in COMPILED_BACKENDS:
         raise ConfigError(
             f"model.lexicon.impl='pallas' needs a GPU or TPU backend, got {backend!r}; use impl='argmax' "
@@ -106,6 +126,6 @@ def pallas_max_argmax(
         interpret=interpret,
         # Triton on GPU: Mosaic GPU (JAX's default there) stages whole blocks in shared memory, and a batch row's
         # features do not fit.
-        compiler_params=pl_triton.CompilerParams() if jax.default_backend() == "gpu" and not interpret else None,
+        compiler_params=pl_triton.CompilerParams() if lowering_backend() == "gpu" and not interpret else None,
     )(features, kernel, bias, mask)
     return best[:, 0, :vocab], winner[:, 0, :vocab]
