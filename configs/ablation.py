@@ -7,6 +7,8 @@ the image lexicon a mute object's word.
 Run: python -m ela_jax.ablate --config configs/scenes.py --grid scenes --seeds 0,1,2 --workdir runs/ablation/scenes
      python -m ela_jax.ablate --config configs/demo.py --grid demo --seeds 0,1,2 --workdir runs/ablation/demo
      python -m ela_jax.ablate --config configs/cues.py --grid cues --seeds 0,1,2 --workdir runs/ablation/cues
+     python -m ela_jax.ablate --config configs/cues.py --grid cues_bce --reference bce_beta0 --seeds 0,1,2 \
+         --workdir runs/ablation/cues_bce
      python -m ela_jax.ablate --config configs/scenes.py --grid scenes_lexicon_term --seeds 0,1,2 \
          --workdir runs/ablation/scenes_lexicon_term
      python -m ela_jax.ablate --config configs/demo.py --config.objective.ela.loss=soft_ce --grid ela --seeds 0,1,2 \
@@ -113,8 +115,37 @@ CUES_ROWS = [
     entry("pretrained_rerun", CUES_PRETRAINED, seeds=1, description="noise floor: `pretrained` at seed 0 again"),
 ]
 
+# The cue world with multi-label BCE (ela_jax/objectives.py `ela_bce`): each word calibrated on its own, so a target
+# that does not depend on the image (the shuffled source) gives its word the same logit on every image, and the
+# support threshold lets an expanded word, whose label is a fraction of a caption word's, enter the lexicon.
+BCE = {"objective.ela.loss": "bce", "objective.ela.bce_threshold": 0.05}
+CUES_BCE_ROWS = [
+    entry("bce_beta0", BCE, seeds=3, description="BCE on the caption words only: no mute word can be learnt"),
+    entry("pretrained_bce", {**BCE, **FIXED, **PRETRAINED}, seeds=3, description="MiniLM source, BCE"),
+    entry(
+        "pretrained_bce_shuffled",
+        {**BCE, **FIXED, **PRETRAINED, "objective.ela.shuffle_source": True},
+        seeds=3,
+        description="control: expanded from another caption's a_T",
+    ),
+    entry(
+        "online_bce",
+        {**BCE, **FIXED, "objective.ela.target_source": "online"},
+        seeds=3,
+        description="the online text head as source (MLM on captions and the text stream), BCE",
+    ),
+    entry(
+        "pretrained_bce_beta0.6",
+        {**BCE, **PRETRAINED, "objective.ela.beta": 0.6},
+        seeds=3,
+        description="MiniLM source, BCE, beta 0.6",
+    ),
+    entry("bce_beta0_rerun", BCE, seeds=1, description="noise floor: `bce_beta0` at seed 0 again"),
+]
+
 GRIDS = {
     "cues": CUES_ROWS,
+    "cues_bce": CUES_BCE_ROWS,
     "scenes": [
         entry("clip", NO_LEXICON, seeds=3, description="global InfoNCE only"),
         entry("beta0", {"objective.ela.beta": 0.0}, seeds=3, description="ELA on the caption words only"),

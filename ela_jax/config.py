@@ -271,6 +271,9 @@ def base_config() -> ml_collections.ConfigDict:
                 # word, which puts mass on words the text side did not activate).
                 "target_form": "sparse",
                 "tau_p": 1.0,  # temperature of the image vocabulary logits in soft_ce
+                # bce: the predicted label probability at which a word enters the image lexicon (its logit crosses
+                # zero); an expanded word's label is a fraction of the caption words', so 0.5 would keep it out.
+                "bce_threshold": 0.5,
                 "tau_contrastive": 0.05,  # lex_contrastive and lexlip_cosine
                 # Target presence (soft_ce, lex_contrastive): + presence_weight * sum_v q[v] softplus(margin - z[v]),
                 # which lifts target words above the lexicon's ReLU; soft_ce alone only ranks words.

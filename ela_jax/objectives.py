@@ -187,10 +187,20 @@ def target_presence(image_vocab_logits: jax.Array, targets: jax.Array, margin: f
     return (targets * shortfall).sum(-1).mean()
 
 
-def ela_bce(image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float) -> jax.Array:
-    """Multi-label BCE against q scaled so its largest entry is 1, normalised by each row's positive mass."""
+def ela_bce(
+    image_vocab_logits: jax.Array, targets: jax.Array, tau_p: float, threshold: float | jax.Array = 0.5
+) -> jax.Array:
+    """Multi-label BCE against q scaled so its largest entry is 1, normalised by each row's positive mass.
+
+    Each word's probability is sigmoid(z_hat / tau_p + logit(threshold)), so z_hat > 0 (the word is in the lexicon
+    log(1 + ReLU(z_hat))) exactly when the predicted label exceeds `threshold`. Every word is calibrated on its own,
+    so a word whose label does not depend on the image gets the same logit on every image; at 0.5 an expanded word,
+    whose scaled label is a fraction, would never enter the lexicon.
+    """
     labels = targets / jnp.maximum(targets.max(-1, keepdims=True), 1e-12)
-    per_word = optax.sigmoid_binary_cross_entropy(image_vocab_logits.astype(jnp.float32) / tau_p, labels)
+    offset = jnp.log(threshold) - jnp.log1p(-threshold)
+    logits = image_vocab_logits.astype(jnp.float32) / tau_p + offset
+    per_word = optax.sigmoid_binary_cross_entropy(logits, labels)
     return (per_word.sum(-1) / jnp.maximum(labels.sum(-1), 1.0)).mean()
 
 

@@ -236,6 +236,7 @@ def _validate_temperatures(config: ml_collections.ConfigDict) -> None:
     _require(ela.top_k >= 0, "objective.ela.top_k", ela.top_k, ">= 0 (0 keeps all)")
     _require(ela.source_top_k >= 0, "objective.ela.source_top_k", ela.source_top_k, ">= 0 (0 keeps all)")
     _require(ela.presence_weight >= 0, "objective.ela.presence_weight", ela.presence_weight, ">= 0")
+    _require(0.0 < ela.bce_threshold < 1.0, "objective.ela.bce_threshold", ela.bce_threshold, "in (0, 1)")
     probability = config.objective.mlm_probability
     _require(0.0 < probability <= 1.0, "objective.mlm_probability", probability, "in (0, 1]")
 

@@ -169,6 +169,7 @@ BAD_OVERRIDES = [
     ("objective.ela.tau_q=0", "objective.ela.tau_q must be a finite number > 0"),
     ("objective.ela.tau_contrastive=0", "objective.ela.tau_contrastive must be a finite number > 0"),
     ("objective.ela.ema_decay=1.5", "objective.ela.ema_decay must be in [0, 1]"),
+    ("objective.ela.bce_threshold=1", "objective.ela.bce_threshold must be in (0, 1)"),
     ("objective.ela.top_k=-1", "objective.ela.top_k must be >= 0"),
     ("objective.mlm_probability=1.5", "objective.mlm_probability must be in (0, 1]"),
     ("total_steps=0", "total_steps must be positive"),

@@ -14,6 +14,7 @@ from ela_jax import objectives
 VOCAB = 12
 target_presence = jax.jit(objectives.target_presence)
 ela_soft_ce = jax.jit(objectives.ela_soft_ce)
+ela_bce = jax.jit(objectives.ela_bce)
 flops_regulariser = jax.jit(objectives.flops_regulariser, static_argnames="normalised")
 expansion_distribution = jax.jit(objectives.expansion_distribution, static_argnames=("tau_q", "form", "source_top_k"))
 
@@ -53,6 +54,42 @@ def test_target_presence_is_the_target_weighted_softplus_shortfall():
         [sum(targets[b, v] * np.log1p(np.exp(margin - float(logits[b, v]))) for v in range(VOCAB)) for b in range(4)]
     )
     np.testing.assert_allclose(target_presence(jnp.asarray(logits), jnp.asarray(targets), margin), expected, rtol=1e-5)
+
+
+def expanded_word_logit_after_descent(threshold: float, steps: int = 400) -> float:
+    """The logit of an expanded word (label 0.2 beside a caption word's 1.0) after gradient descent on BCE alone."""
+    targets = np.zeros((1, VOCAB), np.float32)
+    targets[0, 0], targets[0, 3] = 1.0, 0.2
+    logits = jnp.full((1, VOCAB), -1.0)
+    grad = jax.jit(jax.grad(ela_bce))
+    for _ in range(steps):
+        logits = logits - 2.0 * grad(logits, jnp.asarray(targets), 1.0, threshold)
+    return float(logits[0, 3])
+
+
+def test_bce_threshold_lifts_an_expanded_word_into_the_lexicon_where_plain_bce_keeps_it_out():
+    # Its optimum is logit(0.2) - logit(threshold): above zero when the threshold is below the label.
+    lifted = expanded_word_logit_after_descent(0.05)
+    np.testing.assert_allclose(lifted, np.log(0.2 / 0.8) - np.log(0.05 / 0.95), atol=1e-2)
+    assert lifted > 0
+    assert expanded_word_logit_after_descent(0.5) < 0, "plain BCE: a label below 0.5 stays out of the lexicon"
+
+
+def test_bce_with_a_threshold_is_bce_on_logits_offset_by_its_log_odds():
+    rng = np.random.default_rng(3)
+    logits = 3.0 * rng.normal(size=(4, VOCAB)).astype(np.float32)
+    targets = rng.dirichlet(np.ones(VOCAB), size=4).astype(np.float32)
+    threshold, tau_p = 0.1, 0.5
+    expected = []
+    for b in range(4):
+        labels = targets[b] / targets[b].max()
+        probability = 1.0 / (
+            1.0 + np.exp(-(logits[b].astype(np.float64) / tau_p + np.log(threshold / (1 - threshold))))
+        )
+        per_word = -(labels * np.log(probability) + (1 - labels) * np.log(1 - probability))
+        expected.append(per_word.sum() / max(labels.sum(), 1.0))
+    actual = ela_bce(jnp.asarray(logits), jnp.asarray(targets), tau_p, threshold)
+    np.testing.assert_allclose(actual, np.mean(expected), rtol=1e-5)
 
 
 def test_normalised_flops_ignores_scale_and_raw_flops_grows_with_its_square():

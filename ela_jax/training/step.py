@@ -261,7 +261,7 @@ class ObjectiveBuilder:
         targets = self.contrastive.rowwise(self.targets, rows, (beta,))
         image_vocab_logits = reps["image_pooled"]
         if ela.loss == "bce":  # multi-label: trains which words clear zero by itself
-            return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p)
+            return objectives.ela_bce(image_vocab_logits, targets, ela.tau_p, ela.bce_threshold)
         if ela.loss == "soft_ce":
             alignment = objectives.ela_soft_ce(image_vocab_logits, targets, ela.tau_p)
         else:
