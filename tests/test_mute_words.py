@@ -112,3 +112,41 @@ def test_the_retrieval_evaluator_measures_mute_words_on_the_cue_world_only():
     evaluator = evaluators.RetrievalEvaluator(cue_config, tokenizer=None)
     assert evaluator.mute_words is not None and evaluator.unnamed is not None
     assert evaluators.RetrievalEvaluator(scenes_config, tokenizer=None).mute_words is None
+
+
+@pytest.mark.integration
+def test_mute_word_maps_show_each_mute_word_on_an_image_of_its_scene_that_holds_it(tmp_path):
+    from PIL import Image
+
+    from ela_jax.retrieval import heatmap
+    from ela_jax.training import loop
+
+    overrides = {"data.world": "cues", "total_steps": 2, "checkpoint.every_steps": 2, "data.num_test": 96}
+    workdir = str(tmp_path / "cues")
+    loop.train(make_tiny_config(**overrides), workdir)
+    paths = heatmap.write_mute_word_maps({"expansive": workdir, "beta = 0": workdir}, str(tmp_path / "maps"))
+    annotations = mute_words.load_annotations(make_tiny_config(**overrides).data)
+    assert len(paths) == len(cues.MUTE_WORDS)
+    for m, (word, path) in enumerate(zip(cues.MUTE_WORDS, paths)):
+        image_index = int(path.rsplit("_", 1)[1].removesuffix(".png"))
+        assert f"mute_word_{word}_" in path
+        assert annotations.present[image_index, m] and annotations.scene[image_index] == cues.MUTE_SCENE[m]
+        with Image.open(path) as png:
+            assert png.format == "PNG"
+    scenes_run = str(tmp_path / "scenes")
+    loop.train(make_tiny_config(**{**overrides, "data.world": "scenes"}), scenes_run)
+    with pytest.raises(ValueError, match="not trained on the cue world"):
+        heatmap.write_mute_word_maps({"a": workdir, "b": scenes_run}, str(tmp_path / "maps"))
+
+
+def test_a_word_patch_map_is_its_column_of_patch_logits_through_the_relu_and_its_lexicon_weight(tmp_path):
+    from ela_jax.retrieval import patch_maps
+
+    words = tokenizer.from_config(make_tiny_config().tokenizer, str(tmp_path), "cues")
+    token = words.token_to_id("knife")
+    vocab_logits = np.random.default_rng(4).normal(size=(16, words.vocab_size)).astype(np.float32)
+    lexicon = np.log1p(np.maximum(vocab_logits.max(0), 0.0))
+    word_map = patch_maps.word_patch_map(vocab_logits, lexicon, words, token, in_caption=False)
+    assert word_map.word == "knife" and word_map.weight == pytest.approx(lexicon[token])
+    np.testing.assert_array_equal(word_map.patch_activation, np.maximum(vocab_logits[:, token], 0).reshape(4, 4))
+    assert word_map.best_patch == divmod(int(np.argmax(vocab_logits[:, token])), 4)

@@ -67,20 +67,71 @@ def lexicon_patch_maps(
     top_ids = [int(i) for i in ranking if int(i) not in special][:num_words]
     token_ids, mask = tokenizer.encode([caption])
     caption_ids = set(token_ids[0][mask[0]].tolist()) - special
-    word_maps = []
-    for token_id in top_ids:
-        logits = vocab_logits[:, token_id]  # [patches]
-        word_maps.append(
-            WordMap(
-                word=tokenizer.id_to_token(token_id),
-                token_id=token_id,
-                weight=float(lexicon[token_id]),
-                in_caption=token_id in caption_ids,
-                patch_activation=np.maximum(logits, 0.0).reshape(grid, grid).astype(np.float32),
-                best_patch=divmod(int(np.argmax(logits)), grid),
-            )
+    return [word_patch_map(vocab_logits, lexicon, tokenizer, token_id, token_id in caption_ids) for token_id in top_ids]
+
+
+def word_patch_map(
+    vocab_logits: np.ndarray, lexicon: np.ndarray, tokenizer: Tokenizer, token_id: int, in_caption: bool
+) -> WordMap:
+    """One word's map from an image's vocab_logits [patches, vocab] (square, row-major grid) and lexicon [vocab]."""
+    grid = math.isqrt(vocab_logits.shape[0])
+    logits = vocab_logits[:, token_id]  # [patches]
+    return WordMap(
+        word=tokenizer.id_to_token(token_id),
+        token_id=token_id,
+        weight=float(lexicon[token_id]),
+        in_caption=in_caption,
+        patch_activation=np.maximum(logits, 0.0).reshape(grid, grid).astype(np.float32),
+        best_patch=divmod(int(np.argmax(logits)), grid),
+    )
+
+
+def draw_word_map(axis, image: np.ndarray, word_map: WordMap) -> float:
+    """The image with the word's patch activations over it and its chosen patch outlined; returns the peak."""
+    size = image.shape[0]
+    grid = word_map.patch_activation.shape[0]
+    patch = size / grid
+    # imshow with nearest interpolation upscales the tiny world images without blurring their pixels.
+    extent = (0, size, size, 0)
+    axis.imshow(image, interpolation="nearest", extent=extent)
+    peak = float(word_map.patch_activation.max())
+    if peak > 0:
+        axis.imshow(
+            word_map.patch_activation,
+            cmap="inferno",
+            alpha=0.6,
+            vmin=0.0,
+            vmax=peak,
+            interpolation="nearest",
+            extent=extent,
         )
-    return word_maps
+        row, col = word_map.best_patch
+        axis.add_patch(Rectangle((col * patch, row * patch), patch, patch, fill=False, edgecolor="cyan", linewidth=2.5))
+    return peak
+
+
+def plot_word_comparison(
+    image: np.ndarray, captions: list[str], word_maps: dict[str, WordMap], output_path: str, title: str
+) -> str:
+    """One PNG: the image, then one word's map under each run (`word_maps`: run label -> its map of the same word),
+    with the image's captions listed, so a reader sees which run puts the word on the image without any caption
+    naming it."""
+    figure, axes = plt.subplots(1, 1 + len(word_maps), figsize=((1 + len(word_maps)) * PANEL_INCHES * 1.2, 4.2))
+    for axis in axes:
+        axis.set_axis_off()
+    axes[0].imshow(image, interpolation="nearest")
+    axes[0].set_title("held-out image", fontsize=10)
+    for axis, (label, word_map) in zip(axes[1:], word_maps.items()):
+        peak = draw_word_map(axis, image, word_map)
+        state = f"a_I = {word_map.weight:.2f}" if word_map.weight > 0 else "a_I = 0: not in the lexicon"
+        axis.set_title(f"{label}\n'{word_map.word}': {state}" + ("" if peak > 0 else "\n(no patch fires)"), fontsize=9)
+    listing = "\n".join(f'"{caption}"' for caption in captions)
+    figure.suptitle(f"{title}\ncaptions of this image:\n{listing}", fontsize=8)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    figure.savefig(output_path, dpi=100)
+    plt.close(figure)
+    return output_path
 
 
 def plot_heatmap(image: np.ndarray, caption: str, word_maps: list[WordMap], output_path: str) -> str:
@@ -105,22 +156,7 @@ def plot_heatmap(image: np.ndarray, caption: str, word_maps: list[WordMap], outp
         axes[0].axvline(line, color="white", linewidth=0.5, alpha=0.6)
     axes[0].set_title("image and its patches", fontsize=10)
     for axis, word_map in zip(axes[1:], word_maps):
-        axis.imshow(image, interpolation="nearest", extent=extent)
-        peak = float(word_map.patch_activation.max())
-        if peak > 0:
-            axis.imshow(
-                word_map.patch_activation,
-                cmap="inferno",
-                alpha=0.6,
-                vmin=0.0,
-                vmax=peak,
-                interpolation="nearest",
-                extent=extent,
-            )
-            row, col = word_map.best_patch
-            axis.add_patch(
-                Rectangle((col * patch, row * patch), patch, patch, fill=False, edgecolor="cyan", linewidth=2.5)
-            )
+        peak = draw_word_map(axis, image, word_map)
         marker = "*" if word_map.in_caption else ""
         axis.set_title(
             f"{word_map.word}{marker}  {word_map.weight:.2f}" + ("" if peak > 0 else " (no patch fires)"),
