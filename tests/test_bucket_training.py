@@ -95,6 +95,26 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back_and_is_set_aside(loc
     assert epath.Path(run, "checkpoints_damaged", str(STEPS), "data").is_dir()  # kept for inspection
 
 
+def test_evaluating_a_run_in_a_bucket_writes_its_own_record_and_scores_as_training_did(local_run, gcs_bucket, tmp_path):  # noqa: F811
+    """`python -m ela_jax.evaluate --workdir gs://...` reads the run's config and newest checkpoint from the bucket,
+    scores them as training's final evaluation did, and writes its own file beside the run's record, which it leaves
+    as training wrote it; nothing lands on the local disk."""
+    run = f"{gcs_bucket.url}/run"
+    filesystem, root = fsspec.core.url_to_fs(run)
+    filesystem.put(local_run[0] + "/", root, recursive=True)
+    record = paths.read_text(f"{run}/eval/results.json")
+    command = [sys.executable, "-m", "ela_jax.evaluate", "--workdir", run]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {run}/eval/results_step{STEPS}.json" in result.stdout
+    assert paths.read_text(f"{run}/eval/results.json") == record
+    written = json.loads(paths.read_text(f"{run}/eval/results_step{STEPS}.json"))
+    assert written["scores"] == json.loads(record)["scores"] and written["step"] == STEPS
+    assert (written["workdir"], written["overrides"]) == (run, {})
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.slow  # about two minutes: every client retries a while; the twin below checks the save alone
 def test_an_outage_mid_run_ends_it_in_one_line_not_a_hang(private_gcs_bucket, monkeypatch):  # noqa: F811
     """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir (bounded
