@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob as _glob
+import io
 import json
 import os
 import re
@@ -68,12 +69,38 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def copy(source: str, target: str) -> None:
-    write_bytes(target, epath.Path(source).read_bytes() if is_remote(source) else _read_local_bytes(source))
+    write_bytes(target, read_bytes(source))
 
 
-def _read_local_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The whole file; FileNotFoundError when there is none (an object store's "no such key" included)."""
+    if is_remote(path):
+        filesystem, key = fsspec.core.url_to_fs(path)
+        return filesystem.cat_file(key)
     with open(path, "rb") as f:
         return f.read()
+
+
+def is_file(path: str) -> bool:
+    return epath.Path(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
+def open_text(path: str):
+    """`path` opened for reading UTF-8 text (bad bytes become U+FFFD), line ends as written, as `csv` wants them."""
+    if is_remote(path):
+        return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline="")
+    return open(path, newline="", encoding="utf-8", errors="replace")
+
+
+def version(path: str) -> str:
+    """A string that changes when the file at `path` is replaced: its size and modification time, or on object
+    storage the object's generation (GCS) or ETag (S3), which change on every write even within the same second."""
+    if not is_remote(path):
+        status = os.stat(path)
+        return f"{status.st_size}:{status.st_mtime_ns}"
+    filesystem, key = fsspec.core.url_to_fs(path)
+    info = filesystem.info(key)
+    return f"{info.get('size')}:{info.get('generation') or info.get('ETag') or info.get('mtime')}"
 
 
 def glob(folder: str, pattern: str) -> list[str]:
