@@ -24,6 +24,26 @@ from ela_jax.config import ConfigError
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+# gcsfs's request methods, each wrapped by its retry decorator with a count fixed when gcsfs defines its class.
+GCSFS_RETRIED_METHODS = ("_request", "_get_file_request", "_get_file_concurrent")
+
+
+def limit_bucket_request_tries(tries: int) -> None:
+    """Makes gcsfs try each request to a gs:// bucket at most `tries` times (its own 6 tries, with waits doubling from
+    1 s, stall each read or write to a bucket that stays unreachable for about half a minute).
+
+    gcsfs offers no setting for the count: its retry decorator takes it once, as the class is defined. So each of its
+    request methods is wrapped again by that same decorator, with `tries`, around the undecorated method."""
+    import gcsfs.core  # here, not at the top: gcsfs and its HTTP and auth libraries load only for runs using a bucket
+    import gcsfs.retry
+
+    filesystem_class = gcsfs.core.GCSFileSystem
+    for name in GCSFS_RETRIED_METHODS:
+        undecorated = getattr(filesystem_class, name).__wrapped__
+        setattr(filesystem_class, name, gcsfs.retry.retry_request(retries=tries)(undecorated))
+    filesystem_class.retries = tries
+
+
 def is_remote(path: str) -> bool:
     """True for a URL (gs://, s3://, ...): written through epath rather than the local file system."""
     return bool(_URL.match(str(path)))

@@ -115,29 +115,32 @@ def test_evaluating_a_run_in_a_bucket_writes_its_own_record_and_scores_as_traini
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow  # about two minutes: every client retries a while; the twin below checks the save alone
-def test_an_outage_mid_run_ends_it_in_one_line_not_a_hang(private_gcs_bucket, monkeypatch):  # noqa: F811
-    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir (bounded
-    retries) instead of a TensorStore wait of many minutes."""
+@pytest.mark.slow  # compiles and trains a run first (about 40 s); the twin below checks the save alone
+def test_an_outage_mid_run_ends_it_in_one_line_within_seconds(private_gcs_bucket, monkeypatch):  # noqa: F811
+    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir within
+    seconds (every client's retries are bounded) instead of a wait of minutes."""
     run = f"{private_gcs_bucket.url}/run"
     save = loop.Checkpointer.save
+    stopped_at = []
 
     def save_after_the_store_went_away(self, step, *args, **kwargs):
         if step == RESUME_EVERY:
             private_gcs_bucket.server.stop()
+            stopped_at.append(time.monotonic())
         return save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(loop.Checkpointer, "save", save_after_the_store_went_away)
-    start = time.monotonic()
     with pytest.raises(SystemExit) as stopped:
         train_errors.train_or_exit(bucket_config(), run)
-    elapsed = time.monotonic() - start
+    elapsed = time.monotonic() - stopped_at[0]
     message = str(stopped.value)
     assert "\n" not in message and run in message and message.split(":")[0] in ("checkpoint error", "storage error")
-    assert elapsed < 240
+    print(f"outage reported {elapsed:.1f} s after the store stopped")
+    assert elapsed < 30  # each request that fails waits 1 + 2 s plus up to 2 s of jitter; before the bound, 100 s
 
 
-def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(private_gcs_bucket):  # noqa: F811
+def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_seconds(private_gcs_bucket):  # noqa: F811
+    paths.limit_bucket_request_tries(bucket_config().train.bucket_request_tries)  # as a run's Experiment.build does
     checkpointer = Checkpointer(f"{private_gcs_bucket.url}/checkpoints", keep=2)
     state = {"w": jnp.arange(8.0)}
     checkpointer.save(1, state)
@@ -150,7 +153,7 @@ def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(pri
     elapsed = time.monotonic() - start
     assert "\n" not in str(failed.value) and f"under {private_gcs_bucket.url}/checkpoints failed:" in str(failed.value)
     print(f"save failure reported in {elapsed:.1f} s")
-    assert elapsed < 60
+    assert elapsed < 15
 
 
 # Three two-process jobs (about two minutes): the only test of a multi-host job preempted with its workdir in a bucket.
