@@ -340,7 +340,15 @@ def base_config() -> ml_collections.ConfigDict:
         # training.restarts.EXPERIMENT_SECTIONS); its old config.json is kept as config.before_step_<N>.json.
         # stale_lock_minutes: a workdir on object storage is locked by an object whose holder refreshes it; one not
         # refreshed for this long belongs to a run that died, and the next run takes it over.
-        {"max_bad_steps": 10, "microbatches": 1, "allow_config_change": False, "stale_lock_minutes": 10.0}
+        # bucket_request_tries: how often gcsfs tries one request to a gs:// bucket (waiting about 1, 2, 4 s ...
+        # between tries) before the run ends in one line; few, so that an outage is reported within seconds.
+        {
+            "max_bad_steps": 10,
+            "microbatches": 1,
+            "allow_config_change": False,
+            "stale_lock_minutes": 10.0,
+            "bucket_request_tries": 3,
+        }
     )
     config.log = ml_collections.ConfigDict({"every_steps": 50, "progress": True})
     # Experiment trackers beside metrics.jsonl and TensorBoard, off by default (see training/trackers.py).

@@ -47,6 +47,8 @@ class Experiment:
         processes = len({device.process_index for device in devices})
         validation.validate(config, len(devices), processes)
         config = copy.deepcopy(config)
+        if uses_a_bucket(config, workdir):
+            paths.limit_bucket_request_tries(config.train.bucket_request_tries)
         paths.makedirs(workdir)
         tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir, config.data.world)
         vocab_size = config.model.vocab_size
@@ -107,6 +109,12 @@ class Experiment:
         if newest is None:
             raise FileNotFoundError(f"no checkpoint under {self.workdir}/checkpoints; train first")
         return newest
+
+
+def uses_a_bucket(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """True when the workdir or any path the config names (data folders, mixture entries, init or resume runs) is a
+    URL."""
+    return "://" in workdir or "://" in config.to_json_best_effort()
 
 
 def model_config_for_mesh(model_config: ml_collections.ConfigDict, mesh_shape) -> ml_collections.ConfigDict:

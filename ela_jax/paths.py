@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob as _glob
+import io
 import json
 import os
 import re
@@ -21,6 +22,26 @@ from ela_jax.config import ConfigError
 
 # A URL scheme as etils.epath, orbax and TFDS read them: gs://, s3://, hf://, file://, ...
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+# gcsfs's request methods, each wrapped by its retry decorator with a count fixed when gcsfs defines its class.
+GCSFS_RETRIED_METHODS = ("_request", "_get_file_request", "_get_file_concurrent")
+
+
+def limit_bucket_request_tries(tries: int) -> None:
+    """Makes gcsfs try each request to a gs:// bucket at most `tries` times (its own 6 tries, with waits doubling from
+    1 s, stall each read or write to a bucket that stays unreachable for about half a minute).
+
+    gcsfs offers no setting for the count: its retry decorator takes it once, as the class is defined. So each of its
+    request methods is wrapped again by that same decorator, with `tries`, around the undecorated method."""
+    import gcsfs.core  # here, not at the top: gcsfs and its HTTP and auth libraries load only for runs using a bucket
+    import gcsfs.retry
+
+    filesystem_class = gcsfs.core.GCSFileSystem
+    for name in GCSFS_RETRIED_METHODS:
+        undecorated = getattr(filesystem_class, name).__wrapped__
+        setattr(filesystem_class, name, gcsfs.retry.retry_request(retries=tries)(undecorated))
+    filesystem_class.retries = tries
 
 
 def is_remote(path: str) -> bool:
@@ -68,12 +89,38 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def copy(source: str, target: str) -> None:
-    write_bytes(target, epath.Path(source).read_bytes() if is_remote(source) else _read_local_bytes(source))
+    write_bytes(target, read_bytes(source))
 
 
-def _read_local_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The whole file; FileNotFoundError when there is none (an object store's "no such key" included)."""
+    if is_remote(path):
+        filesystem, key = fsspec.core.url_to_fs(path)
+        return filesystem.cat_file(key)
     with open(path, "rb") as f:
         return f.read()
+
+
+def is_file(path: str) -> bool:
+    return epath.Path(path).is_file() if is_remote(path) else os.path.isfile(path)
+
+
+def open_text(path: str):
+    """`path` opened for reading UTF-8 text (bad bytes become U+FFFD), line ends as written, as `csv` wants them."""
+    if is_remote(path):
+        return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline="")
+    return open(path, newline="", encoding="utf-8", errors="replace")
+
+
+def version(path: str) -> str:
+    """A string that changes when the file at `path` is replaced: its size and modification time, or on object
+    storage the object's generation (GCS) or ETag (S3), which change on every write even within the same second."""
+    if not is_remote(path):
+        status = os.stat(path)
+        return f"{status.st_size}:{status.st_mtime_ns}"
+    filesystem, key = fsspec.core.url_to_fs(path)
+    info = filesystem.info(key)
+    return f"{info.get('size')}:{info.get('generation') or info.get('ETag') or info.get('mtime')}"
 
 
 def glob(folder: str, pattern: str) -> list[str]:

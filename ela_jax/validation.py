@@ -401,6 +401,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
         raise ConfigError(f"model.vocab_multiple must be >= 1, got {config.model.vocab_multiple}")
     _validate_lexicon(config.model.lexicon)
     _validate_checkpointing(config)
+    if config.train.bucket_request_tries < 1:
+        raise ConfigError(f"train.bucket_request_tries must be >= 1, got {config.train.bucket_request_tries}")
     if config.train.max_bad_steps < 1:
         raise ConfigError(f"train.max_bad_steps must be >= 1, got {config.train.max_bad_steps}")
     if config.log.every_steps == 0:

@@ -154,3 +154,20 @@ def damaged_shards(root: str) -> None:
             last = [member for member in archive if member.name.endswith(cut_member)][-1]
         with open(path, "r+b") as f:
             f.truncate(last.offset_data + last.size // 2)  # the samples before the cut still count
+
+
+def damaged_caption_folder(root: str) -> None:
+    """A folder source: a train split (captions.jsonl) with a corrupt, a cut, an empty and a missing image, a bad line
+    and lines without image or caption; a test split (test.csv) with a missing image."""
+    for tag in range(6):
+        write_file(os.path.join(root, "imgs", f"{tag}.jpg"), jpeg_bytes(tag))
+    damaged = {"corrupt.jpg": b"not a jpeg at all", "cut.jpg": jpeg_bytes(6)[:200], "zero.jpg": b""}
+    for name, data in damaged.items():
+        write_file(os.path.join(root, "imgs", name), data)
+    lines = [{"image": f"imgs/{tag}.jpg", "captions": captions_for(tag, 2)} for tag in range(4)]
+    lines += [{"image": f"imgs/{name}", "caption": "photo 9"} for name in [*damaged, "missing.jpg"]]
+    lines += [b"{not json", {"caption": "photo 9 without an image"}, {"image": "imgs/0.jpg", "captions": []}]
+    write_jsonl(os.path.join(root, "captions.jsonl"), lines)
+    rows = [f"imgs/{tag}.jpg,{caption}" for tag in (4, 5) for caption in captions_for(tag, 2)]
+    with open(os.path.join(root, "test.csv"), "w") as f:
+        f.write("\n".join(["image,caption", *rows, "imgs/gone.jpg,photo 9"]) + "\n")

@@ -95,29 +95,52 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_falls_back_and_is_set_aside(loc
     assert epath.Path(run, "checkpoints_damaged", str(STEPS), "data").is_dir()  # kept for inspection
 
 
-@pytest.mark.slow  # about two minutes: every client retries a while; the twin below checks the save alone
-def test_an_outage_mid_run_ends_it_in_one_line_not_a_hang(private_gcs_bucket, monkeypatch):  # noqa: F811
-    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir (bounded
-    retries) instead of a TensorStore wait of many minutes."""
+def test_evaluating_a_run_in_a_bucket_writes_its_own_record_and_scores_as_training_did(local_run, gcs_bucket, tmp_path):  # noqa: F811
+    """`python -m ela_jax.evaluate --workdir gs://...` reads the run's config and newest checkpoint from the bucket,
+    scores them as training's final evaluation did, and writes its own file beside the run's record, which it leaves
+    as training wrote it; nothing lands on the local disk."""
+    run = f"{gcs_bucket.url}/run"
+    filesystem, root = fsspec.core.url_to_fs(run)
+    filesystem.put(local_run[0] + "/", root, recursive=True)
+    record = paths.read_text(f"{run}/eval/results.json")
+    command = [sys.executable, "-m", "ela_jax.evaluate", "--workdir", run]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {run}/eval/results_step{STEPS}.json" in result.stdout
+    assert paths.read_text(f"{run}/eval/results.json") == record
+    written = json.loads(paths.read_text(f"{run}/eval/results_step{STEPS}.json"))
+    assert written["scores"] == json.loads(record)["scores"] and written["step"] == STEPS
+    assert (written["workdir"], written["overrides"]) == (run, {})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # compiles and trains a run first (about 40 s); the twin below checks the save alone
+def test_an_outage_mid_run_ends_it_in_one_line_within_seconds(private_gcs_bucket, monkeypatch):  # noqa: F811
+    """The store goes away as step 4's checkpoint is saved: the run stops with one line naming the workdir within
+    seconds (every client's retries are bounded) instead of a wait of minutes."""
     run = f"{private_gcs_bucket.url}/run"
     save = loop.Checkpointer.save
+    stopped_at = []
 
     def save_after_the_store_went_away(self, step, *args, **kwargs):
         if step == RESUME_EVERY:
             private_gcs_bucket.server.stop()
+            stopped_at.append(time.monotonic())
         return save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(loop.Checkpointer, "save", save_after_the_store_went_away)
-    start = time.monotonic()
     with pytest.raises(SystemExit) as stopped:
         train_errors.train_or_exit(bucket_config(), run)
-    elapsed = time.monotonic() - start
+    elapsed = time.monotonic() - stopped_at[0]
     message = str(stopped.value)
     assert "\n" not in message and run in message and message.split(":")[0] in ("checkpoint error", "storage error")
-    assert elapsed < 240
+    print(f"outage reported {elapsed:.1f} s after the store stopped")
+    assert elapsed < 30  # each request that fails waits 1 + 2 s plus up to 2 s of jitter; before the bound, 100 s
 
 
-def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(private_gcs_bucket):  # noqa: F811
+def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_seconds(private_gcs_bucket):  # noqa: F811
+    paths.limit_bucket_request_tries(bucket_config().train.bucket_request_tries)  # as a run's Experiment.build does
     checkpointer = Checkpointer(f"{private_gcs_bucket.url}/checkpoints", keep=2)
     state = {"w": jnp.arange(8.0)}
     checkpointer.save(1, state)
@@ -130,7 +153,7 @@ def test_a_save_into_an_unreachable_bucket_fails_in_one_line_within_a_minute(pri
     elapsed = time.monotonic() - start
     assert "\n" not in str(failed.value) and f"under {private_gcs_bucket.url}/checkpoints failed:" in str(failed.value)
     print(f"save failure reported in {elapsed:.1f} s")
-    assert elapsed < 60
+    assert elapsed < 15
 
 
 # Three two-process jobs (about two minutes): the only test of a multi-host job preempted with its workdir in a bucket.

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
+import gcsfs
+import pytest
 from etils import epath
 
 from ela_jax import paths, plots
 from ela_jax.training.metrics import RECORDS_FOLDER, MetricWriter, read_metrics
-from tests.gcs_emulator import gcs_bucket, gcs_server  # noqa: F401 - fixtures
+from tests.gcs_emulator import gcs_bucket, gcs_server, private_gcs_bucket  # noqa: F401 - fixtures
 
 
 def test_records_are_written_read_and_copied_as_objects(gcs_bucket):  # noqa: F811
@@ -59,3 +62,22 @@ def test_training_curves_are_written_into_a_bucket(gcs_bucket):  # noqa: F811
     write_a_resumed_run(run)
     output = plots.training_curves(run, f"{run}/plots/training_curves.png")
     assert epath.Path(output).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def gcsfs_tries():
+    """Sets gcsfs's tries per request for the test, then puts the count it had back."""
+    before = gcsfs.core.GCSFileSystem.retries
+    yield paths.limit_bucket_request_tries
+    paths.limit_bucket_request_tries(before)
+
+
+def test_a_read_from_a_stopped_bucket_fails_after_the_bounded_tries(private_gcs_bucket, gcsfs_tries):  # noqa: F811
+    record = f"{private_gcs_bucket.url}/run/config.json"
+    paths.write_json(record, {"seed": 3})
+    private_gcs_bucket.server.stop()
+    gcsfs_tries(2)  # one retry, about a second later; gcsfs's own 6 tries take half a minute
+    start = time.monotonic()
+    with pytest.raises(OSError):
+        paths.read_text(record)
+    assert time.monotonic() - start < 5

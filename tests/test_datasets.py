@@ -309,6 +309,7 @@ def test_crops_keep_image_content_and_differ_across_epochs(tmp_path):
         ({"data.max_skip_fraction": 1.0}, "data.max_skip_fraction must lie in \\[0, 1\\)"),
         ({"data.crop_scale": (0.0, 1.0)}, "data.crop_scale must satisfy 0 < low <= high <= 1"),
         ({"data.num_workers": -1}, "data.num_workers must be >= 0"),
+        ({"data.dir": "gs://bucket/tfds"}, "'gs://bucket/tfds' is a URL, but TFDS prepares and reads ArrayRecord"),
         ({"data.name": "mixture"}, "data.name='mixture' needs data.train entries 'name:manual_dir:weight'"),
         ({"data.name": "mixture", "data.train": ("laion:/d:1",)}, "is not 'name:manual_dir:weight' with name in"),
         ({"data.name": "mixture", "data.train": ("folder:/d:x",)}, "has weight 'x', not a number"),

@@ -14,9 +14,16 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ela_jax import paths
 from ela_jax.data import images, records
-from ela_jax.data.sources import FLICKR_IMAGE_DIR, FOLDER_EXTENSIONS, FOLDER_SPLIT_FILES, KARPATHY_FILES
-from ela_jax.data.world_tfds import default_data_dir, prepared
+from ela_jax.data.sources import (
+    FLICKR_IMAGE_DIR,
+    FOLDER_EXTENSIONS,
+    FOLDER_SPLIT_FILES,
+    KARPATHY_FILES,
+    prepared_data_dir,
+)
+from ela_jax.data.world_tfds import prepared
 
 # Prepare-time check: JPEGs are decoded at DCT scale (up to 8x smaller), which still reads every byte, so
 # truncation is caught at a fraction of a full decode.
@@ -84,8 +91,7 @@ class _CaptionedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _read_checked(item: records.ImageText) -> tuple[bytes, str]:
     """(bytes, '') for a decodable image, (b'', reason) otherwise; never raises for a bad file."""
     try:
-        with open(item.image_path, "rb") as f:
-            data = f.read()
+        data = paths.read_bytes(item.image_path)
     except FileNotFoundError:
         return b"", "missing"
     except OSError:
@@ -137,7 +143,7 @@ def folder_caption_files(manual_dir: str) -> dict[str, list[str]]:
     for stem, split in FOLDER_SPLIT_FILES.items():
         for extension in FOLDER_EXTENSIONS:
             path = os.path.join(manual_dir, stem + extension)
-            if os.path.isfile(path):
+            if paths.is_file(path):
                 splits.setdefault(split, []).append(path)
     return splits
 
@@ -150,10 +156,9 @@ def annotation_files(name: str, manual_dir: str) -> list[str]:
 
 def _fingerprint(name: str, manual_dir: str) -> str:
     """Names the prepared copy after the folder and its annotation files, so a changed file is prepared again."""
-    digest = hashlib.sha1(os.path.abspath(manual_dir).encode())
+    digest = hashlib.sha1(paths.absolute(manual_dir).encode())
     for path in annotation_files(name, manual_dir):
-        status = os.stat(path)
-        digest.update(f"{os.path.basename(path)}:{status.st_size}:{status.st_mtime_ns}".encode())
+        digest.update(f"{os.path.basename(path)}:{paths.version(path)}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -161,11 +166,11 @@ def captions_builder(name: str, data_config, manual_dir: str, prepare: bool = Tr
     """The prepared builder for source `name` ('coco', 'flickr30k', 'folder') reading `manual_dir`."""
     config = CaptionsConfig(
         name=f"src_{_fingerprint(name, manual_dir)}",
-        manual_dir=os.path.abspath(manual_dir),
+        manual_dir=paths.absolute(manual_dir),
         max_skip_fraction=data_config.max_skip_fraction,
         num_threads=data_config.num_threads,
     )
-    data_dir = data_config.dir or default_data_dir()
+    data_dir = prepared_data_dir(data_config)
 
     def make_builder():
         return BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from ela_jax import paths
 from ela_jax.data.sources import csv_header_problem
 from ela_jax.errors import ConfigError, TooManySkipsError
 
@@ -127,8 +128,7 @@ def read_karpathy(json_path: str, image_root: str, skips: SkipCounter) -> dict[s
     """Records per split from a Karpathy `dataset_{coco,flickr8k,flickr30k}.json`: `images[]` with `filename`,
     `filepath` (COCO's train2014/val2014 folder; absent for Flickr), `split`, `sentences[].raw`, `cocoid` or `imgid`.
     Every caption is kept (some COCO images have 6 or 7)."""
-    with open(json_path, "rb") as f:
-        entries = json.loads(f.read().decode("utf-8", errors="replace"))["images"]
+    entries = json.loads(paths.read_bytes(json_path).decode("utf-8", errors="replace"))["images"]
     splits: dict[str, list[ImageText]] = {}
     for position, entry in enumerate(entries):
         skips.count_seen()
@@ -187,7 +187,7 @@ def _check_mostly_missing(path: str, kind: str, lines: int, missing: dict[str, i
 
 
 def _jsonl_rows(path: str, skips: SkipCounter):
-    with open(path, "rb") as f:
+    with paths.open_binary(path) as f:
         for number, raw_line in enumerate(f, start=1):
             if not raw_line.strip():
                 continue
@@ -207,7 +207,7 @@ def _jsonl_rows(path: str, skips: SkipCounter):
 
 
 def _csv_rows(path: str, skips: SkipCounter):
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with paths.open_text(path) as f:
         problem = csv_header_problem(path)
         if problem:
             raise ConfigError(problem)

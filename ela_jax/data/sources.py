@@ -31,21 +31,38 @@ CONTENTS = {
 }
 
 
+def prepared_data_dir(data) -> str:
+    """Where TFDS keeps prepared ArrayRecord copies: `data.dir`, else $ELA_JAX_DATA_DIR, else a folder in the cache."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "ela_jax", "tfds")
+    return data.dir or os.environ.get("ELA_JAX_DATA_DIR", default)
+
+
+def check_prepared_data_dir(data) -> None:
+    """ConfigError when the prepared-data folder is a URL: ArrayRecord's reader and writer open local files only."""
+    data_dir = prepared_data_dir(data)
+    if paths.is_remote(data_dir):
+        raise ConfigError(
+            f"data.dir (or $ELA_JAX_DATA_DIR) {data_dir!r} is a URL, but TFDS prepares and reads ArrayRecord files "
+            "through the local file system only; give a local folder, or mount the bucket with gcsfuse and give the "
+            "mounted path (data.manual_dir, unlike data.dir, may be a gs:// URL)"
+        )
+
+
 def missing_entries(name: str, manual_dir: str, split: str) -> list[str]:
     """What `manual_dir` lacks for reading `split` of source `name` (empty when it is usable)."""
     if name == "folder":
         stems = [stem for stem, stem_split in FOLDER_SPLIT_FILES.items() if stem_split == split]
         files = [stem + extension for stem in stems for extension in FOLDER_EXTENSIONS]
-        present = any(os.path.isfile(os.path.join(manual_dir, f)) for f in files)
+        present = any(paths.is_file(os.path.join(manual_dir, f)) for f in files)
         return [] if present else [" or ".join(files)]
     if name == "webdataset":
         return [] if paths.glob(manual_dir, "*.tar") else ["*.tar shards"]
-    return [entry for entry in REQUIRED_ENTRIES[name] if not os.path.exists(os.path.join(manual_dir, entry))]
+    return [entry for entry in REQUIRED_ENTRIES[name] if not paths.exists(os.path.join(manual_dir, entry))]
 
 
 def csv_header_problem(path: str) -> str:
     """Why the caption CSV at `path` cannot be read ('' when its header names the CSV_COLUMNS)."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with paths.open_text(path) as f:
         header = next(csv.reader(f), [])
     if set(CSV_COLUMNS) <= set(header):
         return ""
@@ -63,7 +80,7 @@ def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
         if not paths.glob(manual_dir, "*.tar"):
             raise ConfigError(f"{key}={manual_dir!r} holds no *.tar shards; it should hold {CONTENTS[name]}")
         return
-    if not os.path.isdir(manual_dir):
+    if not paths.is_remote(manual_dir) and not os.path.isdir(manual_dir):  # a bucket's prefix is no folder to check
         raise ConfigError(f"{key}={manual_dir!r} is not a directory; it should hold {CONTENTS[name]}")
     missing = missing_entries(name, manual_dir, split)
     if missing:
@@ -74,7 +91,7 @@ def check_manual_dir(name: str, manual_dir: str, key: str, split: str) -> None:
     if name == "folder":
         for stem, stem_split in FOLDER_SPLIT_FILES.items():
             path = os.path.join(manual_dir, stem + ".csv")
-            problem = csv_header_problem(path) if stem_split == split and os.path.isfile(path) else ""
+            problem = csv_header_problem(path) if stem_split == split and paths.is_file(path) else ""
             if problem:
                 raise ConfigError(problem)
 
@@ -98,6 +115,7 @@ def validate_section(data) -> None:
     """Raises ConfigError when the `data` section names an unknown source, lacks its files or has an impossible value."""
     check_choice(data.name, DATA_NAMES, "data.name")
     check_choice(data.world, WORLDS, "data.world")
+    check_prepared_data_dir(data)
     if data.name == "mixture":
         _validate_mixture(data.train)
     elif data.train:

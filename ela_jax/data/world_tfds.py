@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ela_jax import paths
-from ela_jax.data import cues, scenes, world
+from ela_jax.data import cues, scenes, sources, world
 
 
 # The worlds whose records carry object annotations (scene, present and named object ids), by spec type.
@@ -96,10 +96,6 @@ class ElaWorld(tfds.core.GeneratorBasedBuilder):
                 yield index, {"image": image, "captions": captions, "image_id": index}
 
 
-def default_data_dir() -> str:
-    return os.environ.get("ELA_JAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ela_jax", "tfds"))
-
-
 def prepared(make_builder, lock_path: str):
     """`make_builder()`, prepared offline. Several processes (ablation workers, hosts sharing a disk) may start on a
     dataset nobody has prepared: one prepares it, the others wait at the lock. The builder is made inside the lock,
@@ -130,7 +126,7 @@ def world_builder(data_config, prepare: bool = True) -> ElaWorld:
         f"{data_config.world}_seed{spec.seed}_px{spec.image_size}_cap{spec.captions_per_image}"
         f"_train{data_config.num_train}_test{data_config.num_test}"
     )
-    data_dir = data_config.dir or default_data_dir()
+    data_dir = sources.prepared_data_dir(data_config)
 
     def make_builder() -> ElaWorld:
         config = WorldBuilderConfig(
