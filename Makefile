@@ -10,8 +10,9 @@ TPU_STAMP := $(TPU_VENV)/.installed
 # The libtpu that jax[tpu] pins for the jax in requirements.txt.
 LIBTPU := libtpu==0.0.42.1
 
-# Tests run in worker processes, one per core up to four, each taking whole test files (module fixtures train once).
-PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+# Tests run in worker processes, one per core up to four, each taking whole test files (module fixtures train once),
+# with loopback as their only network where the machine allows (tests/offline.sh).
+PYTEST := tests/offline.sh $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: setup setup-tpu demo test test-unit test-all lint clean
 

@@ -10,7 +10,9 @@ identity is its whole resolved config: a workdir trained under another one (othe
 changed model, tokenizer or eval section) is refused in one line and left out of the table, or moved aside and
 retrained with --retrain_mismatched; it is never averaged in. A run is finished when the training run recorded its
 final step's evaluation (`eval/results.json` at step `total_steps`) and that step's checkpoint is on disk; what
-`python -m ela_jax.evaluate` writes never counts. Rerunning the command skips finished runs and resumes a
+`python -m ela_jax.evaluate` writes never makes a run finished, but once a run is, its table numbers come from
+`python -m ela_jax.evaluate --workdir <run>`'s rescoring of the same final step where there is one (so a measure added
+later reaches the table without retraining). Rerunning the command skips finished runs and resumes a
 half-finished one from its latest checkpoint, so a killed grid loses at most one checkpoint interval. The table is
 rewritten after every finished run, so partial results are always on disk. A grid stopped by SIGTERM (a preempted
 job) exits with status 3, so a scheduler reruns it.
@@ -71,6 +73,7 @@ UNNAMED_METRICS = (
 MUTE_KEY = "mute_words"
 MUTE_METRICS = (
     ("lexicon_auc", "mute AUC"),
+    ("lexicon_auc_same_count", "mute AUC, same count"),
     ("lexicon_gap", "mute gap"),
     ("cue_auc", "cue AUC"),
     ("cue_gap", "cue gap"),
@@ -88,6 +91,7 @@ PAIRED = (
     ("query R@10 (global)", (UNNAMED_KEY, "global", "query_recall@10")),
     ("nnz/image", ("lexicon_nonzeros", "image")),
     ("mute AUC (lexicon)", (MUTE_KEY, "mean", "lexicon_auc")),
+    ("mute AUC, same count", (MUTE_KEY, "mean", "lexicon_auc_same_count")),
     ("mute gap (lexicon)", (MUTE_KEY, "mean", "lexicon_gap")),
 )
 REFERENCE = "beta0"
@@ -424,9 +428,20 @@ def read_results(entry: Entry, seeds: list[int], root: str, finished: frozenset[
         if finished is not None and run_name(entry, seed) not in finished:
             continue
         if os.path.isfile(path):
-            with open(path) as f:
-                results[seed] = json.load(f)
+            results[seed] = final_results(path)
     return results
+
+
+def final_results(path: str) -> dict:
+    """A run's final record, or where `python -m ela_jax.evaluate` has since scored the same step again (without
+    overrides), that re-evaluation: a measure added after the grid trained reaches its table without retraining."""
+    with open(path) as f:
+        record = json.load(f)
+    rescored = os.path.join(os.path.dirname(path), f"results_step{record.get('step')}.json")
+    if "step" not in record or not os.path.isfile(rescored):
+        return record
+    with open(rescored) as f:
+        return json.load(f)
 
 
 def mean_std(values: list[float]) -> dict:
@@ -461,7 +476,9 @@ def mute_summary(runs: list[dict]) -> dict:
     """metric -> mean ± std over the runs of the mute-word averages, when every run reports them."""
     if not runs or not all(MUTE_KEY in r for r in runs):
         return {}
-    return {key: mean_std([r[MUTE_KEY]["mean"][key] for r in runs]) for key, _ in MUTE_METRICS}
+    # A measure added after some runs were scored is left out of the row rather than averaged over part of it.
+    reported = [key for key, _ in MUTE_METRICS if all(key in r[MUTE_KEY]["mean"] for r in runs)]
+    return {key: mean_std([r[MUTE_KEY]["mean"][key] for r in runs]) for key in reported}
 
 
 def unnamed_summary(runs: list[dict]) -> dict:
@@ -570,7 +587,7 @@ def mute_table(table: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = f"{len(row['seeds_finished'])}/{len(row['seeds_planned'])}"
-        cells = [format_cell(row[MUTE_KEY][key]) for key, _ in MUTE_METRICS]
+        cells = [format_cell(row[MUTE_KEY].get(key)) for key, _ in MUTE_METRICS]
         lines.append(f"| {row['entry']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

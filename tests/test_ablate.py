@@ -409,3 +409,43 @@ def test_the_table_holds_runs_another_worker_finished_while_this_one_trained(tmp
     report = ablate.run_grid(base, [theirs, mine], [0], root, only=frozenset({"mine"}))
     assert report.trained == ["mine/seed0"]
     assert [row["seeds_finished"] for row in report.table["rows"]] == [[0], [0]]
+
+
+def test_a_mute_measure_some_runs_lack_is_left_out_of_their_row_not_averaged_over_part(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("beta0", {}, seeds=2)]
+    for seed in range(2):
+        write_results(root, f"beta0/seed{seed}", 100.0, None)
+        with open(results_path(root, f"beta0/seed{seed}")) as f:
+            results = json.load(f)
+        mean = {key: 50.0 for key, _ in ablate.MUTE_METRICS}
+        if seed == 0:  # scored before the same-count AUC existed
+            del mean["lexicon_auc_same_count"]
+        results[ablate.MUTE_KEY] = {"mean": mean, "words": {}}
+        with open(results_path(root, f"beta0/seed{seed}"), "w") as f:
+            json.dump(results, f)
+    row = ablate.summarise(entries, [0, 1], root)["rows"][0]
+    assert "lexicon_auc_same_count" not in row[ablate.MUTE_KEY]
+    assert row[ablate.MUTE_KEY]["lexicon_auc"]["values"] == [50.0, 50.0]
+
+
+def test_a_rescoring_of_the_final_step_by_evaluate_supersedes_the_training_record(tmp_path):
+    root = str(tmp_path)
+    entries = [ablate.Entry("a", {}, seeds=1)]
+    write_results(root, "a/seed0", 100.0, None)
+    with open(results_path(root, "a/seed0")) as f:
+        record = json.load(f)
+    record["step"] = 250
+    with open(results_path(root, "a/seed0"), "w") as f:
+        json.dump(record, f)
+    eval_dir = os.path.dirname(results_path(root, "a/seed0"))
+    rescored = {**record, "scores": {"global": {**record["scores"]["global"], "rsum": 120.0}}}
+    for name, rsum in (("results_step100.json", 90.0), ("results_step250_eval.batch_size=8.json", 80.0)):
+        with open(os.path.join(eval_dir, name), "w") as f:  # another step; a rescoring under overrides
+            json.dump({**record, "scores": {"global": {**record["scores"]["global"], "rsum": rsum}}}, f)
+    row = ablate.summarise(entries, [0], root)["rows"][0]
+    assert row["scores"]["global"]["rsum"]["values"] == [100.0]
+    with open(os.path.join(eval_dir, "results_step250.json"), "w") as f:
+        json.dump(rescored, f)
+    row = ablate.summarise(entries, [0], root)["rows"][0]
+    assert row["scores"]["global"]["rsum"]["values"] == [120.0]

@@ -44,6 +44,30 @@ def test_auc_is_100_for_a_perfect_scorer_50_for_a_constant_and_nan_without_negat
     assert math.isnan(mute_words.activation_gap(np.ones(3), np.zeros(3, bool)))
 
 
+def test_a_word_that_counts_glyphs_beats_chance_plainly_but_scores_50_against_images_of_the_same_count():
+    rng = np.random.default_rng(5)
+    present = rng.random(400) < 0.5
+    counts = rng.integers(1, 3, 400) + present  # the mute object is one glyph more
+    by_count = counts + rng.normal(0, 0.1, 400)  # knows how many glyphs, not which
+    assert mute_words.presence_auc(by_count, present) > 70
+    assert mute_words.matched_auc(by_count, present, counts) == pytest.approx(50.0, abs=6)
+    knows = present + rng.normal(0, 0.1, 400)
+    assert mute_words.matched_auc(knows, present, counts) == 100.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_matched_auc_counts_only_pairs_within_a_stratum(seed):
+    rng = np.random.default_rng(seed)
+    scores, present, strata = rng.integers(0, 4, 30).astype(float), rng.random(30) < 0.5, rng.integers(0, 3, 30)
+    pairs = [
+        (1.0 if a > b else 0.5 if a == b else 0.0)
+        for a, pa, sa in zip(scores, present, strata)
+        for b, pb, sb in zip(scores, present, strata)
+        if pa and not pb and sa == sb
+    ]
+    assert mute_words.matched_auc(scores, present, strata) == pytest.approx(100.0 * sum(pairs) / len(pairs))
+
+
 def test_each_mute_word_is_scored_on_its_own_scenes_images_only():
     count, vocab = 6 * len(cues.CUES), 8
     scene = np.repeat(np.arange(len(cues.CUES)), 6)
@@ -58,7 +82,8 @@ def test_each_mute_word_is_scored_on_its_own_scenes_images_only():
     # Images of other scenes with the word active and no mute object: the scene-restricted measure ignores them.
     lexicon[:, 0] += (scene != cues.MUTE_SCENE[0]) * 5.0
     global_scores = -lexicon[:, : len(cues.CUES)]  # a global scorer that has it backwards
-    results = mute_words.mute_word_metrics(lexicon, global_scores, scene, present, mute_ids, cue_ids)
+    counts = np.ones(count, np.int64)
+    results = mute_words.mute_word_metrics(lexicon, global_scores, scene, present, mute_ids, cue_ids, counts)
     for word in cues.MUTE_WORDS:
         metrics = results["words"][word]
         assert (metrics["lexicon_auc"], metrics["lexicon_gap"], metrics["global_auc"]) == (100.0, 100.0, 0.0)
@@ -97,7 +122,8 @@ def test_the_measure_reads_the_mute_and_cue_columns_of_the_world_vocabulary(tmp_
     own_word = np.repeat(np.arange(len(cues.CUES)), 4)
     image_global = basis[np.where(present.any(1), own_word, (own_word + 1) % len(cues.CUES))]
     text_global = {words.token_to_id(w): basis[m] for m, w in enumerate(cues.MUTE_WORDS)}
-    annotations = mute_words.MuteAnnotations(np.zeros((count, 2, 2, 3), np.uint8), scene, present)
+    counts = np.ones(count, np.int64)
+    annotations = mute_words.MuteAnnotations(np.zeros((count, 2, 2, 3), np.uint8), scene, present, counts)
     results = mute_words.evaluate_mute_words(TableEncoder(lexicon, image_global, text_global), words, annotations)
     assert results["num_images"] == count
     assert results["mean"]["lexicon_auc"] == 100.0 and results["mean"]["lexicon_gap"] == 100.0
