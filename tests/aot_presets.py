@@ -1,5 +1,8 @@
 """Run by tests/test_aot.py in the libtpu environment (.venv-tpu): compiles the tiny config's train step for a
-2x2 TPU v5e slice under each mesh preset and prints one JSON line of the reports."""
+2x2 TPU v5e slice under each mesh preset and prints one JSON line of the reports.
+
+Run: .venv-tpu/bin/python -m tests.aot_presets v5e-4 [lexicon impl]
+"""
 
 from __future__ import annotations
 
@@ -16,15 +19,16 @@ BATCH = 24
 PRESETS = ("dp", "fsdp", "fsdp_tp")
 
 
-def main(topology: str) -> None:
+def main(topology: str, lexicon_impl: str = "chunked") -> None:
     tpu = aot.parse_slice(topology)
     reports = {}
     for preset in PRESETS:
-        config = mesh_presets.apply_overlays(make_tiny_config(batch_size=BATCH), preset)
+        config = make_tiny_config(batch_size=BATCH, **{"model.lexicon.impl": lexicon_impl})
+        config = mesh_presets.apply_overlays(config, preset)
         target = aot.SliceTarget(config, tpu, tempfile.mkdtemp(prefix="ela_aot_"))
         reports[preset] = target.train_step()
     print(json.dumps(reports))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -172,6 +172,17 @@ def test_each_mesh_preset_compiles_for_a_tpu_slice_holding_the_promised_shards()
         assert "optimal_seconds" in report["compiler_estimate"]  # a number, or None where libtpu's is negative
 
 
+@pytest.mark.integration
+def test_the_pallas_lexicon_compiles_for_a_tpu_slice_under_each_mesh_preset():
+    """XLA cannot partition a Mosaic kernel ("wrap the call in a shard_map"): the fused lexicon impl runs it per chip,
+    and the step with it compiles for the slice, batch and vocabulary split."""
+    assert os.path.exists(TPU_PYTHON), "ahead-of-time compilation needs .venv-tpu; run `make setup-tpu`"
+    reports = module_report("tests.aot_presets", "v5e-4", "pallas", python=TPU_PYTHON)
+    assert set(reports) == {"dp", "fsdp", "fsdp_tp"}
+    for preset, report in reports.items():
+        assert report["fits"] and report["memory_per_chip"]["peak_bytes"] > 0, (preset, report.get("compiler"))
+
+
 @pytest.mark.integration  # spawns the libtpu environment
 def test_the_compilers_estimate_of_a_large_matmul_is_its_compute_roofline():
     """What `compiler_estimate` reports can be read against the roofline: on a matmul large enough to reach peak

@@ -124,13 +124,17 @@ def test_pallas_refuses_a_backend_it_cannot_compile_for():
 
 @pytest.mark.integration
 def test_impls_on_a_mesh_that_splits_the_vocabulary():
-    """fsdp_tp on 8 fake CPU devices (batch over fsdp, vocabulary over tensor): every impl equals the single-device
-    dense pool, and the kernel gradient comes back split over `tensor` like the kernel."""
+    """fsdp_tp on 8 fake CPU devices (batch over 4 fsdp, vocabulary over 2 tensor): every impl equals the
+    single-device dense pool, and the kernel gradient comes back split over `tensor` like the kernel. The Pallas
+    kernel, which XLA cannot partition on a TPU, runs per device on its 2 of the 8 rows and 128 of the 256 words
+    (padded to the kernel's blocks), and its kernel gradient is reduce-scattered to FSDP's shards."""
     report = module_report("tests.sharded_lexicon", devices=8)
     assert set(report) == {"dense", "chunked", "argmax", "pallas"}
     for impl, entry in report.items():
         assert entry["max_error"] < 1e-5, (impl, entry)
-        assert entry["kernel_grad_spec"] == [None, "tensor"], (impl, entry)
+        assert entry["kernel_grad_spec"] == ["fsdp" if impl == "pallas" else None, "tensor"], (impl, entry)
+        assert bool(entry["pallas_operand_shapes"]) == (impl == "pallas"), (impl, entry)
+    assert report["pallas"]["pallas_operand_shapes"] == [[[2, 32, 128], [128, 128]]]
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

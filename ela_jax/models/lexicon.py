@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AbstractMesh, PartitionSpec
 
 from ela_jax.models import layers
 from ela_jax.models.lexicon_kernel import pallas_max_argmax
@@ -270,17 +272,66 @@ def max_pool_vocab_logits(
     logits. Ties go to the lowest token index (jnp.argmax's rule), where `jax.grad` of the dense max would split the
     gradient evenly; wherever the max is unique both agree. A row without real tokens gets zero gradient.
     """
-    return _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret)
+    split = _MeshSplit.current(features.shape[0], kernel.shape) if fused else None
+    return _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret, split)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret):
-    return _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret)[0]
+class _MeshSplit(NamedTuple):
+    """How the fused impl splits its work over the mesh: XLA cannot partition a Mosaic (or Triton) call, so on a mesh
+    the kernel and its backward run per device inside `shard_map`s, each device on its own batch rows and its own
+    shard of the vocabulary. The decoder kernel enters whole over the batch axes, all-gathered as XLA gathers every
+    FSDP weight: gathering the features instead would grow with the batch, and splitting the width would need every
+    logit summed across devices before the max."""
+
+    mesh: AbstractMesh
+    batch_axes: tuple[str, ...]  # the activations' batch axes
+    vocab_axes: tuple[str, ...]  # the vocabulary's axes
+    width_axes: tuple[str, ...]  # the batch axes again when they divide the width: the kernel gradient's shards
+
+    @classmethod
+    def current(cls, batch: int, kernel_shape: tuple[int, int]) -> _MeshSplit | None:
+        """The split under the current mesh and logical rules; None where nothing is split (one device, no mesh)."""
+        mesh = jax.sharding.get_abstract_mesh()
+        batch_axes = _divisible_mesh_axes(mesh, "act_batch", batch)
+        vocab_axes = _divisible_mesh_axes(mesh, "act_vocab", kernel_shape[1])
+        if not batch_axes and not vocab_axes:
+            return None
+        divides = kernel_shape[0] % math.prod(mesh.shape[axis] for axis in batch_axes) == 0
+        return cls(mesh, batch_axes, vocab_axes, batch_axes if divides else ())
+
+    def spec(self, *dims: str | None) -> PartitionSpec:
+        """PartitionSpec from dims named "batch", "vocab", "width" or None (whole)."""
+        axes = {"batch": self.batch_axes, "vocab": self.vocab_axes, "width": self.width_axes}
+        return PartitionSpec(*(axes[dim] or None if dim else None for dim in dims))
+
+    def per_device(self, function, in_specs: tuple, out_specs):
+        # No replication checks: Pallas's interpret mode (the CPU tests) does not type them, and nothing inside is
+        # differentiated (the custom VJP sums what it must itself).
+        return jax.shard_map(function, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
-def _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret):
+def _divisible_mesh_axes(mesh: AbstractMesh, logical_name: str, size: int) -> tuple[str, ...]:
+    """The mesh's axes larger than 1 that the logical rules map `logical_name` to, or () when there are none or they
+    do not divide `size` (the value then stays whole on every device)."""
+    axes = nn.logical_to_mesh_axes((logical_name,))[0]
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    axes = tuple(axis for axis in axes if mesh.shape.get(axis, 1) > 1)
+    return axes if size % math.prod(mesh.shape[axis] for axis in axes) == 0 else ()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _max_pool(features, kernel, bias, token_mask, chunk, fused, interpret, split):
+    return _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret, split)[0]
+
+
+def _max_pool_forward(features, kernel, bias, token_mask, chunk, fused, interpret, split):
     if fused:
-        best, winner = pallas_max_argmax(features, kernel, bias, token_mask, interpret=interpret)
+        max_argmax = functools.partial(pallas_max_argmax, interpret=interpret)
+        if split is not None:
+            rows, vocab = split.spec("batch"), split.spec(None, "vocab")
+            pools = split.spec("batch", "vocab")
+            max_argmax = split.per_device(max_argmax, (rows, vocab, split.spec("vocab"), rows), (pools, pools))
+        best, winner = max_argmax(features, kernel, bias, token_mask)
     else:
         best, winner = _xla_max_argmax(features, kernel, bias, token_mask, chunk)
     # The gradient only counts when the winner is a real token (an all-masked row "wins" at a padding token).
@@ -301,12 +352,42 @@ def _xla_max_argmax(features, kernel, bias, token_mask, chunk) -> tuple[jax.Arra
     return from_strided_chunks(best, vocab), from_strided_chunks(winner, vocab)
 
 
-def _max_pool_backward(chunk, fused, interpret, residuals, grad):
+def _max_pool_backward(chunk, fused, interpret, split, residuals, grad):
     """d max / d (features, kernel, bias) from the winners: per batch row, kernel column v gains grad[v] * the winning
     token's features, and the winning token's features gain grad[v] * kernel column v (a segment sum)."""
     del fused, interpret
     features, kernel, winner, real = residuals
     grad = jnp.where(real, grad, 0.0)
+    if split is None:
+        grad_features, grad_kernel = _winner_backward(features, kernel, grad, winner, chunk)
+    else:
+
+        def sum_over_batch_shards(grad_kernel):
+            # In float32, as XLA sums a partitioned matmul's partial products; where the width divides, each device
+            # keeps its FSDP share (a reduce-scatter, as for every FSDP weight's gradient). Chunk by chunk, so no
+            # device holds a whole-vocabulary float32 gradient.
+            if split.width_axes:
+                return jax.lax.psum_scatter(grad_kernel, split.width_axes, scatter_dimension=0, tiled=True)
+            return jax.lax.psum(grad_kernel, split.batch_axes) if split.batch_axes else grad_kernel
+
+        def per_device(features, kernel, grad, winner):
+            grad_features, grad_kernel = _winner_backward(features, kernel, grad, winner, chunk, sum_over_batch_shards)
+            if split.vocab_axes:  # each vocabulary shard gave the features its words' share
+                grad_features = jax.lax.psum(grad_features, split.vocab_axes)
+            return grad_features, grad_kernel
+
+        pools = split.spec("batch", "vocab")
+        in_specs = (split.spec("batch"), split.spec(None, "vocab"), pools, pools)
+        out_specs = (split.spec("batch"), split.spec("width", "vocab"))
+        grad_features, grad_kernel = split.per_device(per_device, in_specs, out_specs)(features, kernel, grad, winner)
+    return grad_features.astype(features.dtype), grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=0), None
+
+
+def _winner_backward(
+    features, kernel, grad, winner, chunk, reduce_kernel_grad=lambda g: g
+) -> tuple[jax.Array, jax.Array]:
+    """float32 (grad features [b, len, w], grad kernel [w, V]) of the max pool, scanned over vocabulary chunks; each
+    chunk's kernel gradient [w, c] goes through `reduce_kernel_grad` (which may shrink w) before it is kept."""
     vocab = kernel.shape[1]
     num_chunks = -(-vocab // chunk) if 0 < chunk < vocab else 1
     rows = _rows_per_step(features.shape[0], -(-vocab // num_chunks), features.shape[2])
@@ -314,12 +395,11 @@ def _max_pool_backward(chunk, fused, interpret, residuals, grad):
     def chunk_gradients(grad_features, chunk_args):
         chunk_kernel, chunk_grad, chunk_winner = chunk_args
         grad_kernel, grad_rows = _winner_gradients(features, chunk_kernel, chunk_grad, chunk_winner, rows)
-        return grad_features + grad_rows, grad_kernel
+        return grad_features + grad_rows, reduce_kernel_grad(grad_kernel)
 
     chunks = tuple(to_strided_chunks(x, num_chunks) for x in (kernel, grad, winner))
     grad_features, grad_kernel = jax.lax.scan(chunk_gradients, jnp.zeros(features.shape, jnp.float32), chunks)
-    grad_kernel = from_strided_chunks(grad_kernel, vocab)
-    return grad_features.astype(features.dtype), grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=0), None
+    return grad_features, from_strided_chunks(grad_kernel, vocab)
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
@@ -363,10 +443,11 @@ def _rows_per_step(batch: int, chunk_words: int, width: int) -> int:
 def _batch_shards(batch: int) -> int:
     """How many devices the activations' batch axis is split over under the current mesh and logical rules (1 with
     no mesh), as a divisor of `batch`."""
-    mesh_shape = jax.sharding.get_abstract_mesh().shape
+    mesh = jax.sharding.get_abstract_mesh()
     axes = nn.logical_to_mesh_axes(("act_batch",))[0]
     axes = (axes,) if isinstance(axes, str) else axes or ()
-    return math.gcd(batch, math.prod(mesh_shape.get(axis, 1) for axis in axes))
+    # Inside a shard_map (the fused impl's backward) a manual axis splits nothing: each device sees its own rows.
+    return math.gcd(batch, math.prod(mesh.shape.get(axis, 1) for axis in axes if axis not in mesh.manual_axes))
 
 
 def saturate(logits: jax.Array) -> jax.Array:
