@@ -1,5 +1,9 @@
 """python -m ela_jax.demo --workdir W: trains ELA and the CLIP baseline on the embedded world, evaluates both on the
-held-out split, prints the retrieval table and writes plots (what `make demo` runs)."""
+held-out split, prints the retrieval table and writes plots (what `make demo` runs).
+
+python -m ela_jax.demo --world cues --workdir W: information augmentation on the cue world instead. Trains the
+expansive row (configs/cues_expansive.py) and its beta = 0 twin, prints retrieval and each mute word's presence AUC
+(words no caption contains), and draws each mute word's patch map under both runs."""
 
 from __future__ import annotations
 
@@ -17,7 +21,13 @@ from ela_jax.retrieval import heatmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"ELA": "configs/demo.py", "CLIP baseline": "configs/clip_baseline.py"}
+# The cue world's runs: (config file, overrides, workdir name).
+CUE_RUNS = {
+    "ELA, expansive": ("configs/cues_expansive.py", {}, "expansive"),
+    "ELA, beta = 0": ("configs/cues_expansive.py", {"objective.ela.beta": 0.0}, "beta0"),
+}
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where both runs and the plots go.")
+_WORLD = flags.DEFINE_enum("world", "shapes", ["shapes", "cues"], "shapes: ELA against CLIP; cues: mute words.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Override total_steps of both runs (0 keeps the configs').")
 
 
@@ -29,11 +39,55 @@ def load_config_file(path: str):
     return module.get_config()
 
 
+def train_or_exit(config, workdir: str) -> dict:
+    from ela_jax.training import loop  # imports JAX's backends; the CLI sets logging up first
+
+    try:
+        return loop.train(config, workdir)
+    except config_lib.ConfigError as error:
+        sys.exit(f"config error: {error}")
+
+
+def mute_word_table(results: dict[str, dict]) -> str:
+    """Markdown: per mute word, each run's presence AUC (plain, and against images holding as many objects)."""
+    runs = list(results)
+    header = "| mute word | " + " | ".join(f"{run}: AUC | same count" for run in runs) + " |"
+    lines = [header, "|---|" + "---|---|" * len(runs)]
+    words = list(results[runs[0]]["mute_words"]["words"]) + ["mean"]
+    for word in words:
+        cells = []
+        for run in runs:
+            measure = results[run]["mute_words"]
+            metrics = measure["mean"] if word == "mean" else measure["words"][word]
+            cells += [f"{metrics['lexicon_auc']:.1f}", f"{metrics['lexicon_auc_same_count']:.1f}"]
+        lines.append(f"| {word} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cue_world_demo() -> None:
+    results, workdirs = {}, {}
+    for run, (config_path, overrides, name) in CUE_RUNS.items():
+        config = load_config_file(os.path.join(REPO, config_path))
+        for key, value in overrides.items():
+            config_lib.set_dotted(config, key, value)
+        if _STEPS.value:
+            config.total_steps = _STEPS.value
+        workdirs[run] = os.path.join(_WORKDIR.value, name)
+        print(f"== {run}: {config_path} {overrides or ''} -> {workdirs[run]}", flush=True)
+        results[run] = train_or_exit(config, workdirs[run])
+    table = tables.results_table(results) + "\n\nMute words (chance 50), held-out images of their own scene:\n\n"
+    table += mute_word_table(results)
+    with open(os.path.join(_WORKDIR.value, "results.md"), "w") as f:
+        f.write(table + "\n")
+    maps = heatmap.write_mute_word_maps(workdirs, os.path.join(_WORKDIR.value, "mute_word_maps"))
+    print(f"\nHeld-out retrieval and mute words on the cue world:\n\n{table}\n\nmute-word maps: {', '.join(maps)}")
+
+
 def main(argv) -> None:
     del argv
     quiet_libraries()
-    from ela_jax.training import loop  # imports JAX's backends; the CLI sets logging up first
-
+    if _WORLD.value == "cues":
+        return cue_world_demo()
     results, zeroshot = {}, {}
     for run, config_path in RUNS.items():
         config = load_config_file(os.path.join(REPO, config_path))
@@ -41,10 +95,7 @@ def main(argv) -> None:
             config.total_steps = _STEPS.value
         workdir = os.path.join(_WORKDIR.value, run.split()[0].lower())
         print(f"== {run}: {config_path} -> {workdir}", flush=True)
-        try:
-            results[run] = loop.train(config, workdir)
-        except config_lib.ConfigError as error:
-            sys.exit(f"config error: {error}")
+        results[run] = train_or_exit(config, workdir)
         if (run_zeroshot := tables.read_zeroshot(workdir, config)) is not None:
             zeroshot[run] = run_zeroshot
     table = tables.results_table(results, zeroshot)

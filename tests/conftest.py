@@ -15,6 +15,8 @@ from tests.helpers import make_tiny_config  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# No client may look for a cloud metadata server (google.auth reads this once, when first imported).
+os.environ.setdefault("NO_GCE_CHECK", "true")
 
 
 @pytest.fixture(scope="session", autouse=True)

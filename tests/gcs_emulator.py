@@ -73,6 +73,9 @@ class Server:
             # Else gcsfs probes a gRPC endpoint for up to a minute on every call.
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
             "EPATH_USE_TF": "false",
+            # gcsfs asks google.auth for credentials to learn a bucket's type; without this it probes the GCE
+            # metadata server first (read when google.auth is imported, so conftest sets it for this process too).
+            "NO_GCE_CHECK": "true",
         }
 
 

@@ -449,3 +449,30 @@ def test_a_rescoring_of_the_final_step_by_evaluate_supersedes_the_training_recor
         json.dump(rescored, f)
     row = ablate.summarise(entries, [0], root)["rows"][0]
     assert row["scores"]["global"]["rsum"]["values"] == [120.0]
+
+
+@pytest.mark.parametrize("grid", ["cues", "cues_bce"])
+def test_every_entry_of_the_cue_grids_is_a_valid_cue_world_config(grid):
+    from configs import cues
+
+    base = cues.get_config()
+    entries = ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), grid)
+    reference = "beta0" if grid == "cues" else "bce_beta0"
+    assert reference in {entry.name for entry in entries}
+    for entry in entries:
+        config = ablate.entry_config(base, entry, seed=2)
+        validation.validate(config, jax.device_count())
+        assert config.data.world == "cues"
+
+
+def test_the_cue_world_demo_config_is_the_grids_expansive_row():
+    from configs import cues, cues_expansive
+
+    row = next(
+        e
+        for e in ablate.load_grid(os.path.join(REPO, "configs", "ablation.py"), "cues_bce")
+        if e.name == "pretrained_bce"
+    )
+    shipped = cues_expansive.get_config()
+    shipped.seed = 0
+    assert ablate.entry_config(cues.get_config(), row, seed=0).to_dict() == shipped.to_dict()

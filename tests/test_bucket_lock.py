@@ -38,11 +38,12 @@ def test_a_second_holder_is_refused_in_one_line_until_the_first_releases(gcs_buc
 
 def test_the_heartbeat_keeps_a_live_lock_fresh(gcs_bucket):  # noqa: F811
     run = f"{gcs_bucket.url}/run"
-    with ObjectLock(run, "train.lock", stale_after=0.4) as lock:
+    # Beats every 0.5 s; a stale limit of 2 s leaves room for requests slowed by a loaded machine.
+    with ObjectLock(run, "train.lock", stale_after=2.0) as lock:
         first = json.loads(paths.read_text(lock.path))["heartbeat"]
-        time.sleep(0.5)
+        time.sleep(2.5)
         assert json.loads(paths.read_text(lock.path))["heartbeat"] > first
-        assert not ObjectLock(run, "train.lock", stale_after=0.4).acquire()  # refreshed, so never stale
+        assert not ObjectLock(run, "train.lock", stale_after=2.0).acquire()  # refreshed, so never stale
 
 
 def test_a_stale_lock_is_taken_over_with_one_line(gcs_bucket, caplog):  # noqa: F811

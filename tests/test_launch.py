@@ -33,7 +33,9 @@ def shellcheck() -> str:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_launch_scripts_pass_shellcheck(script):
     shell = "sh" if script == "tests/offline.sh" else "bash"  # the test wrapper is POSIX sh
-    done = subprocess.run([shellcheck(), f"--shell={shell}", os.path.join(REPO, script)], capture_output=True, text=True)
+    done = subprocess.run(
+        [shellcheck(), f"--shell={shell}", os.path.join(REPO, script)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout
 
 

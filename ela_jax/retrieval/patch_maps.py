@@ -116,7 +116,7 @@ def plot_word_comparison(
     """One PNG: the image, then one word's map under each run (`word_maps`: run label -> its map of the same word),
     with the image's captions listed, so a reader sees which run puts the word on the image without any caption
     naming it."""
-    figure, axes = plt.subplots(1, 1 + len(word_maps), figsize=((1 + len(word_maps)) * PANEL_INCHES * 1.2, 4.2))
+    figure, axes = plt.subplots(1, 1 + len(word_maps), figsize=((1 + len(word_maps)) * PANEL_INCHES * 1.2, 5.0))
     for axis in axes:
         axis.set_axis_off()
     axes[0].imshow(image, interpolation="nearest")
@@ -126,8 +126,9 @@ def plot_word_comparison(
         state = f"a_I = {word_map.weight:.2f}" if word_map.weight > 0 else "a_I = 0: not in the lexicon"
         axis.set_title(f"{label}\n'{word_map.word}': {state}" + ("" if peak > 0 else "\n(no patch fires)"), fontsize=9)
     listing = "\n".join(f'"{caption}"' for caption in captions)
-    figure.suptitle(f"{title}\ncaptions of this image:\n{listing}", fontsize=8)
-    figure.tight_layout()
+    figure.suptitle(title, fontsize=10)
+    figure.text(0.5, 0.01, f"captions of this image:\n{listing}", ha="center", va="bottom", fontsize=8)
+    figure.tight_layout(rect=(0, 0.22, 1, 0.95))  # room below the panels for the captions
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     figure.savefig(output_path, dpi=100)
     plt.close(figure)
