@@ -48,12 +48,17 @@ def assert_same_batches(expected: list[dict], actual: list[dict]) -> None:
             np.testing.assert_array_equal(before[name], after[name])
 
 
+def uploaded(local: str, remote: str) -> str:
+    """`remote`, holding a copy of the local folder's tree."""
+    filesystem, root = fsspec.core.url_to_fs(remote)
+    filesystem.put(local + "/", root, recursive=True)
+    return remote
+
+
 def test_a_folder_in_a_bucket_prepares_and_streams_as_the_same_local_folder(gcs_bucket, tmp_path, caplog):  # noqa: F811
     local = str(tmp_path / "folder")
     fixtures.damaged_caption_folder(local)
-    remote = f"{gcs_bucket.url}/folder"
-    filesystem, root = fsspec.core.url_to_fs(remote)
-    filesystem.put(local + "/", root, recursive=True)
+    remote = uploaded(local, f"{gcs_bucket.url}/folder")
     local_config, remote_config = (source_config(d, str(tmp_path / "tfds")) for d in (local, remote))
     sources.validate_section(remote_config.data)  # a bucket's prefix is not refused as "no directory"
 
@@ -74,9 +79,7 @@ def test_a_folder_in_a_bucket_prepares_and_streams_as_the_same_local_folder(gcs_
 def test_coco_in_a_bucket_prepares_as_the_same_local_copy(gcs_bucket, tmp_path, caplog):  # noqa: F811
     local = str(tmp_path / "coco")
     fixtures.write_coco(local)
-    remote = f"{gcs_bucket.url}/coco"
-    filesystem, root = fsspec.core.url_to_fs(remote)
-    filesystem.put(local + "/", root, recursive=True)
+    remote = uploaded(local, f"{gcs_bucket.url}/coco")
     configs = [source_config(d, str(tmp_path / "tfds"), name="coco") for d in (local, remote)]
     sources.validate_section(configs[1].data)  # train2014/ and val2014/ are prefixes in a bucket
     (expected, _), (actual, _) = (prepared_splits(config, caplog) for config in configs)
