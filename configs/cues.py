@@ -7,6 +7,8 @@ eval/results.json, ela_jax/evaluation/mute_words.py) shows information augmentat
 unpaired text stream (sentences naming cue and mute words together) is on, trained by its own MLM term, so the online
 and EMA sources can learn cue -> mute word; the pretrained MiniLM knows the pairs already.
 
+The expansive row that teaches the mute words best (grid `cues_bce`, configs/README.md) is configs/cues_expansive.py.
+
 Run: python -m ela_jax.train --config configs/cues.py --workdir /tmp/ela_cues
 """
 
