@@ -148,6 +148,39 @@ CUES_BCE_ROWS = [
         description="the online text head as source (MLM on captions and the text stream), BCE, beta 0.6",
     ),
     entry("bce_beta0_rerun", BCE, seeds=1, description="noise floor: `bce_beta0` at seed 0 again"),
+    # The support threshold and beta, around the best row: a threshold above what a shuffled source gives a mute word
+    # should keep it out of the lexicon (with its own shuffled control), a larger beta makes the mute word's label larger.
+    entry(
+        "pretrained_bce_t0.05",
+        {**BCE, **CUT, **PRETRAINED, "objective.ela.beta": 0.6, "objective.ela.bce_threshold": 0.05},
+        seeds=3,
+        description="`pretrained_bce` with the support threshold at 0.05",
+    ),
+    entry(
+        "pretrained_bce_t0.05_shuffled",
+        {
+            **BCE,
+            **CUT,
+            **PRETRAINED,
+            "objective.ela.beta": 0.6,
+            "objective.ela.bce_threshold": 0.05,
+            "objective.ela.shuffle_source": True,
+        },
+        seeds=3,
+        description="control: the same from another caption's a_T",
+    ),
+    entry(
+        "pretrained_bce_beta0.8",
+        {**BCE, **CUT, **PRETRAINED, "objective.ela.beta": 0.8},
+        seeds=3,
+        description="`pretrained_bce` at beta 0.8",
+    ),
+    entry(
+        "pretrained_bce_beta0.8_shuffled",
+        {**BCE, **CUT, **PRETRAINED, "objective.ela.beta": 0.8, "objective.ela.shuffle_source": True},
+        seeds=3,
+        description="control: the same from another caption's a_T",
+    ),
     # LexLIP's lexicon retrieval term (trains both sides' sparse vectors) with and without expansion: the cues grid's
     # largest retrieval gain, checked against the mute words under BCE.
     entry(
